@@ -1,0 +1,144 @@
+//! The command line as argh parses it: raw strings and numbers, nothing validated yet.
+//!
+//! The `///` docs here are the `--help` text. Turning these raw flags into a checked, typed
+//! [`crate::config::CopyConfig`] happens in `config.rs`; no stage ever sees these structs.
+
+use argh::FromArgs;
+
+/// Copy keys from one Redis (standalone or cluster) to another: fast, gentle on the source, and
+/// accounting for every key (copied, skipped, expired or failed).
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// what to do
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// `copy SOURCE TARGET`
+    Copy(CopyArgs),
+    /// `verify SOURCE TARGET`
+    Verify(VerifyArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "copy")]
+/// Copy the matched keys from SOURCE to TARGET (host:port or redis://[user[:password]@]host[:port][/db]).
+/// Passwords may also come from REDIS_FERRY_SOURCE_PASSWORD and REDIS_FERRY_TARGET_PASSWORD.
+pub struct CopyArgs {
+    /// the server to read from
+    #[argh(positional)]
+    pub source: String,
+    /// the server to write to
+    #[argh(positional)]
+    pub target: String,
+    /// SCAN MATCH glob; repeatable (union, each key once); default *
+    #[argh(option, long = "match")]
+    pub patterns: Vec<String>,
+    /// only keys of this type (string, list, set, zset, hash, stream); repeatable
+    #[argh(option, long = "type")]
+    pub types: Vec<String>,
+    /// SCAN COUNT hint (default 1000)
+    #[argh(option, default = "1000")]
+    pub scan_count: u64,
+    /// copy the keys listed in FILE instead of scanning: one key per line, or an error CSV written by
+    /// redis-ferry; - reads standard input
+    #[argh(option)]
+    pub keys_from: Option<String>,
+    /// skip (leave an existing target key alone) or replace (overwrite it); default skip
+    #[argh(option, default = "String::from(\"skip\")")]
+    pub on_conflict: String,
+    /// auto, dump or typed; default auto (DUMP/RESTORE)
+    #[argh(option, default = "String::from(\"auto\")")]
+    pub mode: String,
+    /// keys per pipelined batch (default 500)
+    #[argh(option, default = "500")]
+    pub batch: u64,
+    /// fetch threads reading from the source (default 2)
+    #[argh(option)]
+    pub readers: Option<u64>,
+    /// write threads writing to the target (default 2)
+    #[argh(option)]
+    pub writers: Option<u64>,
+    /// at most N keys per second (token bucket shared by all writers); default unlimited
+    #[argh(option)]
+    pub rate: Option<u64>,
+    /// pause each writer this many milliseconds after each batch (default 0)
+    #[argh(option, default = "0")]
+    pub sleep_after_batch: u64,
+    /// the error CSV, created only when a key fails (default redis-ferry-errors.csv)
+    #[argh(option, default = "String::from(\"redis-ferry-errors.csv\")")]
+    pub errors: String,
+    /// append to the error CSV instead of overwriting it
+    #[argh(switch)]
+    pub errors_append: bool,
+    /// abort (exit 3) once N keys have failed; 0 = never abort (default 1000)
+    #[argh(option, default = "1000")]
+    pub max_errors: u64,
+    /// stop after N keys have been copied
+    #[argh(option)]
+    pub limit: Option<u64>,
+    /// scan, check and read, but write nothing; report what would happen
+    #[argh(switch)]
+    pub dry_run: bool,
+    /// a progress line on standard error every SECS seconds; 0 = none (default 1)
+    #[argh(option, default = "1")]
+    pub progress: u64,
+    /// database number on the source (overrides the URL's)
+    #[argh(option)]
+    pub source_db: Option<i64>,
+    /// database number on the target (overrides the URL's)
+    #[argh(option)]
+    pub target_db: Option<i64>,
+    /// seconds to wait for a reply before giving up on a connection (default 10)
+    #[argh(option, default = "10")]
+    pub timeout: u64,
+    /// seconds to wait for a connection to be established (default 5)
+    #[argh(option, default = "5")]
+    pub connect_timeout: u64,
+}
+
+/// Compare the matched keys of SOURCE and TARGET: type, value and TTL.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "verify")]
+pub struct VerifyArgs {
+    /// the reference server
+    #[argh(positional)]
+    pub source: String,
+    /// the server that should hold the same keys
+    #[argh(positional)]
+    pub target: String,
+    /// SCAN MATCH glob; repeatable (union); default *
+    #[argh(option, long = "match")]
+    pub patterns: Vec<String>,
+    /// only keys of this type; repeatable
+    #[argh(option, long = "type")]
+    pub types: Vec<String>,
+    /// SCAN COUNT hint (default 1000)
+    #[argh(option, default = "1000")]
+    pub scan_count: u64,
+    /// check the keys listed in FILE instead of scanning (one per line, or a redis-ferry CSV); - is stdin
+    #[argh(option)]
+    pub keys_from: Option<String>,
+    /// keys per pipelined batch (default 500)
+    #[argh(option, default = "500")]
+    pub batch: u64,
+    /// TTL difference in milliseconds still counted as equal (default 2000)
+    #[argh(option, default = "2000")]
+    pub ttl_tolerance: u64,
+    /// database number on the source (overrides the URL's)
+    #[argh(option)]
+    pub source_db: Option<i64>,
+    /// database number on the target (overrides the URL's)
+    #[argh(option)]
+    pub target_db: Option<i64>,
+    /// seconds to wait for a reply before giving up on a connection (default 10)
+    #[argh(option, default = "10")]
+    pub timeout: u64,
+    /// seconds to wait for a connection to be established (default 5)
+    #[argh(option, default = "5")]
+    pub connect_timeout: u64,
+}

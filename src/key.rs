@@ -1,0 +1,123 @@
+//! `Key`: a Redis key as the bytes it is, and its escaped text form.
+//!
+//! Keys travel through the pipeline as raw bytes; text exists only for display (logs, the error CSV).
+//! The escaped form writes bytes outside printable ASCII and the backslash as `\xHH` and `\\`, the way
+//! redis-cli shows them, so that any binary key survives a round trip through the CSV and `--keys-from`.
+//! Parsing also accepts the short escapes redis-cli prints (`\n`, `\r`, `\t`, `\a`, `\b`, `\"`), so a key
+//! pasted from redis-cli output reads back as the same bytes.
+
+use std::fmt;
+
+/// One Redis key, bytes exactly as the server holds them.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Key(pub Vec<u8>);
+
+impl Key {
+    /// The raw bytes of the key.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes the escaped form written by `Display` (and by redis-cli) back into the exact bytes.
+    pub fn parse_escaped(text: &str) -> Result<Key, String> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b != b'\\' {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+            let next = *bytes.get(i + 1).ok_or_else(|| format!("key {text:?} ends with a lone backslash"))?;
+            let (byte, used) = match next {
+                b'\\' => (b'\\', 2),
+                b'"' => (b'"', 2),
+                b'n' => (b'\n', 2),
+                b'r' => (b'\r', 2),
+                b't' => (b'\t', 2),
+                b'a' => (0x07, 2),
+                b'b' => (0x08, 2),
+                b'x' => {
+                    let hex = bytes
+                        .get(i + 2..i + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| format!("key {text:?} has a bad \\x escape at byte {i}"))?;
+                    (hex, 4)
+                }
+                other => {
+                    return Err(format!("key {text:?} has an unknown escape \\{} at byte {i}", other as char))
+                }
+            };
+            out.push(byte);
+            i += used;
+        }
+        Ok(Key(out))
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(bytes: &[u8]) -> Key {
+        Key(bytes.to_vec())
+    }
+}
+
+impl From<&str> for Key {
+    fn from(text: &str) -> Key {
+        Key(text.as_bytes().to_vec())
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for &b in &self.0 {
+            match b {
+                b'\\' => f.write_str("\\\\")?,
+                0x20..=0x7e => f.write_char(b as char)?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(\"{self}\")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_binary_and_backslash_only() {
+        let key = Key(b"a,\"b\n\xff\\ z".to_vec());
+        assert_eq!(key.to_string(), "a,\"b\\x0a\\xff\\\\ z");
+    }
+
+    #[test]
+    fn every_byte_round_trips() {
+        let key = Key((0..=255u8).collect());
+        assert_eq!(Key::parse_escaped(&key.to_string()).unwrap(), key);
+        let empty = Key::default();
+        assert_eq!(Key::parse_escaped(&empty.to_string()).unwrap(), empty);
+    }
+
+    #[test]
+    fn reads_redis_cli_short_escapes() {
+        assert_eq!(Key::parse_escaped(r#"a\n\t\"\x41"#).unwrap(), Key(b"a\n\t\"A".to_vec()));
+    }
+
+    #[test]
+    fn refuses_broken_escapes() {
+        assert!(Key::parse_escaped("abc\\").is_err());
+        assert!(Key::parse_escaped("\\xZZ").is_err());
+        assert!(Key::parse_escaped("\\x4").is_err());
+        assert!(Key::parse_escaped("\\q").is_err());
+    }
+}

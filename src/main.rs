@@ -1,0 +1,135 @@
+//! redis-ferry: copy keys from one Redis to another. `main` only sets up logging and the Ctrl-C
+//! handler, parses the command line, runs the subcommand and maps its outcome to an exit code.
+
+mod cli;
+mod config;
+mod conn;
+mod exit;
+mod glob;
+mod key;
+mod pipeline;
+mod report;
+mod stage;
+mod throttle;
+mod verify;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::cli::{Args, Command};
+use crate::config::{CopyConfig, VerifyConfig};
+use crate::exit::Exit;
+use crate::report::{Stop, StopReason};
+
+/// The process-wide stop flag: raised by Ctrl-C / SIGTERM, by `--max-errors` and by fatal errors.
+static STOP: Stop = Stop::new();
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    run().into()
+}
+
+fn run() -> Exit {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(exit) => return exit,
+    };
+    install_interrupt_handler();
+    match args.command {
+        Command::Copy(raw) => match CopyConfig::from_args(&raw) {
+            Ok(cfg) => copy(&cfg),
+            Err(e) => fail(Exit::BadInput, &e.to_string()),
+        },
+        Command::Verify(raw) => match VerifyConfig::from_args(&raw) {
+            Ok(cfg) => match verify::run(&cfg, &STOP) {
+                Ok(exit) => exit,
+                Err(e) => fail(e.exit, &e.message),
+            },
+            Err(e) => fail(Exit::BadInput, &e.to_string()),
+        },
+    }
+}
+
+fn copy(cfg: &CopyConfig) -> Exit {
+    match pipeline::copy(cfg, &STOP) {
+        Err(e) => fail(e.exit, &e.message),
+        Ok(outcome) => {
+            let exit = outcome.exit();
+            if let Some(error) = &outcome.error {
+                eprintln!("error: {error}");
+            }
+            match exit {
+                Exit::Aborted if outcome.error.is_none() => {
+                    log::error!(
+                        "aborted after {} failed keys (see {})",
+                        outcome.summary.counts.failed,
+                        cfg.errors_path
+                    )
+                }
+                Exit::KeysFailed => {
+                    log::warn!(
+                        "{} keys failed; they are listed in {}",
+                        outcome.summary.counts.failed,
+                        cfg.errors_path
+                    )
+                }
+                Exit::Interrupted => log::warn!("interrupted: batches in flight were finished"),
+                _ => {}
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", outcome.summary);
+            let _ = out.flush();
+            exit
+        }
+    }
+}
+
+/// Prints one `error:` line and returns the exit code.
+fn fail(exit: Exit, message: &str) -> Exit {
+    eprintln!("error: {message}");
+    exit
+}
+
+/// Parses the command line with argh; `--help` prints to stdout (exit 0), a parse error is one line
+/// on stderr and exit 2.
+fn parse_args() -> Result<Args, Exit> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(raw) => return Err(fail(Exit::BadInput, &format!("argument {raw:?} is not valid UTF-8"))),
+        }
+    }
+    let name = strings.first().map(|s| s.rsplit('/').next().unwrap_or(s)).unwrap_or("redis-ferry");
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[name], &rest).map_err(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            Exit::Ok
+        }
+        Err(()) => {
+            let first = early.output.lines().next().unwrap_or("bad command line").trim();
+            fail(Exit::BadInput, &format!("{first} (see --help)"))
+        }
+    })
+}
+
+/// Ctrl-C (and SIGTERM): the first stops scanning and lets the batches in flight finish; a second
+/// one quits at once.
+fn install_interrupt_handler() {
+    let result = ctrlc::set_handler(|| {
+        if STOP.reason() >= StopReason::Interrupted {
+            eprintln!("error: interrupted twice: quitting without finishing");
+            std::process::exit(Exit::Interrupted.code().into());
+        }
+        log::warn!("interrupted: finishing the batches in flight (Ctrl-C again to quit at once)");
+        STOP.request(StopReason::Interrupted);
+    });
+    if let Err(e) = result {
+        log::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+}

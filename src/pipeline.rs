@@ -1,0 +1,209 @@
+//! `copy` from start to end: preflight checks, then the stages wired by bounded channels in one
+//! `thread::scope`, then the summary.
+//!
+//! ```text
+//! scan ──Vec<Key>──> check (skip policy) ──Vec<Key>──> fetch ×readers ──Vec<Fetched>──> write ×writers
+//!                          \__________________ failures ──> CSV thread ________________/
+//! ```
+//! Preflight opens every connection the run will use (so a wrong password or an unreachable host is
+//! exit 2 before anything is written), checks the CSV path and opens `--keys-from`. Stages end by
+//! draining their input and returning, which drops their senders: shutdown is by disconnection.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
+use crate::conn::{Conn, ServerInfo};
+use crate::exit::Exit;
+use crate::report::{self, Counters, Reporter, Stop, StopReason, Summary};
+use crate::stage::scan::KeyInput;
+use crate::stage::write::{CopyBudget, WriteShared};
+use crate::stage::{check, fetch, scan, write};
+use crate::throttle::Throttle;
+
+/// A run that could not start (exit 2) or that ended on a fatal error after it started (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Fatal {
+    /// The exit code it maps to.
+    pub exit: Exit,
+    /// One line for the user.
+    pub message: String,
+}
+
+impl Fatal {
+    /// Bad input or nothing to connect to: exit 2.
+    pub fn bad_input(message: impl Into<String>) -> Fatal {
+        Fatal { exit: Exit::BadInput, message: message.into() }
+    }
+}
+
+/// How a copy that started ended.
+pub struct Outcome {
+    /// The counters and timing.
+    pub summary: Summary,
+    /// The first fatal error met after the start (exit 3), if any.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// The exit code for this outcome.
+    pub fn exit(&self) -> Exit {
+        match self.summary.stop {
+            StopReason::Aborted => Exit::Aborted,
+            _ if self.error.is_some() => Exit::Aborted,
+            StopReason::Interrupted => Exit::Interrupted,
+            _ if self.summary.counts.failed > 0 => Exit::KeysFailed,
+            _ => Exit::Ok,
+        }
+    }
+}
+
+/// Opens a connection and reads the server's facts; refuses a cluster (not supported yet).
+pub fn open_checked(
+    endpoint: &Endpoint,
+    cfg_timeouts: crate::config::Timeouts,
+) -> Result<(Conn, ServerInfo), Fatal> {
+    let mut conn = Conn::open(endpoint, cfg_timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+    let info = conn.server_info().map_err(|e| {
+        let (code, message) = crate::conn::classify(&e);
+        Fatal::bad_input(format!(
+            "cannot read INFO from {} {endpoint}: {code} {message}",
+            endpoint.role.name()
+        ))
+    })?;
+    if info.cluster {
+        return Err(Fatal::bad_input(format!(
+            "{} {endpoint} is a Redis Cluster, which this version does not support yet",
+            endpoint.role.name()
+        )));
+    }
+    Ok((conn, info))
+}
+
+/// Opens `--keys-from` (`-` is standard input).
+pub fn open_keys_file(path: &str) -> Result<Box<dyn BufRead + Send>, Fatal> {
+    if path == "-" {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    let file = File::open(path).map_err(|e| Fatal::bad_input(format!("--keys-from {path}: {e}")))?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
+/// Builds the key input of the scan stage; checks that the source lets us SCAN.
+pub fn key_input(keys: &KeySource, mut conn: Conn) -> Result<KeyInput, Fatal> {
+    match keys {
+        KeySource::File(path) => Ok(KeyInput::Lines(open_keys_file(path)?)),
+        KeySource::Scan { patterns, types, count } => {
+            let probe: Result<(u64, Vec<Vec<u8>>), _> =
+                redis::cmd("SCAN").arg(0).arg("COUNT").arg(1).query(conn.raw());
+            if let Err(e) = probe {
+                let (code, message) = crate::conn::classify(&e);
+                return Err(Fatal::bad_input(format!(
+                    "the source {} refuses SCAN: {code} {message}",
+                    conn.endpoint()
+                )));
+            }
+            Ok(KeyInput::Server { conn, patterns: patterns.clone(), types: types.clone(), count: *count })
+        }
+    }
+}
+
+/// Runs a copy. `stop` is the process-wide flag the Ctrl-C handler raises.
+pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
+    // Preflight: everything that can refuse the run does so before anything is written.
+    report::check_csv_writable(&cfg.errors_path).map_err(Fatal::bad_input)?;
+    let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
+    let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
+    let input = key_input(&cfg.keys, scan_conn)?;
+    let open =
+        |endpoint: &Endpoint| Conn::open(endpoint, cfg.timeouts).map_err(|e| Fatal::bad_input(e.to_string()));
+    let readers = (0..cfg.readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
+    let writers = (0..cfg.writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
+    let abs_ttl = target_info.version >= (5, 0, 0);
+    log::info!(
+        "copying from {} (redis {}) to {} (redis {}){}",
+        cfg.source,
+        version(&source_info),
+        cfg.target,
+        version(&target_info),
+        if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
+    );
+
+    let counters = Counters::default();
+    let throttle = Throttle::new(cfg.rate, cfg.batch, cfg.sleep_after_batch);
+    let budget = cfg.limit.map(CopyBudget::new);
+    let shared = WriteShared {
+        on_conflict: cfg.on_conflict,
+        abs_ttl,
+        dry_run: cfg.dry_run,
+        throttle: &throttle,
+        budget: budget.as_ref(),
+    };
+    let start = Instant::now();
+    let (fail_tx, fail_rx) = bounded(1024);
+    let reporter = Reporter::new(&counters, stop, fail_tx, cfg.max_errors);
+
+    thread::scope(|s| {
+        let csv = s.spawn(|| report::write_errors(fail_rx, &cfg.errors_path, cfg.errors_append, stop));
+        let (done_tx, done_rx) = bounded::<()>(0);
+        if let Some(interval) = cfg.progress {
+            let counters = &counters;
+            s.spawn(move || report::progress(counters, interval, done_rx, cfg.dry_run));
+        }
+
+        let mut stages = Vec::new();
+        let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
+        let rep = reporter.clone();
+        stages.push(s.spawn(move || scan::run(input, cfg.batch, scan_tx, rep)));
+        let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
+            let (tx, rx) = bounded(2 * cfg.readers);
+            let rep = reporter.clone();
+            stages.push(s.spawn(move || check::run(check_conn, scan_rx, tx, rep)));
+            rx
+        } else {
+            drop(check_conn);
+            scan_rx
+        };
+        let (write_tx, write_rx) = bounded(2 * cfg.writers);
+        let pexpiretime = source_info.has_pexpiretime();
+        for conn in readers {
+            let (rx, tx, rep) = (fetch_rx.clone(), write_tx.clone(), reporter.clone());
+            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep)));
+        }
+        drop((fetch_rx, write_tx));
+        for conn in writers {
+            let (rx, rep, shared) = (write_rx.clone(), reporter.clone(), &shared);
+            stages.push(s.spawn(move || write::run(conn, rx, shared, rep)));
+        }
+        drop(write_rx);
+        // The CSV thread ends once every stage has dropped its reporter.
+        drop(reporter);
+        for stage in stages {
+            if stage.join().is_err() {
+                stop.fatal("a pipeline stage panicked".into());
+            }
+        }
+        drop(done_tx);
+        let _ = csv.join();
+    });
+
+    Ok(Outcome {
+        summary: Summary {
+            counts: counters.snapshot(),
+            elapsed: start.elapsed(),
+            dry_run: cfg.dry_run,
+            stop: stop.reason(),
+        },
+        error: stop.error(),
+    })
+}
+
+fn version(info: &ServerInfo) -> String {
+    let (a, b, c) = info.version;
+    format!("{a}.{b}.{c}")
+}

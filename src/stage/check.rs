@@ -1,0 +1,52 @@
+//! Stage 2 (skip policy only): one pipelined EXISTS per key on the target, so keys the target already
+//! has are counted as skipped before their values are read from the source.
+//!
+//! This is only a pre-filter that saves source reads: the write stage still RESTOREs without REPLACE,
+//! so a key that appears on the target in between is never overwritten. With `--on-conflict replace`
+//! this stage is not started at all.
+
+use crossbeam_channel::{Receiver, Sender};
+use redis::Value;
+
+use crate::conn::{self, Conn};
+use crate::key::Key;
+use crate::report::{Counters, Reporter, Stage};
+use crate::stage::{exchange, forward, new_pipe};
+
+/// Runs the check stage until its input is drained.
+pub fn run(mut conn: Conn, rx: Receiver<Vec<Key>>, out: Sender<Vec<Key>>, rep: Reporter) {
+    let mut pipe = new_pipe();
+    for batch in rx {
+        if rep.stop.discard() {
+            rep.unreached(batch.len());
+            continue;
+        }
+        pipe.clear();
+        for key in &batch {
+            pipe.cmd("EXISTS").arg(key.as_bytes());
+        }
+        let Some(replies) = exchange(&mut conn, &pipe, true, &batch, Stage::Check, &rep) else {
+            continue;
+        };
+        let mut missing = Vec::with_capacity(batch.len());
+        let mut skipped = 0;
+        for (key, reply) in batch.into_iter().zip(replies) {
+            match reply {
+                Value::Int(0) => missing.push(key),
+                Value::Int(_) => skipped += 1,
+                Value::ServerError(err) => {
+                    let (code, message) = conn::classify_reply(&err);
+                    rep.fail(key, Stage::Check, code, message);
+                }
+                other => rep.fail(
+                    key,
+                    Stage::Check,
+                    "PROTOCOL".into(),
+                    format!("unexpected EXISTS reply {other:?}"),
+                ),
+            }
+        }
+        Counters::add(&rep.counters.skipped, skipped);
+        forward(&out, missing, &rep);
+    }
+}

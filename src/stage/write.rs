@@ -1,0 +1,201 @@
+//! Stage 4: RESTORE the fetched keys on the target, one pipeline per batch, several writer threads,
+//! each with its own target connection; the token bucket and the post-batch pause apply here.
+//!
+//! Each key keeps its deadline: `RESTORE key <abs-ms> payload ABSTTL` (or ttl 0 for a key without
+//! expiry), so time in flight is not added. A key whose deadline passed before the target answered is
+//! counted as expired (the server creates nothing for a past ABSTTL). Skip policy: no REPLACE, and a
+//! BUSYKEY reply counts as skipped, which is atomic on the server. `--limit` is enforced by a budget
+//! shared by the writers, so exactly N keys are copied and the rest are given back as unreached.
+//! In a dry run nothing is sent: every key that would be restored is counted as copied.
+
+use std::sync::{Condvar, Mutex};
+
+use crossbeam_channel::Receiver;
+use redis::Value;
+
+use crate::config::OnConflict;
+use crate::conn::{self, Conn};
+use crate::report::{Counters, Reporter, Stage, StopReason};
+use crate::stage::fetch::now_ms;
+use crate::stage::{exchange, new_pipe, Fetched};
+use crate::throttle::Throttle;
+
+/// What every writer thread shares.
+pub struct WriteShared<'a> {
+    /// Skip or replace.
+    pub on_conflict: OnConflict,
+    /// The target understands RESTORE ... ABSTTL (Redis 5.0+).
+    pub abs_ttl: bool,
+    /// Count, but send nothing.
+    pub dry_run: bool,
+    /// Rate limit and pause.
+    pub throttle: &'a Throttle,
+    /// `--limit`, when given.
+    pub budget: Option<&'a CopyBudget>,
+}
+
+/// The number of keys still allowed to be copied under `--limit`, shared by the writers. A writer
+/// reserves slots before a write and gives back those that did not end up copied; a writer that
+/// finds nothing left waits while others hold reservations, since those may come back.
+pub struct CopyBudget {
+    /// (slots left, slots reserved by writers in flight).
+    state: Mutex<(u64, u64)>,
+    /// Signalled when reservations are settled.
+    settled: Condvar,
+}
+
+impl CopyBudget {
+    /// A budget of `limit` copies.
+    pub fn new(limit: u64) -> CopyBudget {
+        CopyBudget { state: Mutex::new((limit, 0)), settled: Condvar::new() }
+    }
+
+    /// Reserves up to `want` slots; 0 means the limit is reached for good.
+    pub fn reserve(&self, want: usize) -> usize {
+        let mut state = self.state.lock().expect("budget lock");
+        loop {
+            let (left, held) = *state;
+            if left > 0 {
+                let n = left.min(want as u64);
+                *state = (left - n, held + n);
+                return n as usize;
+            }
+            if held == 0 {
+                return 0;
+            }
+            state = self.settled.wait(state).expect("budget lock");
+        }
+    }
+
+    /// Settles a reservation of `reserved` slots of which `used` were copied.
+    pub fn settle(&self, reserved: usize, used: u64) {
+        let mut state = self.state.lock().expect("budget lock");
+        state.0 += reserved as u64 - used;
+        state.1 -= reserved as u64;
+        self.settled.notify_all();
+    }
+}
+
+/// Runs one writer thread until its input is drained.
+pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep: Reporter) {
+    let mut pipe = new_pipe();
+    for mut items in rx {
+        while !items.is_empty() {
+            if rep.stop.discard() {
+                rep.unreached(items.len());
+                break;
+            }
+            let take = match shared.budget {
+                Some(budget) => budget.reserve(items.len()),
+                None => items.len(),
+            };
+            if take == 0 {
+                rep.stop.request(StopReason::Limit);
+                rep.unreached(items.len());
+                break;
+            }
+            let rest = items.split_off(take);
+            let copied = if shared.throttle.admit(items.len(), rep.stop) {
+                let copied = write_batch(&mut conn, &mut pipe, items, shared, &rep);
+                shared.throttle.after_batch();
+                copied
+            } else {
+                rep.unreached(items.len());
+                0
+            };
+            if let Some(budget) = shared.budget {
+                budget.settle(take, copied);
+            }
+            items = rest;
+        }
+    }
+}
+
+/// Writes one batch and accounts for every key of it; returns how many were copied.
+fn write_batch(
+    conn: &mut Conn,
+    pipe: &mut redis::Pipeline,
+    items: Vec<Fetched>,
+    shared: &WriteShared,
+    rep: &Reporter,
+) -> u64 {
+    let now = now_ms();
+    let (live, gone): (Vec<Fetched>, Vec<Fetched>) =
+        items.into_iter().partition(|f| f.expire_at_ms.is_none_or(|at| at > now));
+    let mut expired = gone.len() as u64;
+    let (mut copied, mut skipped) = (0u64, 0u64);
+    if shared.dry_run {
+        copied = live.len() as u64;
+    } else if !live.is_empty() {
+        pipe.clear();
+        for f in &live {
+            let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
+            match f.expire_at_ms {
+                None => cmd.arg(0),
+                Some(at) if shared.abs_ttl => cmd.arg(at),
+                // Old targets only take a relative TTL: what is left of the deadline now, at least 1.
+                Some(at) => cmd.arg((at - now).max(1)),
+            };
+            cmd.arg(&f.payload[..]);
+            if shared.on_conflict == OnConflict::Replace {
+                cmd.arg("REPLACE");
+            }
+            if f.expire_at_ms.is_some() && shared.abs_ttl {
+                cmd.arg("ABSTTL");
+            }
+        }
+        let idempotent = shared.on_conflict == OnConflict::Replace;
+        if let Some(replies) =
+            exchange(conn, pipe, idempotent, live.iter().map(|f| &f.key), Stage::Write, rep)
+        {
+            {
+                let answered = now_ms();
+                for (f, reply) in live.into_iter().zip(replies) {
+                    match reply {
+                        Value::Okay | Value::SimpleString(_) => {
+                            // A deadline passed before the answer: the key is gone (or was never
+                            // created, for a past ABSTTL) on the target.
+                            if f.expire_at_ms.is_some_and(|at| at <= answered) {
+                                expired += 1;
+                            } else {
+                                copied += 1;
+                            }
+                        }
+                        Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
+                        Value::ServerError(err) => {
+                            let (code, message) = conn::classify_reply(&err);
+                            rep.fail(f.key, Stage::Write, code, message);
+                        }
+                        other => rep.fail(
+                            f.key,
+                            Stage::Write,
+                            "PROTOCOL".into(),
+                            format!("unexpected RESTORE reply {other:?}"),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Counters::add(&rep.counters.copied, copied);
+    Counters::add(&rep.counters.skipped, skipped);
+    Counters::add(&rep.counters.expired, expired);
+    copied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CopyBudget;
+
+    #[test]
+    fn budget_gives_back_unused_slots() {
+        let b = CopyBudget::new(5);
+        assert_eq!(b.reserve(3), 3);
+        assert_eq!(b.reserve(10), 2);
+        b.settle(3, 1); // two of the three were skipped: their slots come back
+        assert_eq!(b.reserve(10), 2);
+        b.settle(2, 2);
+        b.settle(2, 2);
+        assert_eq!(b.reserve(1), 0);
+    }
+}

@@ -164,6 +164,9 @@ fn describe(err: &RedisError) -> String {
     if err.is_timeout() {
         return "timed out".into();
     }
+    if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
+        return "authentication failed (check the user name and password)".into();
+    }
     err.to_string()
 }
 

@@ -126,11 +126,12 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let writers = (0..cfg.writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
     let abs_ttl = target_info.version >= (5, 0, 0);
     log::info!(
-        "copying from {} (redis {}) to {} (redis {}){}",
+        "copying from {} (redis {}) to {} (redis {}), mode {:?}: DUMP/RESTORE{}",
         cfg.source,
         version(&source_info),
         cfg.target,
         version(&target_info),
+        cfg.mode,
         if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
     );
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the redis-ferry test suite: makes sure redis-server and redis-cli exist (installing Debian's
+# packages when they do not), builds every target, then runs every test. Extra arguments go to
+# `cargo test`, e.g. `scripts/test.sh -- --test-threads 2`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '==> %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "error: redis-server/redis-cli missing and not root (no sudo to install them)" >&2
+            exit 1
+        fi
+    fi
+    step "installing redis-server and redis-tools with apt-get"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+else
+    step "using $(redis-server --version | head -n 1)"
+fi
+
+step "cargo build --all-targets"
+cargo build --all-targets
+
+step "cargo test $*"
+cargo test "$@"

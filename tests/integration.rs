@@ -1,0 +1,615 @@
+//! End-to-end tests of the `redis-ferry` binary against real `redis-server` processes (see
+//! tests/support). Each test starts its own servers on free 127.0.0.1 ports, so tests run in parallel.
+//! They check the contract in PRODUCT.md: what is copied (every type, value, TTL, awkward keys), the
+//! buckets of the summary line, the error CSV and its round trip through `--keys-from`, filters,
+//! the rate limit (a lower bound on time only), refusal of bad input, and that the source is only read.
+//!
+//! Not covered here: clusters, TLS, `--lock`, Ctrl-C (no servers / signals for them yet).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use support::*;
+
+/// A source and a target server plus a temp dir for error CSVs.
+struct Pair {
+    src: RedisServer,
+    dst: RedisServer,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair::with_target_args(&[])
+    }
+
+    fn with_target_args(dst_args: &[&str]) -> Pair {
+        Pair {
+            src: RedisServer::new(),
+            dst: RedisServer::with_args(dst_args),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A path for an error CSV inside this test's temp dir.
+    fn csv(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `redis-ferry copy SRC(host:port) DST(url) --errors <dir>/errors.csv EXTRA...`
+    fn copy(&self, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "copy".to_string(),
+            self.src.addr(),
+            self.dst.url(),
+            "--errors".to_string(),
+            path_str(&self.csv("errors.csv")),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ferry(args)
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("utf-8 temp path").to_string()
+}
+
+fn set_of(keys: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
+    keys.iter().cloned().collect()
+}
+
+fn run(con: &mut redis::Connection, args: &[&[u8]]) {
+    let _: Value = q(con, args);
+}
+
+/// (scanned, copied, skipped, expired, failed)
+fn buckets(s: &Summary) -> (u64, u64, u64, u64, u64) {
+    (s.scanned, s.copied, s.skipped, s.expired, s.failed)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 1. every core type round-trips with value and TTL
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn every_core_type_round_trips_with_value_and_ttl() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_every_type(&mut s, true);
+    let n = keys.len() as u64;
+    assert_eq!(dbsize(&mut s), n as i64, "fixture wrote duplicate keys");
+
+    let out = p.copy(&[]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (n, n, 0, 0, 0), "{}", sum.line);
+
+    let mut d = p.dst.conn();
+    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&set_of(&keys)), "target holds different keys");
+    assert_same(&mut s, &mut d, &keys);
+    assert!(!p.csv("errors.csv").exists(), "error CSV created although nothing failed");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 2. conflict policy
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn skip_leaves_existing_target_key_and_replace_overwrites_it() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    run(&mut s, &[b"SET", b"k:same", b"from-source"]);
+    run(&mut s, &[b"SET", b"k:new", b"only-on-source"]);
+    run(&mut s, &[b"SET", b"k:type", b"a string on the source"]);
+    run(&mut d, &[b"SET", b"k:same", b"from-target", b"EX", b"1000"]);
+    run(&mut d, &[b"RPUSH", b"k:type", b"a list on the target"]);
+
+    let out = p.copy(&[]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (3, 1, 2, 0, 0), "{}", sum.line);
+    assert_eq!(q::<Vec<u8>>(&mut d, &[b"GET", b"k:same"]), b"from-target");
+    assert!(pttl(&mut d, b"k:same") > 0, "skipped key lost its TTL");
+    assert_eq!(q::<String>(&mut d, &[b"TYPE", b"k:type"]), "list");
+    assert_eq!(q::<Vec<u8>>(&mut d, &[b"GET", b"k:new"]), b"only-on-source");
+
+    let out = p.copy(&["--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (3, 3, 0, 0, 0), "{}", sum.line);
+    // k:same had a TTL on the target; after replace it must carry the source's (none).
+    let keys = [b"k:same".to_vec(), b"k:new".to_vec(), b"k:type".to_vec()];
+    assert_same(&mut s, &mut d, &keys);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 3. filters: --match, --type, --limit, --dry-run
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn match_is_repeatable_union_with_each_key_once() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    for k in ["a:1", "a:2", "a:3", "a:4", "a:5", "a:z", "b:z", "b:1", "c:1", "zz"] {
+        run(&mut s, &[b"SET", k.as_bytes(), b"v"]);
+    }
+    // "a:z" matches both patterns and must still be scanned (and counted) once.
+    let out = p.copy(&["--match", "a:*", "--match", "*:z"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (7, 7, 0, 0, 0), "{}", sum.line);
+    let want: BTreeSet<Vec<u8>> =
+        ["a:1", "a:2", "a:3", "a:4", "a:5", "a:z", "b:z"].iter().map(|k| k.as_bytes().to_vec()).collect();
+    assert_eq!(show_keys(&all_keys(&mut p.dst.conn())), show_keys(&want));
+}
+
+#[test]
+fn type_filter_is_repeatable() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_every_type(&mut s, false);
+    let want: BTreeSet<Vec<u8>> = keys
+        .iter()
+        .filter(|k| {
+            let t: String = q(&mut s, &[b"TYPE", k]);
+            t == "list" || t == "hash"
+        })
+        .cloned()
+        .collect();
+    assert!(want.len() >= 6 && want.len() < keys.len());
+
+    let out = p.copy(&["--type", "list", "--type", "hash"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    let n = want.len() as u64;
+    assert_eq!(buckets(&sum), (n, n, 0, 0, 0), "{}", sum.line);
+    let mut d = p.dst.conn();
+    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&want));
+    assert_same(&mut s, &mut d, &want.into_iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn limit_stops_after_exactly_n_copied() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    let keys = fill_strings(&mut s, "lim:", 300);
+    // Some keys already on the target, so the run also meets skips while counting to the limit.
+    for k in keys.iter().step_by(30) {
+        run(&mut d, &[b"SET", k, b"already there"]);
+    }
+    let before = dbsize(&mut d);
+    assert_eq!(before, 10);
+
+    // Small batches and several workers make overshooting the limit likely if it is not exact.
+    let out = p.copy(&["--limit", "50", "--batch", "7", "--writers", "2"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(sum.copied, 50, "{}", sum.line);
+    assert_eq!(sum.failed, 0, "{}", sum.line);
+    assert!(sum.scanned <= 300, "{}", sum.line);
+    assert_eq!(dbsize(&mut d), before + 50, "target should hold exactly 50 new keys");
+}
+
+#[test]
+fn dry_run_writes_nothing_and_reports_what_would_happen() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    let keys = fill_strings(&mut s, "dry:", 30);
+
+    // Empty target: everything would be copied, nothing is.
+    let out = p.copy(&["--dry-run"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (30, 30, 0, 0, 0), "{}", sum.line);
+    assert!(sum.line.ends_with(" dry_run=1"), "dry-run summary must end with dry_run=1: {}", sum.line);
+    assert_eq!(dbsize(&mut d), 0, "dry run wrote to the target");
+
+    // Five conflicting keys: 25 would be copied, 5 skipped, the target keeps its values.
+    for k in &keys[..5] {
+        run(&mut d, &[b"SET", k, b"target value"]);
+    }
+    let digest_before = digest(&mut d);
+    let out = p.copy(&["--dry-run"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (30, 25, 5, 0, 0), "{}", sum.line);
+    assert!(sum.line.ends_with(" dry_run=1"), "{}", sum.line);
+    assert_eq!(dbsize(&mut d), 5);
+    assert_eq!(digest(&mut d), digest_before, "dry run changed the target");
+
+    // Same with --on-conflict replace: the 5 would be copied (overwritten), still nothing written.
+    let out = p.copy(&["--dry-run", "--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (30, 30, 0, 0, 0), "{}", sum.line);
+    assert_eq!(digest(&mut d), digest_before, "dry run changed the target");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 4. failed keys: the CSV, --max-errors, and the retry through --keys-from
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn failed_keys_land_in_the_csv_and_retry_through_keys_from() {
+    const PASSWORD: &str = "ferry-acl-pass-7731";
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    // The user may touch ok:* only; every secret:* key fails with NOPERM (at EXISTS or at RESTORE).
+    let pw = format!(">{PASSWORD}");
+    run(&mut d, &[b"ACL", b"SETUSER", b"ferry", b"on", pw.as_bytes(), b"~ok:*", b"+@all"]);
+    let target = format!("redis://ferry:{PASSWORD}@127.0.0.1:{}", p.dst.port());
+
+    let ok = fill_strings(&mut s, "ok:", 20);
+    let mut secret: Vec<Vec<u8>> = Vec::new();
+    for i in 0..5 {
+        let k = format!("secret:{i}").into_bytes();
+        if i % 2 == 0 {
+            run(&mut s, &[b"SET", &k, b"classified"]);
+        } else {
+            run(&mut s, &[b"HSET", &k, b"f", b"classified"]);
+        }
+        secret.push(k);
+    }
+    // A binary key with a comma, a quote and a newline proves the CSV round trip.
+    let binary = b"secret:\xff,\"x\n".to_vec();
+    run(&mut s, &[b"SET", &binary, b"binary secret", b"EX", b"3000"]);
+    secret.push(binary);
+    let total = (ok.len() + secret.len()) as u64;
+    let nsecret = secret.len() as u64;
+
+    // Run 1: default --max-errors, so the run finishes with exit 1.
+    let csv1 = p.csv("errors-1.csv");
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &path_str(&csv1)]);
+    assert_exit(&out, 1);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (total, ok.len() as u64, 0, 0, nsecret), "{}", sum.line);
+    let rows = read_errors(&csv1);
+    assert_eq!(rows.len() as u64, nsecret, "one CSV row per failed key: {rows:#?}");
+    let failed: BTreeSet<Vec<u8>> = rows.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(show_keys(&failed), show_keys(&set_of(&secret)), "CSV keys");
+    for r in &rows {
+        assert_eq!(r.error, "NOPERM", "{r:?}");
+        assert!(r.stage == "check" || r.stage == "write", "{r:?}");
+        assert!(!r.message.is_empty(), "{r:?}");
+    }
+    let csv_text = std::fs::read_to_string(&csv1).unwrap();
+    assert!(!csv_text.contains(PASSWORD), "password in the CSV");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD), "password in the logs");
+    assert_same(&mut s, &mut d, &ok);
+
+    // Run 2: --max-errors 3 with 6 failing keys aborts with exit 3.
+    let csv2 = p.csv("errors-2.csv");
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &path_str(&csv2), "--max-errors", "3"]);
+    assert_exit(&out, 3);
+    let rows2 = read_errors(&csv2);
+    assert!(rows2.len() >= 3, "an abort at 3 errors leaves at least 3 rows: {rows2:#?}");
+    assert!(rows2.iter().all(|r| r.error == "NOPERM"), "{rows2:#?}");
+    // The summary is optional on abort; if printed it must still add up and match the CSV.
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("scanned=")) {
+        let sum = summary(&out);
+        assert!(sum.failed >= 3, "{}", sum.line);
+        assert_eq!(sum.failed, rows2.len() as u64, "{}", sum.line);
+    }
+
+    // Grant the rest and retry exactly the keys of run 1's CSV.
+    run(&mut d, &[b"ACL", b"SETUSER", b"ferry", b"~*"]);
+    let csv3 = p.csv("errors-3.csv");
+    let out = ferry([
+        "copy",
+        &p.src.addr(),
+        &target,
+        "--errors",
+        &path_str(&csv3),
+        "--keys-from",
+        &path_str(&csv1),
+    ]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (nsecret, nsecret, 0, 0, 0), "{}", sum.line);
+    assert_same(&mut s, &mut d, &secret);
+    assert_eq!(dbsize(&mut d), total as i64);
+    assert!(!csv3.exists(), "error CSV created although nothing failed");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 5. --rate
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn rate_limit_takes_at_least_the_token_bucket_time() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_strings(&mut s, "rate:", 3000);
+    let started = Instant::now();
+    let out = p.copy(&["--rate", "1000", "--batch", "100"]);
+    let elapsed = started.elapsed();
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (3000, 3000, 0, 0, 0), "{}", sum.line);
+    // Token bucket with burst = batch: at least (N - batch) / rate seconds; 10% slack for timers.
+    // Only a lower bound: never assert that something is fast.
+    let min = Duration::from_secs_f64((keys.len() - 100) as f64 / 1000.0 * 0.9);
+    assert!(elapsed >= min, "3000 keys at --rate 1000 took {elapsed:?}, expected at least {min:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 6. keys expiring while in flight
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn expiring_keys_are_counted_expired_or_copied_with_their_ttl() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    let mut pipe = redis::pipe();
+    for i in 0..300u64 {
+        let px = 50 + (i * 7919) % 351; // 50..=400 ms, spread
+        pipe.cmd("SET").arg(format!("short:{i}")).arg("v").arg("PX").arg(px).ignore();
+    }
+    // Keys that cannot expire during the run, so some copies always happen and their deadlines can
+    // be checked exactly.
+    for i in 0..20 {
+        pipe.cmd("SET").arg(format!("long:{i}")).arg("v").arg("PX").arg(120_000).ignore();
+    }
+    pipe.exec(&mut s).unwrap();
+    let filled = Instant::now();
+
+    // Slow copy (rate-limited writes), so short keys reach their deadlines while the run is in progress.
+    let out = p.copy(&["--rate", "300", "--batch", "10"]);
+    // Right away: any short key on the target must still carry a TTL.
+    let no_ttl: Vec<String> = keys_matching(&mut d, "short:*")
+        .iter()
+        .filter(|k| pttl(&mut d, k) == -1)
+        .map(|k| escape_key(k))
+        .collect();
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(sum.failed, 0, "{}", sum.line);
+    assert_eq!(sum.skipped, 0, "{}", sum.line);
+    // Keys that expired before SCAN reached them are never scanned, so the total is `scanned`.
+    assert_eq!(sum.copied + sum.expired, sum.scanned, "{}", sum.line);
+    assert!(sum.scanned <= 320 && sum.copied >= 20, "{}", sum.line);
+    assert!(no_ttl.is_empty(), "keys copied without their TTL: {no_ttl:?}");
+    let long: Vec<Vec<u8>> = (0..20).map(|i| format!("long:{i}").into_bytes()).collect();
+    assert_same(&mut s, &mut d, &long);
+
+    // Nuance (Redis 7.0): RESTORE with an ABSTTL already in the past replies OK without creating the
+    // key; the binary must count such a key as expired, not copied. We can only see the outcome: after
+    // the last source deadline (+ margin) none of the short keys may exist on the target.
+    let settle = Duration::from_millis(400 + 250);
+    if let Some(rest) = settle.checked_sub(filled.elapsed()) {
+        thread::sleep(rest);
+    }
+    let left = keys_matching(&mut d, "short:*");
+    assert!(left.is_empty(), "short keys outlived their deadline on the target: {:?}", show_keys(&left));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 7. bad input: exit 2, one line on stderr naming the culprit, nothing written
+// ---------------------------------------------------------------------------------------------------
+
+/// Asserts a refused run: exit 2, exactly one non-empty stderr line that contains one of `needles`,
+/// no panic, no `secret` anywhere in the output; then that the target is empty and the source intact.
+#[track_caller]
+fn assert_refused(p: &Pair, out: &Output, needles: &[&str], secret: Option<&str>, src_digest: &str) {
+    assert_exit(out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected exactly one line on stderr\n{}", dump(out));
+    assert!(!stderr.contains("panicked"), "a panic is not an error message\n{}", dump(out));
+    assert!(
+        needles.iter().any(|n| lines[0].contains(n)),
+        "stderr line should name one of {needles:?}\n{}",
+        dump(out)
+    );
+    if let Some(secret) = secret {
+        assert!(!stderr.contains(secret), "password on stderr\n{}", dump(out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret), "password on stdout");
+    }
+    assert_eq!(dbsize(&mut p.dst.conn()), 0, "target written although the input was refused");
+    assert_eq!(digest(&mut p.src.conn()), src_digest, "source changed");
+}
+
+/// A pair whose source holds 50 keys; returns it with the source digest.
+fn filled_pair(dst_args: &[&str]) -> (Pair, String) {
+    let p = Pair::with_target_args(dst_args);
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "bad:", 50);
+    let d = digest(&mut s);
+    (p, d)
+}
+
+#[test]
+fn bad_input_unknown_flag() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--bogus-flag"]);
+    assert_refused(&p, &out, &["--bogus-flag"], None, &d);
+}
+
+#[test]
+fn bad_input_batch_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--batch", "0"]);
+    assert_refused(&p, &out, &["--batch"], None, &d);
+}
+
+#[test]
+fn bad_input_malformed_url() {
+    let (p, d) = filled_pair(&[]);
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), "redis://127.0.0.1:notaport", "--errors", &csv]);
+    assert_refused(&p, &out, &["notaport"], None, &d);
+}
+
+#[test]
+fn bad_input_unreachable_target() {
+    let (p, d) = filled_pair(&[]);
+    // A port that was free a moment ago, with nothing listening.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), &nowhere, "--errors", &csv]);
+    assert_refused(&p, &out, &[&nowhere, "target"], None, &d);
+}
+
+#[test]
+fn bad_input_wrong_password() {
+    let (p, d) = filled_pair(&["--requirepass", "right-pass-1234"]);
+    let wrong = "wrong-pass-5678";
+    let target = format!("redis://:{wrong}@127.0.0.1:{}", p.dst.port());
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &csv]);
+    assert_refused(&p, &out, &[&p.dst.addr(), "target"], Some(wrong), &d);
+}
+
+#[test]
+fn bad_input_unwritable_error_csv() {
+    let (p, d) = filled_pair(&[]);
+    let out = ferry(["copy", &p.src.addr(), &p.dst.url(), "--errors", "/nonexistent-dir/x.csv"]);
+    assert_refused(&p, &out, &["/nonexistent-dir/x.csv", "--errors"], None, &d);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 8. the source is only read
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn source_is_untouched() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_every_type(&mut s, false);
+    run(&mut s, &[b"CONFIG", b"RESETSTAT"]);
+    let before = digest(&mut s);
+
+    let out = p.copy(&[]);
+    assert_exit(&out, 0);
+    summary(&out);
+    let out = p.copy(&["--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    summary(&out);
+    let out = p.copy(&["--dry-run", "--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    summary(&out);
+
+    assert_eq!(digest(&mut s), before, "DEBUG DIGEST of the source changed");
+    assert_eq!(dbsize(&mut s), keys.len() as i64);
+
+    // No command flagged `write` ran on the source (INFO commandstats, reset before the runs; our own
+    // DEBUG/INFO/CONFIG/COMMAND calls carry no write flag). Redis 7 names subcommands `a|b`, which
+    // COMMAND INFO accepts as is.
+    let stats: String = q(&mut s, &[b"INFO", b"commandstats"]);
+    let mut writes = Vec::new();
+    for name in stats.lines().filter_map(|l| l.strip_prefix("cmdstat_")?.split(':').next()) {
+        let info: Vec<Value> = q(&mut s, &[b"COMMAND", b"INFO", name.as_bytes()]);
+        if let Some(Value::Array(entry)) = info.first() {
+            if let Some(Value::Array(flags)) = entry.get(2) {
+                let is_write = flags.iter().any(|f| match f {
+                    Value::SimpleString(s) => s == "write",
+                    Value::BulkString(b) => b == b"write",
+                    _ => false,
+                });
+                if is_write {
+                    writes.push(name.to_string());
+                }
+            }
+        }
+    }
+    assert!(writes.is_empty(), "write commands ran on the source: {writes:?}\n{stats}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 9. --keys-from - (stdin), plain key per line
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn keys_from_stdin_takes_plain_keys_literally() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "k", 20);
+    // Plain lines are literal: no unescaping of `\x41`, commas and spaces kept.
+    run(&mut s, &[b"SET", b"back\\x41slash", b"literal"]);
+    run(&mut s, &[b"SET", b"sp ace, comma", b"literal"]);
+    run(&mut s, &[b"SET", b"backAslash", b"must not be copied"]);
+    let input = b"k3\nk5\r\nk7\n\nk9\nnot-on-source\nback\\x41slash\nsp ace, comma";
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry_with(
+        ["copy", &p.src.addr(), &p.dst.url(), "--errors", &csv, "--keys-from", "-"],
+        &[],
+        Some(input),
+    );
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    // A listed key that does not exist on the source "vanished before it could be written": expired.
+    assert_eq!(buckets(&sum), (7, 6, 0, 1, 0), "{}", sum.line);
+    let want: Vec<Vec<u8>> = ["k3", "k5", "k7", "k9", "back\\x41slash", "sp ace, comma"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let mut d = p.dst.conn();
+    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&set_of(&want)));
+    assert_same(&mut s, &mut d, &want);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 10. verify
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn verify_passes_after_copy_and_fails_after_a_change() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_every_type(&mut s, false);
+    let out = p.copy(&[]);
+    assert_exit(&out, 0);
+
+    let src_digest = digest(&mut s);
+    let verify = || ferry(["verify", &p.src.addr(), &p.dst.url()]);
+    let out = verify();
+    assert_exit(&out, 0);
+    let v = verify_summary(&out);
+    assert_eq!((v.matched, v.missing, v.different, v.ttl), (keys.len() as u64, 0, 0, 0), "{}", v.line);
+
+    let mut d = p.dst.conn();
+    run(&mut d, &[b"HSET", b"hash:big", b"field-7", b"changed"]);
+    let out = verify();
+    assert_exit(&out, 1);
+    let v = verify_summary(&out);
+    assert_eq!((v.missing, v.different), (0, 1), "{}", v.line);
+
+    run(&mut d, &[b"DEL", b"list:small"]);
+    let out = verify();
+    assert_exit(&out, 1);
+    let v = verify_summary(&out);
+    assert_eq!((v.missing, v.different), (1, 1), "{}", v.line);
+    assert_eq!(digest(&mut s), src_digest, "verify changed the source");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Beyond issue 2: other contract items that are cheap to check
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn target_password_from_environment_and_db_flags() {
+    let p = Pair::with_target_args(&["--requirepass", "env-pass-4242"]);
+    let mut s = p.src.conn();
+    run(&mut s, &[b"SELECT", b"3"]);
+    let keys = fill_strings(&mut s, "db3:", 25);
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry_with(
+        ["copy", &p.src.addr(), &p.dst.addr(), "--errors", &csv, "--source-db", "3", "--target-db", "5"],
+        &[("REDIS_FERRY_TARGET_PASSWORD", "env-pass-4242")],
+        None,
+    );
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (25, 25, 0, 0, 0), "{}", sum.line);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("env-pass-4242"), "password in the logs");
+    let mut d = p.dst.conn();
+    assert_eq!(dbsize(&mut d), 0, "db 0 of the target should stay empty");
+    run(&mut d, &[b"SELECT", b"5"]);
+    assert_same(&mut s, &mut d, &keys);
+}

@@ -5,8 +5,8 @@
 
 use argh::FromArgs;
 
-/// Copy keys from one Redis (standalone or cluster) to another: fast, gentle on the source, and
-/// accounting for every key (copied, skipped, expired or failed).
+/// Copy keys from one Redis server to another: fast, gentle on the source, and accounting for every
+/// key (copied, skipped, expired or failed).
 #[derive(FromArgs, Debug)]
 pub struct Args {
     /// what to do

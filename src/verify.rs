@@ -20,13 +20,15 @@ use crate::conn::{self, Conn};
 use crate::exit::Exit;
 use crate::key::Key;
 use crate::pipeline::{self, Fatal};
-use crate::report::{Counters, Reporter, Stop};
+use crate::report::{Counters, Reporter, Stop, StopReason};
 use crate::stage::scan;
 
 /// Compare threads (each holds a source and a target connection).
 const COMPARERS: usize = 2;
 /// At most this many differences are logged one by one.
 const LOGGED: u64 = 100;
+/// Differences logged so far.
+static LOGGED_SO_FAR: AtomicU64 = AtomicU64::new(0);
 
 /// The verdict counters.
 #[derive(Default)]
@@ -43,6 +45,30 @@ struct Verdicts {
     vanished: AtomicU64,
     /// Could not be read (error reply, connection trouble).
     errors: AtomicU64,
+}
+
+/// The verdicts of one batch, added to the shared counters only once the whole batch was checked.
+#[derive(Default)]
+struct Tally {
+    matched: u64,
+    missing: u64,
+    different: u64,
+    ttl: u64,
+    vanished: u64,
+}
+
+impl Verdicts {
+    fn add(&self, t: &Tally) {
+        for (counter, n) in [
+            (&self.matched, t.matched),
+            (&self.missing, t.missing),
+            (&self.different, t.different),
+            (&self.ttl, t.ttl),
+            (&self.vanished, t.vanished),
+        ] {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One side's view of a key.
@@ -80,13 +106,15 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         let rep = reporter.clone();
         s.spawn(move || scan::run(input, cfg.batch, tx, rep));
         drop(reporter);
+        let verdicts = &verdicts;
         s.spawn(move || {
             for f in fail_rx {
                 log::warn!("cannot check {}: {} {}", f.key, f.code, f.message);
+                verdicts.errors.fetch_add(1, Ordering::Relaxed);
             }
         });
         for (source, target) in pairs {
-            let (rx, verdicts) = (rx.clone(), &verdicts);
+            let rx = rx.clone();
             s.spawn(move || compare(source, target, rx, cfg, verdicts, stop));
         }
     });
@@ -107,7 +135,11 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         eprintln!("error: {error}");
         return Ok(Exit::Aborted);
     }
-    Ok(if bad == 0 { Exit::Ok } else { Exit::KeysFailed })
+    Ok(match stop.reason() {
+        StopReason::Interrupted => Exit::Interrupted,
+        _ if bad == 0 => Exit::Ok,
+        _ => Exit::KeysFailed,
+    })
 }
 
 /// One compare thread.
@@ -123,14 +155,17 @@ fn compare(
         if stop.discard() {
             continue;
         }
-        if let Err(e) = compare_batch(&mut source, &mut target, &batch, cfg, verdicts) {
-            let (code, message) = conn::classify(&e);
-            log::warn!("cannot check a batch of {} keys: {code} {message}", batch.len());
-            verdicts.errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for c in [&mut source, &mut target] {
-                if conn::is_connection_error(&e) {
-                    if let Err(lost) = c.reconnect() {
-                        stop.fatal(format!("verify lost the connection: {lost}"));
+        match compare_batch(&mut source, &mut target, &batch, cfg) {
+            Ok(tally) => verdicts.add(&tally),
+            Err(e) => {
+                let (code, message) = conn::classify(&e);
+                log::warn!("cannot check a batch of {} keys: {code} {message}", batch.len());
+                verdicts.errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for c in [&mut source, &mut target] {
+                    if conn::is_connection_error(&e) {
+                        if let Err(lost) = c.reconnect() {
+                            stop.fatal(format!("verify lost the connection: {lost}"));
+                        }
                     }
                 }
             }
@@ -203,8 +238,8 @@ fn compare_batch(
     target: &mut Conn,
     batch: &[Key],
     cfg: &VerifyConfig,
-    verdicts: &Verdicts,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Tally> {
+    let mut tally = Tally::default();
     let src = sides(source, batch)?;
     let dst = sides(target, batch)?;
     let mut same_type: Vec<(&Key, &str)> = Vec::new();
@@ -212,7 +247,7 @@ fn compare_batch(
     let mut suspects: Vec<(&Key, &'static str)> = Vec::new();
     for ((key, s), d) in batch.iter().zip(&src).zip(&dst) {
         if s.ty == "none" {
-            verdicts.vanished.fetch_add(1, Ordering::Relaxed);
+            tally.vanished += 1;
         } else if d.ty == "none" {
             suspects.push((key, "missing"));
         } else if s.ty != d.ty {
@@ -236,12 +271,12 @@ fn compare_batch(
             } else if !ttl_ok {
                 suspects.push((key, "ttl"));
             } else {
-                verdicts.matched.fetch_add(1, Ordering::Relaxed);
+                tally.matched += 1;
             }
         }
     }
     if suspects.is_empty() {
-        return Ok(());
+        return Ok(tally);
     }
     // A key that is gone from the source by now expired or was deleted during the check: no difference.
     let mut pipe = redis::pipe();
@@ -251,15 +286,15 @@ fn compare_batch(
     let still: Vec<i64> = pipe.query(source.raw())?;
     for ((key, what), exists) in suspects.into_iter().zip(still) {
         let counter = match (exists, what) {
-            (0, _) => &verdicts.vanished,
-            (_, "missing") => &verdicts.missing,
-            (_, "ttl") => &verdicts.ttl,
-            _ => &verdicts.different,
+            (0, _) => &mut tally.vanished,
+            (_, "missing") => &mut tally.missing,
+            (_, "ttl") => &mut tally.ttl,
+            _ => &mut tally.different,
         };
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        if exists != 0 && n < LOGGED {
+        *counter += 1;
+        if exists != 0 && LOGGED_SO_FAR.fetch_add(1, Ordering::Relaxed) < LOGGED {
             log::warn!("{what}: {key}");
         }
     }
-    Ok(())
+    Ok(tally)
 }

@@ -112,8 +112,8 @@ fn parse_args() -> Result<Args, Exit> {
             Exit::Ok
         }
         Err(()) => {
-            let first = early.output.lines().next().unwrap_or("bad command line").trim();
-            fail(Exit::BadInput, &format!("{first} (see --help)"))
+            let line = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
+            fail(Exit::BadInput, &format!("{line} (see --help)"))
         }
     })
 }

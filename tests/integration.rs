@@ -4,7 +4,8 @@
 //! buckets of the summary line, the error CSV and its round trip through `--keys-from`, filters,
 //! the rate limit (a lower bound on time only), refusal of bad input, and that the source is only read.
 //!
-//! Not covered here: clusters, TLS, `--lock`, Ctrl-C (no servers / signals for them yet).
+//! Ctrl-C is sent as a real SIGINT (`kill -INT`) to a running copy. Not covered here: clusters, TLS,
+//! `--lock`.
 
 mod support;
 
@@ -612,4 +613,394 @@ fn target_password_from_environment_and_db_flags() {
     assert_eq!(dbsize(&mut d), 0, "db 0 of the target should stay empty");
     run(&mut d, &[b"SELECT", b"5"]);
     assert_same(&mut s, &mut d, &keys);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 11. Ctrl-C, --errors-append, --sleep-after-batch, --progress, --help, --max-errors 0, more bad input
+// ---------------------------------------------------------------------------------------------------
+
+/// The ACL user on the target that may only touch `ok:*` keys: every other key fails with NOPERM
+/// (at EXISTS, or at RESTORE with `--on-conflict replace`). Returns the TARGET URL logging in as it.
+fn ok_only_target(p: &Pair) -> String {
+    const PASSWORD: &str = "ferry-acl-pass-7731";
+    let pw = format!(">{PASSWORD}");
+    run(&mut p.dst.conn(), &[b"ACL", b"SETUSER", b"ferry", b"on", pw.as_bytes(), b"~ok:*", b"+@all"]);
+    format!("redis://ferry:{PASSWORD}@127.0.0.1:{}", p.dst.port())
+}
+
+/// Writes `n` hashes `{prefix}{i}` (a second type, so failures are not all strings).
+fn fill_hashes(con: &mut redis::Connection, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("{prefix}{i}").into_bytes()).collect();
+    for chunk in keys.chunks(1000) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("HSET").arg(k).arg("f").arg("v").ignore();
+        }
+        p.exec(con).expect("fill hashes");
+    }
+    keys
+}
+
+/// Waits until the target holds at least one key (the copy is under way, so the Ctrl-C handler is
+/// installed), then `settle` more, then sends SIGINT. Panics if the run ends first.
+fn interrupt_mid_copy(run: &mut FerryProcess, target: &mut redis::Connection, settle: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dbsize(target) == 0 {
+        assert!(run.running(), "redis-ferry exited before writing anything");
+        assert!(Instant::now() < deadline, "redis-ferry wrote nothing within 20 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(settle);
+    run.signal("INT");
+}
+
+/// Every non-empty stdout line; for checking that stdout holds the results only.
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
+}
+
+fn progress_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("progress") && l.contains("copied="))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn ctrl_c_finishes_batches_in_flight_and_exits_130() {
+    const N: usize = 5000;
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    fill_strings(&mut s, "int:", N);
+    let csv = p.csv("errors.csv");
+    let mut ferry = spawn_ferry([
+        "copy",
+        &p.src.addr(),
+        &p.dst.url(),
+        "--errors",
+        &path_str(&csv),
+        "--rate",
+        "1000",
+        "--batch",
+        "100",
+    ]);
+    // At 1000 keys/s the whole copy needs about 5 s; interrupt it after about 1 s of writing.
+    interrupt_mid_copy(&mut ferry, &mut d, Duration::from_millis(1000));
+    let out = ferry.wait();
+    assert_exit(&out, 130);
+    let sum = summary(&out);
+    assert_eq!((sum.skipped, sum.expired, sum.failed), (0, 0, 0), "{}", sum.line);
+    assert!(sum.copied > 0 && sum.copied < N as u64, "Ctrl-C did not stop the copy: {}", sum.line);
+    // Nothing was written beyond what was counted ...
+    assert_eq!(dbsize(&mut d), sum.copied as i64, "target DBSIZE differs from copied: {}", sum.line);
+    // ... and batches in flight were finished, not dropped: every key read from the source was
+    // written (only a dropped batch would leave DUMPs without their RESTORE).
+    assert_eq!(command_calls(&mut s, "dump"), sum.copied, "DUMPs on the source vs {}", sum.line);
+    assert_eq!(command_calls(&mut d, "restore"), sum.copied, "RESTOREs on the target vs {}", sum.line);
+    let copied: Vec<Vec<u8>> = all_keys(&mut d).into_iter().collect();
+    assert_same(&mut s, &mut d, &copied);
+    assert!(!csv.exists(), "error CSV created although nothing failed");
+}
+
+#[test]
+fn ctrl_c_with_failures_flushes_one_csv_row_per_failed_key() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    let target = ok_only_target(&p);
+    // Twice the keys of the test above: SCAN pages hold ~1000 keys, and the scanner only stops between
+    // pages, so "copied < all ok keys" needs pages to spare after the interrupt.
+    fill_strings(&mut s, "ok:", 8000);
+    fill_hashes(&mut s, "secret:", 2000);
+    let csv = p.csv("errors.csv");
+    let mut ferry = spawn_ferry([
+        "copy",
+        &p.src.addr(),
+        &target,
+        "--errors",
+        &path_str(&csv),
+        "--rate",
+        "1000",
+        "--batch",
+        "100",
+        "--max-errors",
+        "0",
+    ]);
+    interrupt_mid_copy(&mut ferry, &mut d, Duration::from_millis(1000));
+    let out = ferry.wait();
+    assert_exit(&out, 130);
+    let sum = summary(&out);
+    assert!(sum.failed > 0, "no key failed before the interrupt: {}", sum.line);
+    assert!(sum.copied < 8000, "Ctrl-C did not stop the copy: {}", sum.line);
+    assert_eq!(dbsize(&mut d), sum.copied as i64, "target DBSIZE differs from copied: {}", sum.line);
+    // The secret keys fail at EXISTS, so every key read from the source must have been written.
+    assert_eq!(command_calls(&mut s, "dump"), sum.copied, "DUMPs on the source vs {}", sum.line);
+    let rows = read_errors(&csv);
+    assert_eq!(rows.len() as u64, sum.failed, "CSV rows vs failed in {}", sum.line);
+    let distinct: BTreeSet<Vec<u8>> = rows.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(distinct.len(), rows.len(), "a key has two CSV rows");
+    for r in &rows {
+        assert!(r.key.starts_with(b"secret:") && r.error == "NOPERM", "{r:?}");
+    }
+}
+
+/// After Ctrl-C only the batches already in flight may still be written, not the rest of the SCAN
+/// page the scanner was walking: with `--rate 200 --batch 10` the pipeline holds a few hundred keys at
+/// most, a SCAN page (`--scan-count 1000`) about a thousand.
+#[test]
+fn ctrl_c_does_not_send_the_rest_of_the_scan_page() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    fill_strings(&mut s, "page:", 5000);
+    let mut ferry = spawn_ferry([
+        "copy",
+        &p.src.addr(),
+        &p.dst.url(),
+        "--errors",
+        &path_str(&p.csv("errors.csv")),
+        "--rate",
+        "200",
+        "--batch",
+        "10",
+        "--scan-count",
+        "1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dbsize(&mut d) == 0 {
+        assert!(ferry.running() && Instant::now() < deadline, "redis-ferry wrote nothing");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let before = dbsize(&mut d) as u64;
+    ferry.signal("INT");
+    let out = ferry.wait();
+    assert_exit(&out, 130);
+    let sum = summary(&out);
+    // 2 readers, 2 writers: three channels of 4 batches plus one batch per stage thread is under 200
+    // keys; 500 leaves room for a slow machine (200 keys/s for 1.5 s between DBSIZE and the signal).
+    assert!(
+        sum.scanned <= before + 500,
+        "{} keys on the target at Ctrl-C, yet {} were scanned and written in the end: {}",
+        before,
+        sum.scanned,
+        sum.line
+    );
+}
+
+#[test]
+fn errors_append_keeps_one_header_and_both_runs_rows() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let target = ok_only_target(&p);
+    fill_strings(&mut s, "ok:", 10);
+    let secret = fill_strings(&mut s, "secret:", 4);
+    let csv = p.csv("appended.csv");
+    let copy = |extra: &[&str]| {
+        let mut args =
+            vec!["copy".to_string(), p.src.addr(), target.clone(), "--errors".into(), path_str(&csv)];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        ferry(args)
+    };
+    let header_lines = |text: &str| text.lines().filter(|l| *l == "time,key,stage,error,message").count();
+    let keys_of = |rows: &[ErrorRow]| {
+        let mut keys: Vec<Vec<u8>> = rows.iter().map(|r| r.key.clone()).collect();
+        keys.sort();
+        keys
+    };
+    let mut want: Vec<Vec<u8>> = secret.clone();
+    want.sort();
+
+    // Run 1 creates the file, with its header.
+    let out = copy(&["--errors-append"]);
+    assert_exit(&out, 1);
+    let first = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(header_lines(&first), 1, "{first}");
+    assert_eq!(keys_of(&read_errors(&csv)), want);
+
+    // Run 2 appends its rows after run 1's, without a second header.
+    let out = copy(&["--errors-append"]);
+    assert_exit(&out, 1);
+    assert_eq!(summary(&out).failed, 4);
+    let second = std::fs::read_to_string(&csv).unwrap();
+    assert!(second.starts_with(&first), "run 1's rows were not kept:\n{second}");
+    assert_eq!(header_lines(&second), 1, "one header expected:\n{second}");
+    let rows = read_errors(&csv);
+    assert_eq!(rows.len(), 8, "{rows:#?}");
+    let mut twice: Vec<Vec<u8>> = want.iter().flat_map(|k| [k.clone(), k.clone()]).collect();
+    twice.sort();
+    assert_eq!(keys_of(&rows), twice);
+
+    // A clean run with --errors-append leaves the file alone.
+    let out = copy(&["--errors-append", "--match", "ok:*"]);
+    assert_exit(&out, 0);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), second, "a clean run touched the CSV");
+
+    // Without --errors-append a failing run overwrites it.
+    let out = copy(&[]);
+    assert_exit(&out, 1);
+    let third = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(header_lines(&third), 1, "{third}");
+    assert_eq!(keys_of(&read_errors(&csv)), want, "the file was not overwritten:\n{third}");
+}
+
+#[test]
+fn sleep_after_batch_pauses_each_writer_after_each_batch() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "nap:", 1000);
+    let started = Instant::now();
+    let out = p.copy(&["--sleep-after-batch", "200", "--batch", "100", "--writers", "1"]);
+    let elapsed = started.elapsed();
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (1000, 1000, 0, 0, 0), "{}", sum.line);
+    // 10 batches through one writer, 200 ms after each: at least 9 pauses before the last batch is
+    // even written. A lower bound only.
+    let min = Duration::from_millis(9 * 200);
+    assert!(elapsed >= min, "took {elapsed:?}, expected at least {min:?}");
+    assert_eq!(dbsize(&mut p.dst.conn()), 1000);
+}
+
+#[test]
+fn progress_lines_go_to_stderr_and_progress_0_prints_none() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "prog:", 2000);
+    // About 1.9 s at 1000 keys/s: long enough for a progress line every second.
+    let out = p.copy(&["--rate", "1000", "--batch", "100", "--progress", "1"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(sum.copied, 2000, "{}", sum.line);
+    assert!(!progress_lines(&out).is_empty(), "no progress line on stderr\n{}", dump(&out));
+    assert_eq!(stdout_lines(&out), vec![sum.line.clone()], "stdout must hold the summary only");
+
+    // Same slow copy again (replace, so every key is written again): no progress line at all.
+    let out = p.copy(&["--rate", "1000", "--batch", "100", "--progress", "0", "--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(sum.copied, 2000, "{}", sum.line);
+    assert!(sum.seconds >= 1.0, "the run was too short to show a progress line: {}", sum.line);
+    assert!(progress_lines(&out).is_empty(), "--progress 0 printed progress\n{}", dump(&out));
+    assert_eq!(stdout_lines(&out), vec![sum.line.clone()], "stdout must hold the summary only");
+}
+
+#[test]
+fn help_prints_usage_on_stdout_and_exits_0() {
+    let out = ferry(["--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry"), "{}", dump(&out));
+    assert!(text.contains("copy") && text.contains("verify"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "--help wrote to stderr\n{}", dump(&out));
+
+    let out = ferry(["copy", "--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry copy"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "copy --help wrote to stderr\n{}", dump(&out));
+    let flags = [
+        "--match",
+        "--type",
+        "--scan-count",
+        "--keys-from",
+        "--on-conflict",
+        "--mode",
+        "--batch",
+        "--readers",
+        "--writers",
+        "--rate",
+        "--sleep-after-batch",
+        "--errors",
+        "--errors-append",
+        "--max-errors",
+        "--limit",
+        "--dry-run",
+        "--progress",
+        "--source-db",
+        "--target-db",
+    ];
+    let missing: Vec<&str> = flags.iter().copied().filter(|f| !text.contains(f)).collect();
+    assert!(missing.is_empty(), "copy --help does not mention {missing:?}\n{text}");
+}
+
+#[test]
+fn clean_run_creates_no_error_csv() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    let keys = fill_strings(&mut s, "clean:", 50);
+    // Skipped and expired keys are not failures: still no CSV.
+    run(&mut d, &[b"SET", &keys[0], b"already there"]);
+    // The default --errors path is relative to the working directory.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = ferry_in(cwd.path(), ["copy", &p.src.addr(), &p.dst.url()]);
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (50, 49, 1, 0, 0), "{}", sum.line);
+    let left: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "a clean run left files in its working directory: {left:?}");
+
+    let out = p.copy(&["--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    assert!(!p.csv("errors.csv").exists(), "--errors file created although nothing failed");
+}
+
+#[test]
+fn max_errors_0_never_aborts() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let target = ok_only_target(&p);
+    fill_strings(&mut s, "ok:", 50);
+    // More failures than the default --max-errors (1000).
+    fill_strings(&mut s, "secret:", 1200);
+    let csv0 = p.csv("errors-0.csv");
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &path_str(&csv0), "--max-errors", "0"]);
+    assert_exit(&out, 1);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (1250, 50, 0, 0, 1200), "{}", sum.line);
+    assert_eq!(read_errors(&csv0).len(), 1200);
+
+    // The same failures do abort under the default limit, so exit 1 above is --max-errors 0's doing.
+    let csv1 = p.csv("errors-default.csv");
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &path_str(&csv1)]);
+    assert_exit(&out, 3);
+}
+
+#[test]
+fn bad_input_on_conflict_value() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--on-conflict", "bogus"]);
+    assert_refused(&p, &out, &["--on-conflict"], None, &d);
+}
+
+#[test]
+fn bad_input_type_value() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--type", "bogus"]);
+    assert_refused(&p, &out, &["--type"], None, &d);
+}
+
+#[test]
+fn bad_input_rate_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--rate", "0"]);
+    assert_refused(&p, &out, &["--rate"], None, &d);
+}
+
+#[test]
+fn bad_input_readers_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--readers", "0"]);
+    assert_refused(&p, &out, &["--readers"], None, &d);
+}
+
+#[test]
+fn bad_input_match_with_keys_from() {
+    let (p, d) = filled_pair(&[]);
+    // A readable file naming keys that exist, so only the combination can be at fault.
+    let list = p.csv("keys.txt");
+    std::fs::write(&list, "bad:1\nbad:2\n").unwrap();
+    let out = p.copy(&["--match", "x", "--keys-from", &path_str(&list)]);
+    assert_refused(&p, &out, &["--match"], None, &d);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keys-from"), "{}", dump(&out));
 }

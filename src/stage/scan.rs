@@ -47,8 +47,12 @@ struct Batcher<'a> {
 }
 
 impl Batcher<'_> {
-    /// Adds a key; returns false when the next stage has gone away.
+    /// Adds a key; returns false when the run is stopping or the next stage has gone away. A stop
+    /// cuts the current SCAN page short: the keys not yet sent were never scanned.
     fn push(&mut self, key: Key) -> bool {
+        if self.rep.stop.stop_scanning() {
+            return false;
+        }
         self.keys.push(key);
         self.keys.len() < self.size || self.flush()
     }
@@ -112,7 +116,9 @@ fn produce(input: KeyInput, batch: usize, out: Sender<Vec<Key>>, rep: &Reporter)
         }
         KeyInput::Lines(reader) => read_lines(reader, &mut batcher, rep)?,
     }
-    batcher.flush();
+    if !rep.stop.stop_scanning() {
+        batcher.flush();
+    }
     Ok(())
 }
 

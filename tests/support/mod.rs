@@ -216,47 +216,150 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let cwd = tempfile::tempdir().expect("temp cwd");
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd.path())
-        .env_remove("RUST_LOG")
-        .env_remove("REDIS_FERRY_SOURCE_PASSWORD")
-        .env_remove("REDIS_FERRY_TARGET_PASSWORD")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let display = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
-    let feeder = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().unwrap();
-        let bytes = bytes.to_vec();
-        thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let out_reader = reader(child.stdout.take().unwrap());
-    let err_reader = reader(child.stderr.take().unwrap());
-    let deadline = Instant::now() + FERRY_TIMEOUT;
-    let status: ExitStatus = loop {
-        if let Some(status) = child.try_wait().expect("try_wait redis-ferry") {
-            break status;
+    FerryProcess::spawn(args, env, stdin, None).wait()
+}
+
+/// Like [`ferry`], but in the working directory `cwd`, so a test can see what the run left there
+/// (e.g. the default `redis-ferry-errors.csv`).
+pub fn ferry_in<I, S>(cwd: &Path, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    FerryProcess::spawn(args, &[], None, Some(cwd)).wait()
+}
+
+/// Starts `redis-ferry ARGS` (no stdin, fresh temp cwd) and returns at once, so a test can signal it
+/// while it runs.
+pub fn spawn_ferry<I, S>(args: I) -> FerryProcess
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    FerryProcess::spawn(args, &[], None, None)
+}
+
+/// A running `redis-ferry` with its stdout and stderr drained by threads (so a full pipe never blocks
+/// it). Killed and reaped on drop if the test did not [`wait`](FerryProcess::wait) for it.
+pub struct FerryProcess {
+    /// The process; `None` once waited for.
+    child: Option<Child>,
+    /// The command line, for failure messages.
+    display: String,
+    /// Writes the stdin bytes, if any.
+    feeder: Option<thread::JoinHandle<()>>,
+    /// Collects stdout.
+    out: Option<thread::JoinHandle<Vec<u8>>>,
+    /// Collects stderr.
+    err: Option<thread::JoinHandle<Vec<u8>>>,
+    /// The temp cwd when the caller gave none; removed on drop.
+    _cwd: Option<tempfile::TempDir>,
+}
+
+impl FerryProcess {
+    /// Spawns the binary with `RUST_LOG` and the password variables unset (then `env` set), in `cwd`
+    /// or a fresh temp dir.
+    pub fn spawn<I, S>(
+        args: I,
+        env: &[(&str, &str)],
+        stdin: Option<&[u8]>,
+        cwd: Option<&Path>,
+    ) -> FerryProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let temp = match cwd {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("temp cwd")),
+        };
+        let dir = cwd.unwrap_or_else(|| temp.as_ref().unwrap().path());
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env_remove("REDIS_FERRY_SOURCE_PASSWORD")
+            .env_remove("REDIS_FERRY_TARGET_PASSWORD")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
         }
-        if Instant::now() > deadline {
+        let display = format!("{cmd:?}");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let feeder = stdin.map(|bytes| {
+            let mut pipe = child.stdin.take().unwrap();
+            let bytes = bytes.to_vec();
+            thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            })
+        });
+        let out = Some(reader(child.stdout.take().unwrap()));
+        let err = Some(reader(child.stderr.take().unwrap()));
+        FerryProcess { child: Some(child), display, feeder, out, err, _cwd: temp }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not yet waited for").id()
+    }
+
+    /// True while the process has not exited (it is not reaped here, so its pid stays ours).
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not yet waited for");
+        // `try_wait` reaps an exited child but keeps its status for the later `wait`.
+        child.try_wait().expect("try_wait redis-ferry").is_none()
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`) with `kill -SIG PID` (the crate has no libc dependency).
+    /// Panics if the process already exited: the signal would not test anything then.
+    #[track_caller]
+    pub fn signal(&mut self, sig: &str) {
+        assert!(self.running(), "redis-ferry exited before it could be sent SIG{sig}");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed: {status}", self.pid());
+    }
+
+    /// Waits for the exit (at most [`FERRY_TIMEOUT`], then kills it and panics) and returns everything
+    /// it printed.
+    pub fn wait(mut self) -> Output {
+        let mut child = self.child.take().expect("not yet waited for");
+        let deadline = Instant::now() + FERRY_TIMEOUT;
+        let status: ExitStatus = loop {
+            if let Some(status) = child.try_wait().expect("try_wait redis-ferry") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = String::from_utf8_lossy(&self.err.take().unwrap().join().unwrap()).into_owned();
+                panic!("{} still running after {FERRY_TIMEOUT:?}; killed. stderr:\n{stderr}", self.display);
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
+        Output {
+            status,
+            stdout: self.out.take().unwrap().join().unwrap(),
+            stderr: self.err.take().unwrap().join().unwrap(),
+        }
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
-            panic!("{display} still running after {FERRY_TIMEOUT:?}; killed. stderr:\n{stderr}");
         }
-        thread::sleep(Duration::from_millis(5));
-    };
-    if let Some(f) = feeder {
-        let _ = f.join();
     }
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
 }
 
 fn reader<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
@@ -556,6 +659,18 @@ pub fn keys_matching(con: &mut Connection, pattern: &str) -> BTreeSet<Vec<u8>> {
 
 pub fn pttl(con: &mut Connection, key: &[u8]) -> i64 {
     q(con, &[b"PTTL", key])
+}
+
+/// How many times `command` (lower case, e.g. `dump`, `restore`) ran on the server, from INFO
+/// commandstats; 0 if it never ran.
+pub fn command_calls(con: &mut Connection, command: &str) -> u64 {
+    let stats: String = q(con, &[b"INFO", b"commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|rest| rest.split(',').next().unwrap().parse().expect("calls=N in INFO commandstats"))
+        .unwrap_or(0)
 }
 
 pub fn digest(con: &mut Connection) -> String {

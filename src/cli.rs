@@ -75,6 +75,14 @@ pub struct CopyArgs {
     /// append to the error CSV instead of overwriting it
     #[argh(switch)]
     pub errors_append: bool,
+    /// hold an exclusive lock (flock) on FILE for the whole run; if another run holds it, say which
+    /// process and exit 4 at once. The file is created if missing and never deleted
+    #[argh(option)]
+    pub lock: Option<String>,
+    /// at the end of the run (also on abort and Ctrl-C) write a JSON report to FILE: counters, options
+    /// without passwords, start and end time, exit code, error; replaced atomically
+    #[argh(option)]
+    pub report: Option<String>,
     /// abort (exit 3) once N keys have failed; 0 = never abort (default 1000)
     #[argh(option, default = "1000")]
     pub max_errors: u64,
@@ -99,6 +107,10 @@ pub struct CopyArgs {
     /// seconds to wait for a connection to be established (default 5)
     #[argh(option, default = "5")]
     pub connect_timeout: u64,
+    /// retries of a key after a transient failure (connection lost, timeout, OOM, LOADING, BUSY,
+    /// TRYAGAIN), with pauses doubling from 100 ms to 5 s; then it is a failed row (default 8)
+    #[argh(option, default = "8")]
+    pub retries: u32,
 }
 
 /// Compare the matched keys of SOURCE and TARGET: type, value and TTL.
@@ -129,6 +141,14 @@ pub struct VerifyArgs {
     /// TTL difference in milliseconds still counted as equal (default 2000)
     #[argh(option, default = "2000")]
     pub ttl_tolerance: u64,
+    /// also scan the target (same --match / --type) for keys the source does not have; they count as
+    /// extra
+    #[argh(switch)]
+    pub check_extra: bool,
+    /// write every difference to this CSV (time,key,difference,message), created only when there is
+    /// one; copy --keys-from FILE --on-conflict replace repairs those keys
+    #[argh(option)]
+    pub diff: Option<String>,
     /// database number on the source (overrides the URL's)
     #[argh(option)]
     pub source_db: Option<i64>,

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crate::cli::{CopyArgs, VerifyArgs};
+use crate::conn::Retry;
 
 /// A configuration error: one line naming the flag or value, for exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +333,10 @@ pub struct CopyConfig {
     pub errors_path: String,
     /// Append to the CSV rather than overwrite it.
     pub errors_append: bool,
+    /// `--lock`: the file to flock for the whole run; `None` takes no lock.
+    pub lock: Option<String>,
+    /// `--report`: where to write the JSON report at the end; `None` writes none.
+    pub report: Option<String>,
     /// Abort once this many keys failed; `None` never aborts.
     pub max_errors: Option<u64>,
     /// Stop after this many keys have been copied.
@@ -342,6 +347,8 @@ pub struct CopyConfig {
     pub progress: Option<Duration>,
     /// Connection timeouts for both sides.
     pub timeouts: Timeouts,
+    /// How transient failures are retried.
+    pub retry: Retry,
 }
 
 /// Everything `verify` needs, checked and typed.
@@ -357,6 +364,10 @@ pub struct VerifyConfig {
     pub batch: usize,
     /// Largest TTL difference still counted as equal.
     pub ttl_tolerance: Duration,
+    /// `--check-extra`: also scan the target for keys the source does not have.
+    pub check_extra: bool,
+    /// `--diff`: the CSV that lists every difference; `None` writes none.
+    pub diff_path: Option<String>,
     /// Connection timeouts for both sides.
     pub timeouts: Timeouts,
 }
@@ -449,6 +460,26 @@ fn endpoints(
     Ok((source, target))
 }
 
+/// Checks `--lock` and `--report`: a name each, and no file named twice among them, `--errors` and
+/// `--keys-from` (the lock file is truncated for our PID, the report replaced at the end).
+fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let mut named: Vec<(&str, &str)> = vec![("--errors", args.errors.as_str())];
+    if let Some(keys) = args.keys_from.as_deref().filter(|k| *k != "-") {
+        named.push(("--keys-from", keys));
+    }
+    for (flag, value) in [("--lock", &args.lock), ("--report", &args.report)] {
+        let Some(path) = value.as_deref() else { continue };
+        if path.is_empty() {
+            return Err(bad(format!("{flag} needs a file name")));
+        }
+        if let Some((other, _)) = named.iter().find(|(_, p)| *p == path) {
+            return Err(bad(format!("{flag} and {other} name the same file ({path}); give each its own")));
+        }
+        named.push((flag, path));
+    }
+    Ok((args.lock.clone(), args.report.clone()))
+}
+
 impl CopyConfig {
     /// Validates the raw `copy` flags.
     pub fn from_args(args: &CopyArgs) -> Result<CopyConfig, ConfigError> {
@@ -484,6 +515,7 @@ impl CopyConfig {
         if args.limit == Some(0) {
             return Err(bad("--limit must be at least 1 (got 0); leave it out to copy everything"));
         }
+        let (lock, report) = cron_files(args)?;
         Ok(CopyConfig {
             source,
             target,
@@ -497,11 +529,14 @@ impl CopyConfig {
             sleep_after_batch: Duration::from_millis(args.sleep_after_batch),
             errors_path: args.errors.clone(),
             errors_append: args.errors_append,
+            lock,
+            report,
             max_errors: (args.max_errors > 0).then_some(args.max_errors),
             limit: args.limit,
             dry_run: args.dry_run,
             progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
+            retry: Retry { attempts: args.retries, ..Retry::DEFAULT },
         })
     }
 }
@@ -510,12 +545,31 @@ impl VerifyConfig {
     /// Validates the raw `verify` flags.
     pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
         let (source, target) = endpoints(&args.source, &args.target, args.source_db, args.target_db)?;
+        let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
+        if args.check_extra && matches!(keys, KeySource::File(_)) {
+            return Err(bad(
+                "--check-extra cannot be combined with --keys-from (it scans the target with --match / --type)",
+            ));
+        }
+        if let Some(path) = &args.diff {
+            if path.is_empty() {
+                return Err(bad("--diff needs a file name"));
+            }
+            // The diff CSV is truncated at the first difference, while --keys-from would still be reading it.
+            if args.keys_from.as_deref() == Some(path.as_str()) {
+                return Err(bad(format!(
+                    "--diff and --keys-from name the same file ({path}); give the new diff its own file"
+                )));
+            }
+        }
         Ok(VerifyConfig {
             source,
             target,
-            keys: key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?,
+            keys,
             batch: batch(args.batch)?,
             ttl_tolerance: Duration::from_millis(args.ttl_tolerance),
+            check_extra: args.check_extra,
+            diff_path: args.diff.clone(),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
         })
     }

@@ -1,12 +1,16 @@
 //! Connecting to a server: address, login, db, timeouts; what the server is; how its errors read.
 //!
-//! Each pipeline thread owns one [`Conn`], made here, and asks it to [`Conn::reconnect`] after an I/O
-//! error; no connection is ever shared between threads. This file also turns a `RedisError` or an error
+//! Each pipeline thread owns one [`Conn`], made here; no connection is ever shared between threads.
+//! A `Conn` knows how to come back after a fault: it marks itself broken on an I/O error or timeout
+//! and is replaced (logged in, db selected) before its next use, paced by its [`Retry`] policy. This file also turns a `RedisError` or an error
 //! reply into the `error` / `message` pair of the error CSV. It knows nothing of keys or stages.
 
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    RedisResult, Value,
+};
 
 use crate::config::{Endpoint, Timeouts};
 
@@ -22,14 +26,65 @@ pub struct ConnectError {
     pub reason: String,
 }
 
+/// How hard a connection tries again after a transient failure: a connection error, a timeout, or a
+/// reply saying the server is busy for now (see [`is_transient`]). The pause doubles from `base` up to
+/// `cap`, with random jitter so that many threads do not hammer a recovering server in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts after the first one; 0 never retries.
+    pub attempts: u32,
+    /// Pause before the first retry.
+    pub base: Duration,
+    /// Longest pause.
+    pub cap: Duration,
+}
+
+impl Retry {
+    /// The default policy: 8 retries, 100 ms doubling up to 5 s (about 8 to 16 s in all).
+    pub const DEFAULT: Retry =
+        Retry { attempts: 8, base: Duration::from_millis(100), cap: Duration::from_secs(5) };
+
+    /// The pause before retry number `attempt` (1-based): between half and all of `base * 2^(attempt-1)`,
+    /// capped.
+    pub fn pause(&self, attempt: u32) -> Duration {
+        let full = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.cap);
+        full.mul_f64(0.5 + 0.5 * jitter())
+    }
+}
+
+/// A number in [0, 1) that differs between threads and calls (xorshift seeded by the clock).
+fn jitter() -> f64 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+    ));
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// Error replies that mean "not now" rather than "never": worth retrying after a pause.
+pub fn is_transient(code: &str) -> bool {
+    matches!(code, "OOM" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
+}
+
 /// One thread's connection to one server, able to re-establish itself.
 pub struct Conn {
     /// Where it goes, for reconnecting and messages.
     endpoint: Endpoint,
     /// Timeouts applied to every (re)connection.
     timeouts: Timeouts,
-    /// The live connection.
+    /// The live connection (or the dead one, while `broken`).
     inner: redis::Connection,
+    /// Set after an I/O error or timeout: the connection must be replaced before its next use.
+    broken: bool,
+    /// How transient failures are retried.
+    retry: Retry,
 }
 
 impl Conn {
@@ -40,24 +95,110 @@ impl Conn {
             endpoint: endpoint.to_string(),
             reason: one_line(&describe(&e)),
         })?;
-        Ok(Conn { endpoint: endpoint.clone(), timeouts, inner })
+        Ok(Conn { endpoint: endpoint.clone(), timeouts, inner, broken: false, retry: Retry::DEFAULT })
     }
 
-    /// Replaces a broken connection with a new one, trying a few times with growing pauses.
+    /// The same connection with another retry policy.
+    pub fn with_retry(mut self, retry: Retry) -> Conn {
+        self.retry = retry;
+        self
+    }
+
+    /// This connection's retry policy.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    /// Replaces the connection if it is marked broken: one attempt (logging in and selecting the db
+    /// again). Callers pace their attempts with [`Retry::pause`].
+    pub fn ensure(&mut self) -> Result<(), ConnectError> {
+        if !self.broken {
+            return Ok(());
+        }
+        let fresh = Conn::open(&self.endpoint, self.timeouts)?;
+        log::info!("reconnected to {} {}", self.endpoint.role.name(), self.endpoint);
+        self.inner = fresh.inner;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Replaces the connection, trying with the retry policy's pauses until it works or the attempts
+    /// are used up.
     pub fn reconnect(&mut self) -> Result<(), ConnectError> {
-        let mut last = None;
-        for pause_ms in [0u64, 200, 1000, 3000] {
-            std::thread::sleep(Duration::from_millis(pause_ms));
-            match Conn::open(&self.endpoint, self.timeouts) {
-                Ok(fresh) => {
-                    log::info!("reconnected to {} {}", self.endpoint.role.name(), self.endpoint);
-                    *self = fresh;
-                    return Ok(());
+        self.broken = true;
+        let mut attempt = 0;
+        loop {
+            match self.ensure() {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= self.retry.attempts => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(self.retry.pause(attempt));
                 }
-                Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("at least one attempt was made"))
+    }
+
+    /// Sends an encoded pipeline of `count` commands and reads the replies in order into `replies`
+    /// (error replies as `Value::ServerError`). When the connection fails part way, the replies read
+    /// so far are kept, the connection is marked broken and the error is returned: the commands after
+    /// them were not answered (they may or may not have run).
+    pub fn send_batch(
+        &mut self,
+        packed: &[u8],
+        count: usize,
+        replies: &mut Vec<Value>,
+    ) -> Option<RedisError> {
+        if let Err(e) = self.inner.send_packed_command(packed) {
+            self.broken = true;
+            return Some(e);
+        }
+        for _ in 0..count {
+            match self.inner.recv_response() {
+                Ok(value) => replies.push(value),
+                Err(e) => {
+                    self.broken = true;
+                    return Some(e);
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs one command, retrying connection errors and transient error replies with the retry
+    /// policy. Stops retrying when `give_up` says so (the run is aborting).
+    pub fn call<T: FromRedisValue>(&mut self, cmd: &Cmd, give_up: impl Fn() -> bool) -> RedisResult<T> {
+        let mut attempt = 0;
+        loop {
+            let result = match self.ensure() {
+                Ok(()) => cmd.query::<T>(&mut self.inner),
+                Err(e) => Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    e.to_string(),
+                ))),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let connection = is_connection_error(&err);
+            if connection {
+                self.broken = true;
+            }
+            let transient = connection || err.code().is_some_and(is_transient);
+            if !transient || attempt >= self.retry.attempts || give_up() {
+                return Err(err);
+            }
+            attempt += 1;
+            log::warn!(
+                "{} {}: {}; retry {attempt} of {}",
+                self.endpoint.role.name(),
+                self.endpoint,
+                one_line(&describe(&err)),
+                self.retry.attempts
+            );
+            std::thread::sleep(self.retry.pause(attempt));
+        }
     }
 
     /// The endpoint this connection goes to.
@@ -189,6 +330,19 @@ mod tests {
         let info = ServerInfo::parse("redis_version:6.2.1\ncluster_enabled:1\n");
         assert!(info.cluster);
         assert!(!info.has_pexpiretime());
+    }
+
+    #[test]
+    fn retry_pauses_grow_with_jitter_and_a_cap() {
+        let r = Retry { attempts: 10, base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        for _ in 0..50 {
+            let p1 = r.pause(1);
+            assert!(p1 >= Duration::from_millis(50) && p1 <= Duration::from_millis(100), "{p1:?}");
+            let p3 = r.pause(3);
+            assert!(p3 >= Duration::from_millis(200) && p3 <= Duration::from_millis(400), "{p3:?}");
+            assert!(r.pause(30) <= Duration::from_secs(1));
+        }
+        assert!(is_transient("OOM") && is_transient("LOADING") && !is_transient("NOPERM"));
     }
 
     #[test]

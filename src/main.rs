@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod conn;
+mod cron;
 mod exit;
 mod glob;
 mod key;
@@ -15,6 +16,7 @@ mod verify;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use argh::FromArgs;
 
@@ -54,9 +56,19 @@ fn run() -> Exit {
     }
 }
 
+/// Runs a copy: checks the report path, takes the lock, runs the pipeline, prints the summary, then
+/// writes the report while still holding the lock (so the next run cannot start before it is written).
 fn copy(cfg: &CopyConfig) -> Exit {
-    match pipeline::copy(cfg, &STOP) {
-        Err(e) => fail(e.exit, &e.message),
+    if let Some(Err(e)) = cfg.report.as_deref().map(cron::check_report_writable) {
+        return fail(Exit::BadInput, &e);
+    }
+    let _lock = match cfg.lock.as_deref().map(cron::RunLock::acquire).transpose() {
+        Ok(lock) => lock,
+        Err(e) => return fail(e.exit, &e.message),
+    };
+    let start = SystemTime::now();
+    let (exit, summary, error) = match pipeline::copy(cfg, &STOP) {
+        Err(e) => (fail(e.exit, &e.message), None, Some(e.message)),
         Ok(outcome) => {
             let exit = outcome.exit();
             if let Some(error) = &outcome.error {
@@ -83,9 +95,17 @@ fn copy(cfg: &CopyConfig) -> Exit {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", outcome.summary);
             let _ = out.flush();
-            exit
+            (exit, Some(outcome.summary), outcome.error)
+        }
+    };
+    if let Some(path) = &cfg.report {
+        let report = cron::Report::new(cfg, start, summary.as_ref(), exit, error.as_deref());
+        if let Err(e) = report.write(path) {
+            // The copy's exit code stands: it says what happened to the keys.
+            eprintln!("error: {e}");
         }
     }
+    exit
 }
 
 /// Prints one `error:` line and returns the exit code.

@@ -119,9 +119,13 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     report::check_csv_writable(&cfg.errors_path).map_err(Fatal::bad_input)?;
     let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
     let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
+    let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
     let input = key_input(&cfg.keys, scan_conn)?;
-    let open =
-        |endpoint: &Endpoint| Conn::open(endpoint, cfg.timeouts).map_err(|e| Fatal::bad_input(e.to_string()));
+    let open = |endpoint: &Endpoint| {
+        Conn::open(endpoint, cfg.timeouts)
+            .map(|c| c.with_retry(cfg.retry))
+            .map_err(|e| Fatal::bad_input(e.to_string()))
+    };
     let readers = (0..cfg.readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
     let writers = (0..cfg.writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
     let abs_ttl = target_info.version >= (5, 0, 0);

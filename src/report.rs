@@ -1,5 +1,5 @@
 //! Accounting: the counters every key ends up in, the stop flag, progress lines, the summary line and
-//! the thread that owns the error CSV.
+//! the thread that owns a CSV file (the error CSV of `copy`, and the diff CSV of `verify`).
 //!
 //! A failed key is data: a stage hands it to [`Reporter::fail`], which counts it, forwards it to the
 //! CSV thread and raises the abort once `--max-errors` is reached. Keys a stage throws away after an
@@ -224,28 +224,39 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// The error CSV thread: opens the file at the first failure (so a clean run leaves no file), writes a
-/// row per failure, flushes whenever the queue is empty, and returns how many rows it wrote. A write
-/// error is fatal for the run: it is recorded in `stop` and returned.
-pub fn write_errors(rx: Receiver<Failure>, path: &str, append: bool, stop: &Stop) -> io::Result<u64> {
+/// One CSV file redis-ferry writes (the error CSV of `copy`, the diff CSV of `verify`): where it goes,
+/// its header, and how it is named in messages.
+#[derive(Debug, Clone, Copy)]
+pub struct CsvFile<'a> {
+    /// The path.
+    pub path: &'a str,
+    /// Append to an existing file (its header is written only if it is empty) rather than overwrite it.
+    pub append: bool,
+    /// The header row.
+    pub header: &'a [&'a str],
+    /// What the file is, for messages (`error CSV`, `diff CSV`).
+    pub what: &'a str,
+}
+
+/// The CSV thread: opens `file` at the first row (so a run with nothing to report leaves no file),
+/// writes one record per item with `row`, flushes whenever the queue is empty, and returns how many
+/// rows it wrote. A write error is fatal for the run: it is recorded in `stop` and returned.
+pub fn write_csv<T, R>(rx: Receiver<T>, file: CsvFile, stop: &Stop, row: impl Fn(T) -> R) -> io::Result<u64>
+where
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
     let mut writer: Option<csv::Writer<BufWriter<File>>> = None;
     let mut rows = 0u64;
     let result = (|| -> io::Result<()> {
         while let Ok(first) = rx.recv() {
             let w = match writer.as_mut() {
                 Some(w) => w,
-                None => writer.insert(open_csv(path, append)?),
+                None => writer.insert(open_csv(&file)?),
             };
             let mut next = Some(first);
-            while let Some(f) = next {
-                let key = f.key.to_string();
-                w.write_record([
-                    rfc3339(f.time).as_str(),
-                    key.as_str(),
-                    f.stage.name(),
-                    f.code.as_str(),
-                    f.message.as_str(),
-                ])?;
+            while let Some(item) = next {
+                w.write_record(row(item))?;
                 rows += 1;
                 next = rx.try_recv().ok();
             }
@@ -256,25 +267,43 @@ pub fn write_errors(rx: Receiver<Failure>, path: &str, append: bool, stop: &Stop
     match result {
         Ok(()) => Ok(rows),
         Err(e) => {
-            stop.fatal(format!("cannot write the error CSV {path}: {e}"));
+            stop.fatal(format!("cannot write the {} {}: {e}", file.what, file.path));
             Err(e)
         }
     }
 }
 
-fn open_csv(path: &str, append: bool) -> io::Result<csv::Writer<BufWriter<File>>> {
-    let file =
-        if append { OpenOptions::new().create(true).append(true).open(path)? } else { File::create(path)? };
-    let needs_header = file.metadata()?.len() == 0;
-    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
+/// The error CSV thread: [`write_csv`] with the header `time,key,stage,error,message`.
+pub fn write_errors(rx: Receiver<Failure>, path: &str, append: bool, stop: &Stop) -> io::Result<u64> {
+    let file = CsvFile { path, append, header: &CSV_HEADER, what: "error CSV" };
+    write_csv(rx, file, stop, |f: Failure| {
+        [rfc3339(f.time), f.key.to_string(), f.stage.name().to_string(), f.code, f.message]
+    })
+}
+
+fn open_csv(file: &CsvFile) -> io::Result<csv::Writer<BufWriter<File>>> {
+    let path = file.path;
+    let f = if file.append {
+        OpenOptions::new().create(true).append(true).open(path)?
+    } else {
+        File::create(path)?
+    };
+    let needs_header = f.metadata()?.len() == 0;
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(f));
     if needs_header {
-        w.write_record(CSV_HEADER)?;
+        w.write_record(file.header)?;
     }
     Ok(w)
 }
 
 /// Checks, without leaving a trace, that the error CSV can be created or appended to.
 pub fn check_csv_writable(path: &str) -> Result<(), String> {
+    check_writable("--errors", path)
+}
+
+/// Checks, without leaving a trace, that the file `flag` names can be created or appended to; the
+/// message names the flag.
+pub fn check_writable(flag: &str, path: &str) -> Result<(), String> {
     let existed = std::path::Path::new(path).exists();
     let opened = if existed {
         OpenOptions::new().append(true).open(path)
@@ -288,7 +317,7 @@ pub fn check_csv_writable(path: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        Err(e) => Err(format!("--errors {path}: cannot write there ({e})")),
+        Err(e) => Err(format!("{flag} {path}: cannot write there ({e})")),
     }
 }
 

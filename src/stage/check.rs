@@ -11,26 +11,29 @@ use redis::Value;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
-use crate::stage::{exchange, forward, new_pipe};
+use crate::stage::{exchange, forward};
 
 /// Runs the check stage until its input is drained.
 pub fn run(mut conn: Conn, rx: Receiver<Vec<Key>>, out: Sender<Vec<Key>>, rep: Reporter) {
-    let mut pipe = new_pipe();
     for batch in rx {
         if rep.stop.discard() {
             rep.unreached(batch.len());
             continue;
         }
-        pipe.clear();
-        for key in &batch {
-            pipe.cmd("EXISTS").arg(key.as_bytes());
-        }
-        let Some(replies) = exchange(&mut conn, &pipe, true, &batch, Stage::Check, &rep) else {
-            continue;
-        };
+        let answers = exchange::<1>(
+            &mut conn,
+            batch.len(),
+            |i| &batch[i],
+            |pipe, i| {
+                pipe.cmd("EXISTS").arg(batch[i].as_bytes());
+            },
+            Stage::Check,
+            &rep,
+        );
         let mut missing = Vec::with_capacity(batch.len());
         let mut skipped = 0;
-        for (key, reply) in batch.into_iter().zip(replies) {
+        for (key, answer) in batch.into_iter().zip(answers) {
+            let Some([reply]) = answer else { continue };
             match reply {
                 Value::Int(0) => missing.push(key),
                 Value::Int(_) => skipped += 1,

@@ -3,7 +3,7 @@
 //!
 //! A key that vanished (DUMP nil, or expiry -2) is counted as expired here; an error reply (NOPERM,
 //! ...) makes the key a failure at stage `fetch`. Several fetch threads run side by side, each with its
-//! own source connection. Only reads are sent, so a broken batch is simply sent again after a reconnect.
+//! own source connection.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,7 @@ use redis::Value;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
-use crate::stage::{exchange, forward, new_pipe, Fetched};
+use crate::stage::{exchange, forward, kind, Fetched};
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -29,32 +29,33 @@ pub fn run(
     rep: Reporter,
 ) {
     let ttl_cmd = if pexpiretime { "PEXPIRETIME" } else { "PTTL" };
-    let mut pipe = new_pipe();
     for batch in rx {
         if rep.stop.discard() {
             rep.unreached(batch.len());
             continue;
         }
-        pipe.clear();
-        for key in &batch {
-            pipe.cmd("DUMP").arg(key.as_bytes()).cmd(ttl_cmd).arg(key.as_bytes());
-        }
         let sent_at = now_ms();
-        let Some(replies) = exchange(&mut conn, &pipe, true, &batch, Stage::Fetch, &rep) else {
-            continue;
-        };
+        let answers = exchange::<2>(
+            &mut conn,
+            batch.len(),
+            |i| &batch[i],
+            |pipe, i| {
+                pipe.cmd("DUMP").arg(batch[i].as_bytes()).cmd(ttl_cmd).arg(batch[i].as_bytes());
+            },
+            Stage::Fetch,
+            &rep,
+        );
         let mut fetched = Vec::with_capacity(batch.len());
         let mut expired = 0;
-        let mut replies = replies.into_iter();
-        for key in batch {
-            let (dump, ttl) = (replies.next(), replies.next());
+        for (key, answer) in batch.into_iter().zip(answers) {
+            let Some([dump, ttl]) = answer else { continue };
             match (dump, ttl) {
-                (Some(Value::ServerError(err)), _) | (_, Some(Value::ServerError(err))) => {
+                (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
                     let (code, message) = conn::classify_reply(&err);
                     rep.fail(key, Stage::Fetch, code, message);
                 }
-                (Some(Value::Nil), _) | (_, Some(Value::Int(-2))) => expired += 1,
-                (Some(Value::BulkString(payload)), Some(Value::Int(ttl))) => {
+                (Value::Nil, _) | (_, Value::Int(-2)) => expired += 1,
+                (Value::BulkString(payload), Value::Int(ttl)) => {
                     let expire_at_ms = match ttl {
                         -1 => None,
                         t if pexpiretime => Some(t),
@@ -68,7 +69,7 @@ pub fn run(
                     key,
                     Stage::Fetch,
                     "PROTOCOL".into(),
-                    format!("unexpected DUMP/{ttl_cmd} replies {dump:?} / {ttl:?}"),
+                    format!("unexpected DUMP/{ttl_cmd} replies: {} / {}", kind(&dump), kind(&ttl)),
                 ),
             }
         }

@@ -29,44 +29,102 @@ pub struct Fetched {
     pub expire_at_ms: Option<i64>,
 }
 
-/// Sends `pipe` (built with [`new_pipe`]) for the batch of `keys` and returns one reply per command,
-/// error replies included as `Value::ServerError`. When the connection breaks it reconnects, and an
-/// `idempotent` batch (reads, REPLACE writes) is sent once more. When no reply can be had, every key of
-/// the batch becomes a failure at `stage` and `None` is returned; when the connection cannot be
-/// re-established, the run is also aborted (the stage then drains its input as unreached and ends).
-pub fn exchange<'k>(
+/// Sends one pipelined batch and returns, for each of its `n` keys, the key's `K` replies (error
+/// replies included, as `Value::ServerError`), or `None` for a key that failed and was reported.
+/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it.
+///
+/// This is the one place where faults are survived. A key whose replies include a transient error
+/// (OOM, LOADING, BUSY, TRYAGAIN, ...) and the keys left unanswered when the connection broke are sent
+/// again, and only they, after a growing pause and a reconnect, up to the connection's retry policy;
+/// keys already answered are never sent twice. After the last attempt they become failures with the
+/// last error; if the connection could not even be re-established, the run is aborted too. A resent
+/// RESTORE whose first attempt reached the server but whose answer was lost comes back as BUSYKEY
+/// (skip policy; the write stage counts it as skipped) or overwrites with the same payload (replace).
+pub fn exchange<'k, const K: usize>(
     conn: &mut Conn,
-    pipe: &Pipeline,
-    idempotent: bool,
-    keys: impl IntoIterator<Item = &'k Key>,
+    n: usize,
+    key: impl Fn(usize) -> &'k Key,
+    build: impl Fn(&mut Pipeline, usize),
     stage: Stage,
     rep: &Reporter,
-) -> Option<Vec<Value>> {
-    let mut attempts = if idempotent { 2 } else { 1 };
-    let err = loop {
-        attempts -= 1;
-        match pipe.query::<Vec<Value>>(conn.raw()) {
-            Ok(replies) => return Some(replies),
-            Err(err) if conn::is_connection_error(&err) => {
-                let role = conn.endpoint().role.name();
-                log::warn!("{role} {}: {}; reconnecting", conn.endpoint(), conn::one_line(&err.to_string()));
-                if let Err(lost) = conn.reconnect() {
-                    rep.stop.fatal(format!("{} stage lost the connection: {lost}", stage.name()));
-                    break err;
+) -> Vec<Option<[Value; K]>> {
+    let mut answers: Vec<Option<[Value; K]>> = (0..n).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..n).collect();
+    let mut replies = Vec::with_capacity(n * K);
+    let retry = conn.retry();
+    let mut attempt = 0;
+    let mut last_error: Option<(String, String)> = None;
+    while !pending.is_empty() {
+        let mut again = Vec::new();
+        match conn.ensure() {
+            Err(e) => {
+                last_error = Some(("IO".into(), e.to_string()));
+                again = pending;
+            }
+            Ok(()) => {
+                let mut pipe = redis::pipe();
+                for &i in &pending {
+                    build(&mut pipe, i);
                 }
-                if attempts == 0 {
-                    break err;
+                replies.clear();
+                let broken = conn.send_batch(&pipe.get_packed_pipeline(), pending.len() * K, &mut replies);
+                if let Some(err) = &broken {
+                    log::warn!(
+                        "{} {}: {}",
+                        conn.endpoint().role.name(),
+                        conn.endpoint(),
+                        conn::one_line(&err.to_string())
+                    );
+                    last_error = Some(conn::classify(err));
+                }
+                let mut got = replies.drain(..);
+                for &i in &pending {
+                    let group: Vec<Value> = got.by_ref().take(K).collect();
+                    let Ok(group) = <[Value; K]>::try_from(group) else {
+                        again.push(i); // unanswered: the connection broke before its replies came
+                        continue;
+                    };
+                    let busy = group.iter().find_map(|v| match v {
+                        Value::ServerError(e) if conn::is_transient(e.code()) => {
+                            Some(conn::classify_reply(e))
+                        }
+                        _ => None,
+                    });
+                    match busy {
+                        Some(why) => {
+                            last_error = Some(why);
+                            again.push(i);
+                        }
+                        None => answers[i] = Some(group),
+                    }
                 }
             }
-            // Not a connection problem (e.g. a reply the client could not parse): no retry helps.
-            Err(err) => break err,
         }
-    };
-    let (code, message) = conn::classify(&err);
-    for key in keys {
-        rep.fail(key.clone(), stage, code.clone(), message.clone());
+        if again.is_empty() {
+            break;
+        }
+        attempt += 1;
+        if attempt > retry.attempts || rep.stop.discard() {
+            let (code, message) = last_error.take().unwrap_or_else(|| ("IO".into(), "no reply".into()));
+            for &i in &again {
+                rep.fail(key(i).clone(), stage, code.clone(), message.clone());
+            }
+            if conn.ensure().is_err() {
+                rep.stop.fatal(format!(
+                    "{} stage lost the connection to {} {}: {message}",
+                    stage.name(),
+                    conn.endpoint().role.name(),
+                    conn.endpoint()
+                ));
+            }
+            break;
+        }
+        let pause = retry.pause(attempt);
+        log::debug!("{} keys to retry at {} in {pause:?} (attempt {attempt})", again.len(), stage.name());
+        std::thread::sleep(pause);
+        pending = again;
     }
-    None
+    answers
 }
 
 /// Passes a non-empty batch to the next stage. If that stage is gone (it only goes after an abort),
@@ -80,9 +138,16 @@ pub fn forward<T>(out: &Sender<Vec<T>>, batch: Vec<T>, rep: &Reporter) {
     }
 }
 
-/// Builds a pipeline that returns one result per command, errors included.
-pub fn new_pipe() -> Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    pipe
+/// The kind of a reply, for messages (never the payload itself, which may be megabytes).
+pub fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Int(_) => "integer",
+        Value::BulkString(_) => "bulk string",
+        Value::Array(_) => "array",
+        Value::SimpleString(_) => "simple string",
+        Value::Okay => "OK",
+        Value::ServerError(_) => "error",
+        _ => "other",
+    }
 }

@@ -86,12 +86,6 @@ pub fn run(input: KeyInput, batch: usize, out: Sender<Vec<Key>>, rep: Reporter) 
 /// Why the scan could not go on.
 struct StageError(String);
 
-impl From<crate::conn::ConnectError> for StageError {
-    fn from(err: crate::conn::ConnectError) -> StageError {
-        StageError(format!("lost the connection: {err}"))
-    }
-}
-
 fn produce(input: KeyInput, batch: usize, out: Sender<Vec<Key>>, rep: &Reporter) -> Result<(), StageError> {
     let mut batcher = Batcher { keys: Vec::with_capacity(batch), size: batch, out, rep };
     match input {
@@ -133,7 +127,6 @@ fn scan_pass(
     mut emit: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<bool, StageError> {
     let mut cursor: u64 = 0;
-    let mut retries = 0;
     loop {
         if rep.stop.stop_scanning() {
             return Ok(false);
@@ -143,22 +136,15 @@ fn scan_pass(
         if let Some(ty) = ty {
             cmd.arg("TYPE").arg(ty.name());
         }
-        let (next, keys): (u64, Vec<Vec<u8>>) = match cmd.query(conn.raw()) {
+        // SCAN is stateless on the server: after a reconnect the same cursor carries on.
+        let (next, keys): (u64, Vec<Vec<u8>>) = match conn.call(&cmd, || rep.stop.discard()) {
             Ok(page) => page,
-            // SCAN is stateless on the server: after a reconnect the same cursor carries on.
-            Err(err) if conn::is_connection_error(&err) && retries < 3 => {
-                log::warn!("scan: {}; reconnecting", conn::one_line(&err.to_string()));
-                retries += 1;
-                conn.reconnect()?;
-                continue;
-            }
-            // The source refused to scan (or kept timing out): no more keys can be found.
+            // The source refused to scan, or stayed unreachable: no more keys can be found.
             Err(err) => {
                 let (code, message) = conn::classify(&err);
                 return Err(StageError(format!("SCAN {cursor} failed: {code} {message}")));
             }
         };
-        retries = 0;
         for key in keys {
             if !emit(key) {
                 return Ok(false);

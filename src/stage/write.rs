@@ -17,7 +17,7 @@ use crate::config::OnConflict;
 use crate::conn::{self, Conn};
 use crate::report::{Counters, Reporter, Stage, StopReason};
 use crate::stage::fetch::now_ms;
-use crate::stage::{exchange, new_pipe, Fetched};
+use crate::stage::{exchange, kind, Fetched};
 use crate::throttle::Throttle;
 
 /// What every writer thread shares.
@@ -78,7 +78,6 @@ impl CopyBudget {
 
 /// Runs one writer thread until its input is drained.
 pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep: Reporter) {
-    let mut pipe = new_pipe();
     for mut items in rx {
         while !items.is_empty() {
             if rep.stop.discard() {
@@ -96,7 +95,7 @@ pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep
             }
             let rest = items.split_off(take);
             let copied = if shared.throttle.admit(items.len(), rep.stop) {
-                let copied = write_batch(&mut conn, &mut pipe, items, shared, &rep);
+                let copied = write_batch(&mut conn, items, shared, &rep);
                 shared.throttle.after_batch();
                 copied
             } else {
@@ -112,13 +111,7 @@ pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep
 }
 
 /// Writes one batch and accounts for every key of it; returns how many were copied.
-fn write_batch(
-    conn: &mut Conn,
-    pipe: &mut redis::Pipeline,
-    items: Vec<Fetched>,
-    shared: &WriteShared,
-    rep: &Reporter,
-) -> u64 {
+fn write_batch(conn: &mut Conn, items: Vec<Fetched>, shared: &WriteShared, rep: &Reporter) -> u64 {
     let now = now_ms();
     let (live, gone): (Vec<Fetched>, Vec<Fetched>) =
         items.into_iter().partition(|f| f.expire_at_ms.is_none_or(|at| at > now));
@@ -127,53 +120,54 @@ fn write_batch(
     if shared.dry_run {
         copied = live.len() as u64;
     } else if !live.is_empty() {
-        pipe.clear();
-        for f in &live {
-            let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
-            match f.expire_at_ms {
-                None => cmd.arg(0),
-                Some(at) if shared.abs_ttl => cmd.arg(at),
-                // Old targets only take a relative TTL: what is left of the deadline now, at least 1.
-                Some(at) => cmd.arg((at - now).max(1)),
-            };
-            cmd.arg(&f.payload[..]);
-            if shared.on_conflict == OnConflict::Replace {
-                cmd.arg("REPLACE");
-            }
-            if f.expire_at_ms.is_some() && shared.abs_ttl {
-                cmd.arg("ABSTTL");
-            }
-        }
-        let idempotent = shared.on_conflict == OnConflict::Replace;
-        if let Some(replies) =
-            exchange(conn, pipe, idempotent, live.iter().map(|f| &f.key), Stage::Write, rep)
-        {
-            {
-                let answered = now_ms();
-                for (f, reply) in live.into_iter().zip(replies) {
-                    match reply {
-                        Value::Okay | Value::SimpleString(_) => {
-                            // A deadline passed before the answer: the key is gone (or was never
-                            // created, for a past ABSTTL) on the target.
-                            if f.expire_at_ms.is_some_and(|at| at <= answered) {
-                                expired += 1;
-                            } else {
-                                copied += 1;
-                            }
-                        }
-                        Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
-                        Value::ServerError(err) => {
-                            let (code, message) = conn::classify_reply(&err);
-                            rep.fail(f.key, Stage::Write, code, message);
-                        }
-                        other => rep.fail(
-                            f.key,
-                            Stage::Write,
-                            "PROTOCOL".into(),
-                            format!("unexpected RESTORE reply {other:?}"),
-                        ),
+        let answers = exchange::<1>(
+            conn,
+            live.len(),
+            |i| &live[i].key,
+            |pipe, i| {
+                let f = &live[i];
+                let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
+                match f.expire_at_ms {
+                    None => cmd.arg(0),
+                    Some(at) if shared.abs_ttl => cmd.arg(at),
+                    // Old targets only take a relative TTL: what is left of the deadline now, at least 1.
+                    Some(at) => cmd.arg((at - now_ms()).max(1)),
+                };
+                cmd.arg(&f.payload[..]);
+                if shared.on_conflict == OnConflict::Replace {
+                    cmd.arg("REPLACE");
+                }
+                if f.expire_at_ms.is_some() && shared.abs_ttl {
+                    cmd.arg("ABSTTL");
+                }
+            },
+            Stage::Write,
+            rep,
+        );
+        let answered = now_ms();
+        for (f, answer) in live.into_iter().zip(answers) {
+            let Some([reply]) = answer else { continue };
+            match reply {
+                Value::Okay | Value::SimpleString(_) => {
+                    // A deadline passed before the answer: the key is gone (or was never created, for
+                    // a past ABSTTL) on the target.
+                    if f.expire_at_ms.is_some_and(|at| at <= answered) {
+                        expired += 1;
+                    } else {
+                        copied += 1;
                     }
                 }
+                Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
+                Value::ServerError(err) => {
+                    let (code, message) = conn::classify_reply(&err);
+                    rep.fail(f.key, Stage::Write, code, message);
+                }
+                other => rep.fail(
+                    f.key,
+                    Stage::Write,
+                    "PROTOCOL".into(),
+                    format!("unexpected RESTORE reply: {}", kind(&other)),
+                ),
             }
         }
     }

@@ -54,6 +54,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Its working dir (`--dir`) and log file; removed on drop.
     dir: tempfile::TempDir,
+    /// The extra arguments it was started with, for `restart`.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -73,7 +75,8 @@ impl RedisServer {
             .prefix("ferry-redis-")
             .tempdir()
             .expect("create temp dir for redis-server");
-        let mut server = RedisServer { child: None, port: 0, password, dir };
+        let extra_owned = extra.iter().map(|a| a.to_string()).collect();
+        let mut server = RedisServer { child: None, port: 0, password, dir, extra: extra_owned };
         let mut last_log = String::new();
         for _ in 0..SPAWN_ATTEMPTS {
             server.port = free_port();
@@ -146,6 +149,39 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Shuts the server down (SHUTDOWN, so an AOF is flushed; a kill if it does not go) and starts it
+    /// again on the same port, dir and arguments, after `down` has passed.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = redis::cmd("SHUTDOWN").query::<()>(&mut self.conn());
+        if let Some(child) = self.child.as_mut() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
+        thread::sleep(down);
+        let extra_owned = self.extra.clone();
+        let extra: Vec<&str> = extra_owned.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = Some(spawn_server(self.port, self.dir.path(), &extra));
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(log) if Instant::now() < deadline => {
+                    self.kill();
+                    eprintln!(
+                        "restart on port {} failed, retrying: {}",
+                        self.port,
+                        log.lines().last().unwrap_or("")
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(log) => panic!("redis-server did not restart on port {}: {log}", self.port),
+            }
+        }
     }
 
     /// `127.0.0.1:PORT`, the plain host:port form of SOURCE / TARGET.
@@ -472,13 +508,19 @@ pub fn summary(out: &Output) -> Summary {
     s
 }
 
-/// The parsed last stdout line of `verify`: `matched missing different ttl extra seconds`.
+/// The parsed last stdout line of `verify`: `matched missing different ttl extra seconds`, then
+/// `vanished` and `errors`.
 #[derive(Debug, Clone)]
 pub struct VerifySummary {
     pub matched: u64,
     pub missing: u64,
     pub different: u64,
     pub ttl: u64,
+    pub extra: u64,
+    /// Keys gone from the source during the check (not a difference).
+    pub vanished: u64,
+    /// Keys that could not be read.
+    pub errors: u64,
     pub line: String,
 }
 
@@ -495,7 +537,71 @@ pub fn verify_summary(out: &Output) -> VerifySummary {
     let int = |i: usize| -> u64 {
         pairs[i].1.parse().unwrap_or_else(|_| panic!("{} is not an integer in {line:?}", pairs[i].0))
     };
-    VerifySummary { matched: int(0), missing: int(1), different: int(2), ttl: int(3), line }
+    let named = |name: &str| -> u64 {
+        let (_, v) = pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no {name}= in the verify line {line:?}"));
+        v.parse().unwrap_or_else(|_| panic!("{name} is not an integer in {line:?}"))
+    };
+    VerifySummary {
+        matched: int(0),
+        missing: int(1),
+        different: int(2),
+        ttl: int(3),
+        extra: int(4),
+        vanished: named("vanished"),
+        errors: named("errors"),
+        line,
+    }
+}
+
+/// One row of the diff CSV of `verify --diff`.
+#[derive(Debug, Clone)]
+pub struct DiffRow {
+    pub time: String,
+    /// The key column unescaped back to bytes.
+    pub key: Vec<u8>,
+    /// `missing`, `type`, `value`, `ttl` or `extra`.
+    pub difference: String,
+    pub message: String,
+}
+
+/// Reads a diff CSV and checks each row against the contract: the exact header (starting with
+/// `time,key,` so `copy --keys-from` takes it), RFC 3339 UTC time, an escaped key, a known difference,
+/// and a non-empty one-line message.
+#[track_caller]
+pub fn read_diff(path: &Path) -> Vec<DiffRow> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("open diff CSV {}: {e}", path.display()));
+    let header = rdr.byte_headers().expect("CSV header").clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        [&b"time"[..], b"key", b"difference", b"message"],
+        "diff CSV header in {}",
+        path.display()
+    );
+    let mut rows = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.unwrap_or_else(|e| panic!("bad CSV row in {}: {e}", path.display()));
+        assert_eq!(rec.len(), 4, "diff CSV row {rec:?} has {} fields", rec.len());
+        let row = DiffRow {
+            time: rec[0].to_string(),
+            key: unescape_key(&rec[1]),
+            difference: rec[2].to_string(),
+            message: rec[3].to_string(),
+        };
+        assert!(is_rfc3339_utc(&row.time), "time {:?} is not RFC 3339 UTC", row.time);
+        assert!(
+            ["missing", "type", "value", "ttl", "extra"].contains(&row.difference.as_str()),
+            "unknown difference in {row:?}"
+        );
+        assert!(!row.message.is_empty() && !row.message.contains(['\n', '\r']), "bad message in {row:?}");
+        rows.push(row);
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,450 @@
+//! Running from a scheduler: the `--lock` file that keeps two runs from overlapping, and the `--report`
+//! JSON that tells a monitor how the last run went.
+//!
+//! The lock is an exclusive advisory `flock` on FILE, taken with `File::try_lock` before any connection
+//! is made and held until the report has been written; the holder writes its PID into the file so that a
+//! run turned away (exit 4) can name it. The file is never deleted: unlinking a flock'd file races with a
+//! run that has just opened it, and two runs could then each lock a different file of the same name.
+//!
+//! The report is written to `FILE.tmp` in the same directory, synced, then renamed over FILE, so a reader
+//! sees the previous report or the new one, never half of one. It never holds a user name or password.
+//! This file does no Redis I/O and knows nothing of the stages: it only reads the config and the final
+//! [`Summary`].
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
+use crate::exit::Exit;
+use crate::pipeline::Fatal;
+use crate::report::{rfc3339, StopReason, Summary};
+
+/// How often, and how long apart, a run turned away re-reads an empty lock file: the holder writes its
+/// PID a moment after it took the lock.
+const PID_READ_ATTEMPTS: u32 = 5;
+const PID_READ_PAUSE: Duration = Duration::from_millis(20);
+
+/// An exclusive advisory lock on the `--lock` file; closing the file (dropping this) releases it.
+#[derive(Debug)]
+pub struct RunLock {
+    /// The open lock file: the `flock` lives exactly as long as this handle.
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock without waiting and writes this process's PID into the file. Another run holding
+    /// it is exit 4, naming its PID; a file that cannot be opened or locked is exit 2.
+    pub fn acquire(path: &str) -> Result<RunLock, Fatal> {
+        // Not truncated on open: until we hold the lock, the content is the holder's PID.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Fatal::bad_input(format!("--lock {path}: cannot open it ({e})")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = match holder_pid(&mut file) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "pid unknown".to_string(),
+                };
+                return Err(Fatal {
+                    exit: Exit::Locked,
+                    message: format!("--lock {path} is held by another run ({holder}); this run did nothing"),
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Fatal::bad_input(format!("--lock {path}: cannot lock it ({e})")));
+            }
+        }
+        // The file may still hold the PID of an earlier run that has ended.
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // The lock itself is what keeps runs apart; without the PID a second run says "pid unknown".
+            log::warn!("--lock {path}: locked, but cannot write our pid into it ({e})");
+        }
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// The PID the holder wrote into the lock file, waiting briefly if it has not written it yet.
+fn holder_pid(file: &mut File) -> Option<u32> {
+    for attempt in 0..PID_READ_ATTEMPTS {
+        if attempt > 0 {
+            thread::sleep(PID_READ_PAUSE);
+        }
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut text)).is_err() {
+            return None;
+        }
+        if let Ok(pid) = text.trim().parse() {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The `--report` file: how a `copy` run went, for a scheduler or a monitor. Field order is the JSON's.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// Always `redis-ferry`, so the file says what wrote it.
+    pub tool: &'static str,
+    /// The version of redis-ferry that wrote it.
+    pub version: &'static str,
+    /// The subcommand, `copy`.
+    pub command: &'static str,
+    /// The process id of the run.
+    pub pid: u32,
+    /// When the run started (right after taking the lock), RFC 3339 UTC.
+    pub start: String,
+    /// When the run ended (when the report was made), RFC 3339 UTC.
+    pub end: String,
+    /// The exit code of the process.
+    pub exit_code: u8,
+    /// Why the run stopped early: `limit`, `interrupted` or `aborted`; null when it ran to the end.
+    pub stopped: Option<&'static str>,
+    /// The fatal error that ended or refused the run, one line; null when there was none.
+    pub error: Option<String>,
+    /// Keys found by the scan or read from `--keys-from` (the summary line's `scanned`).
+    pub scanned: u64,
+    /// Keys written to the target (or that would have been, in a dry run).
+    pub copied: u64,
+    /// Keys left alone because they already existed on the target.
+    pub skipped: u64,
+    /// Keys that vanished or expired before they could be written.
+    pub expired: u64,
+    /// Keys that failed; each is a row in the error CSV.
+    pub failed: u64,
+    /// The summary line's `seconds`: the copy's wall time after preflight; 0 if preflight refused the run.
+    pub seconds: f64,
+    /// The summary line's `keys_per_sec`: `scanned / seconds`, rounded.
+    pub keys_per_sec: f64,
+    /// The options the run used, defaults filled in.
+    pub options: Options<'a>,
+}
+
+/// The options of a run, named like their flags, with the defaults filled in. No user name, no password.
+#[derive(Debug, Serialize)]
+pub struct Options<'a> {
+    /// SOURCE as `host:port/db`.
+    pub source: String,
+    /// TARGET as `host:port/db`.
+    pub target: String,
+    /// `--match` patterns; empty with `--keys-from`.
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    /// `--type` filters; empty means every type.
+    #[serde(rename = "type")]
+    pub types: Vec<&'static str>,
+    /// `--scan-count`; null with `--keys-from`.
+    pub scan_count: Option<u64>,
+    /// `--keys-from` (`-` is standard input); null when scanning.
+    pub keys_from: Option<&'a str>,
+    /// `--on-conflict`: `skip` or `replace`.
+    pub on_conflict: &'static str,
+    /// `--mode`.
+    pub mode: String,
+    /// `--batch`.
+    pub batch: usize,
+    /// `--readers`.
+    pub readers: usize,
+    /// `--writers`.
+    pub writers: usize,
+    /// `--rate` in keys per second; null is unlimited.
+    pub rate: Option<u32>,
+    /// `--sleep-after-batch` in milliseconds.
+    pub sleep_after_batch: u128,
+    /// `--errors`, the error CSV path.
+    pub errors: &'a str,
+    /// `--errors-append`.
+    pub errors_append: bool,
+    /// `--max-errors`; 0 never aborts.
+    pub max_errors: u64,
+    /// `--limit`; null is no limit.
+    pub limit: Option<u64>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--progress` in seconds; 0 is none.
+    pub progress: u64,
+    /// `--timeout` in seconds.
+    pub timeout: u64,
+    /// `--connect-timeout` in seconds.
+    pub connect_timeout: u64,
+    /// `--retries`: retries of a key after a transient failure.
+    pub retries: u32,
+    /// `--lock`; null when not given.
+    pub lock: Option<&'a str>,
+    /// `--report`: this file.
+    pub report: Option<&'a str>,
+}
+
+impl<'a> Report<'a> {
+    /// The report of a run that started at `start` and ends now. `summary` is `None` when preflight
+    /// refused the run; `error` is the fatal error, if any (passwords are masked again, to be sure).
+    pub fn new(
+        cfg: &'a CopyConfig,
+        start: SystemTime,
+        summary: Option<&Summary>,
+        exit: Exit,
+        error: Option<&str>,
+    ) -> Report<'a> {
+        let counts = summary.map(|s| s.counts).unwrap_or_default();
+        let secs = summary.map_or(0.0, |s| s.elapsed.as_secs_f64());
+        let rate = if secs > 0.0 { counts.scanned as f64 / secs } else { 0.0 };
+        let stopped = match summary.map(|s| s.stop) {
+            None | Some(StopReason::None) => None,
+            Some(StopReason::Limit) => Some("limit"),
+            Some(StopReason::Interrupted) => Some("interrupted"),
+            Some(StopReason::Aborted) => Some("aborted"),
+        };
+        Report {
+            tool: "redis-ferry",
+            version: env!("CARGO_PKG_VERSION"),
+            command: "copy",
+            pid: std::process::id(),
+            start: rfc3339(start),
+            end: rfc3339(SystemTime::now()),
+            exit_code: exit.code(),
+            stopped,
+            error: error.map(|e| mask_passwords(e, cfg)),
+            scanned: counts.scanned,
+            copied: counts.copied,
+            skipped: counts.skipped,
+            expired: counts.expired,
+            failed: counts.failed,
+            // Rounded like the summary line, so the two agree.
+            seconds: (secs * 1000.0).round() / 1000.0,
+            keys_per_sec: rate.round(),
+            options: Options::new(cfg),
+        }
+    }
+
+    /// Writes the report atomically: `FILE.tmp` in the same directory, synced, then renamed over FILE.
+    pub fn write(&self, path: &str) -> Result<(), String> {
+        let tmp = tmp_path(path);
+        let result = (|| -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut file, self)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("cannot write the report {path}: {e}")
+        })
+    }
+}
+
+impl<'a> Options<'a> {
+    fn new(cfg: &'a CopyConfig) -> Options<'a> {
+        let (patterns, types, scan_count, keys_from) = match &cfg.keys {
+            KeySource::Scan { patterns, types, count } => (
+                patterns.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
+                types.iter().map(|t| t.name()).collect(),
+                Some(*count),
+                None,
+            ),
+            KeySource::File(path) => (Vec::new(), Vec::new(), None, Some(path.as_str())),
+        };
+        Options {
+            source: address(&cfg.source),
+            target: address(&cfg.target),
+            patterns,
+            types,
+            scan_count,
+            keys_from,
+            on_conflict: match cfg.on_conflict {
+                OnConflict::Skip => "skip",
+                OnConflict::Replace => "replace",
+            },
+            // The variant names are the flag's values; Debug keeps this working as modes are added.
+            mode: format!("{:?}", cfg.mode).to_lowercase(),
+            batch: cfg.batch,
+            readers: cfg.readers,
+            writers: cfg.writers,
+            rate: cfg.rate.map(|r| r.get()),
+            sleep_after_batch: cfg.sleep_after_batch.as_millis(),
+            errors: &cfg.errors_path,
+            errors_append: cfg.errors_append,
+            max_errors: cfg.max_errors.unwrap_or(0),
+            limit: cfg.limit,
+            dry_run: cfg.dry_run,
+            progress: cfg.progress.map_or(0, |p| p.as_secs()),
+            timeout: cfg.timeouts.io.as_secs(),
+            connect_timeout: cfg.timeouts.connect.as_secs(),
+            retries: cfg.retry.attempts,
+            lock: cfg.lock.as_deref(),
+            report: cfg.report.as_deref(),
+        }
+    }
+}
+
+/// `host:port/db` (IPv6 in brackets), always with the db, never with a user name or password.
+fn address(e: &Endpoint) -> String {
+    if e.host.contains(':') {
+        format!("[{}]:{}/{}", e.host, e.port, e.db)
+    } else {
+        format!("{}:{}/{}", e.host, e.port, e.db)
+    }
+}
+
+/// Error messages are already written without passwords; this masks any that slipped in anyway.
+fn mask_passwords(text: &str, cfg: &CopyConfig) -> String {
+    let mut text = text.to_string();
+    for password in [&cfg.source.password, &cfg.target.password].into_iter().flatten() {
+        if !password.is_empty() {
+            text = text.replace(password.as_str(), "***");
+        }
+    }
+    text
+}
+
+fn tmp_path(path: &str) -> String {
+    format!("{path}.tmp")
+}
+
+/// Checks, without leaving a trace, that the report can be written: `FILE.tmp` can be created next to
+/// FILE, and FILE is not a directory.
+pub fn check_report_writable(path: &str) -> Result<(), String> {
+    let refuse = |why: String| format!("--report {path}: cannot write there ({why})");
+    if Path::new(path).is_dir() {
+        return Err(refuse("it is a directory".into()));
+    }
+    let tmp = tmp_path(path);
+    let existed = Path::new(&tmp).exists();
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)
+        .map_err(|e| refuse(e.to_string()))?;
+    if !existed {
+        let _ = fs::remove_file(&tmp);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Args;
+    use crate::cli::Command;
+    use argh::FromArgs;
+
+    fn config(extra: &[&str]) -> CopyConfig {
+        let mut args = vec!["copy", "redis://bob:s3cret-pw@10.0.0.1:7000/2", "[::1]:7001"];
+        args.extend_from_slice(extra);
+        let Command::Copy(raw) = Args::from_args(&["redis-ferry"], &args).unwrap().command else {
+            panic!("not a copy")
+        };
+        CopyConfig::from_args(&raw).unwrap()
+    }
+
+    #[test]
+    fn a_second_lock_names_the_holder_and_the_lock_is_free_again_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.lock");
+        let path = path.to_str().unwrap();
+        let first = RunLock::acquire(path).unwrap();
+        assert_eq!(fs::read_to_string(path).unwrap(), format!("{}\n", std::process::id()));
+        // flock locks belong to the open file, so a second open in the same process is refused too.
+        let refused = RunLock::acquire(path).unwrap_err();
+        assert_eq!(refused.exit, Exit::Locked);
+        assert!(refused.message.contains(&format!("pid {}", std::process::id())), "{}", refused.message);
+        assert!(refused.message.contains(path), "{}", refused.message);
+        drop(first);
+        let _again = RunLock::acquire(path).unwrap();
+        assert!(Path::new(path).exists());
+    }
+
+    #[test]
+    fn a_stale_pid_is_overwritten_and_garbage_reads_as_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.lock");
+        let path = path.to_str().unwrap();
+        fs::write(path, "99999999\nleftover text\n").unwrap();
+        let held = RunLock::acquire(path).unwrap();
+        assert_eq!(fs::read_to_string(path).unwrap(), format!("{}\n", std::process::id()));
+        drop(held);
+        fs::write(path, "not a pid").unwrap();
+        let mut file = File::open(path).unwrap();
+        assert_eq!(holder_pid(&mut file), None);
+    }
+
+    #[test]
+    fn an_unopenable_lock_is_bad_input() {
+        let err = RunLock::acquire("/nonexistent-dir/run.lock").unwrap_err();
+        assert_eq!(err.exit, Exit::BadInput);
+        assert!(err.message.starts_with("--lock /nonexistent-dir/run.lock"), "{}", err.message);
+    }
+
+    #[test]
+    fn report_holds_counters_and_options_but_no_credentials() {
+        let cfg = config(&["--match", "a:*", "--match", "b:*", "--rate", "50", "--report", "r.json"]);
+        let summary = Summary {
+            counts: crate::report::Snapshot { scanned: 10, copied: 6, skipped: 2, expired: 1, failed: 1 },
+            elapsed: Duration::from_millis(2500),
+            dry_run: false,
+            stop: StopReason::Interrupted,
+        };
+        let report =
+            Report::new(&cfg, SystemTime::now(), Some(&summary), Exit::Interrupted, Some("lost s3cret-pw"));
+        let text = serde_json::to_string(&report).unwrap();
+        assert!(!text.contains("s3cret-pw") && !text.contains("bob"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["exit_code"], 130);
+        assert_eq!(v["stopped"], "interrupted");
+        assert_eq!(v["error"], "lost ***");
+        assert_eq!((v["scanned"].as_u64(), v["failed"].as_u64()), (Some(10), Some(1)));
+        assert_eq!((v["seconds"].as_f64(), v["keys_per_sec"].as_f64()), (Some(2.5), Some(4.0)));
+        let o = &v["options"];
+        assert_eq!(o["source"], "10.0.0.1:7000/2");
+        assert_eq!(o["target"], "[::1]:7001/0");
+        assert_eq!(o["match"], serde_json::json!(["a:*", "b:*"]));
+        assert_eq!((o["rate"].as_u64(), o["max_errors"].as_u64()), (Some(50), Some(1000)));
+        assert_eq!((o["mode"].as_str(), o["on_conflict"].as_str()), (Some("auto"), Some("skip")));
+        assert!(o["lock"].is_null() && o["keys_from"].is_null());
+    }
+
+    #[test]
+    fn a_refused_run_reports_zeroes_and_its_error() {
+        let cfg = config(&["--keys-from", "-"]);
+        let report = Report::new(&cfg, SystemTime::now(), None, Exit::BadInput, Some("cannot connect"));
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!((v["exit_code"].as_u64(), v["scanned"].as_u64()), (Some(2), Some(0)));
+        assert!(v["stopped"].is_null());
+        assert_eq!(v["options"]["keys_from"], "-");
+        assert!(v["options"]["scan_count"].is_null());
+    }
+
+    #[test]
+    fn report_is_written_by_rename_and_checked_without_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        let path = path.to_str().unwrap();
+        check_report_writable(path).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the check left a file");
+        let cfg = config(&[]);
+        Report::new(&cfg, SystemTime::now(), None, Exit::BadInput, None).write(path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(v["tool"], "redis-ferry");
+        assert!(!Path::new(&tmp_path(path)).exists());
+        // An existing report is kept by the check.
+        check_report_writable(path).unwrap();
+        assert!(Path::new(path).exists());
+        assert!(check_report_writable("/nonexistent-dir/r.json").unwrap_err().starts_with("--report"));
+        assert!(check_report_writable(dir.path().to_str().unwrap()).is_err());
+    }
+}

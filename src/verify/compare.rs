@@ -1,0 +1,661 @@
+//! Comparing one batch of source keys with the target: the verdict of each key.
+//!
+//! For a batch, a compare thread reads TYPE and PTTL on both sides in one pipeline per side, then the
+//! size of every key whose type agrees (STRLEN, LLEN, SCARD, ZCARD, HLEN, XLEN). Different sizes are a
+//! different value at once. Keys up to [`BIG_ELEMENTS`] elements (or [`BIG_STRING`] bytes) are read
+//! whole in one pipeline per side and compared normalised (sets and hashes sorted). Bigger keys are
+//! compared one at a time in pages, so memory stays bounded by the page size whatever the key's size:
+//! - strings with GETRANGE chunks and lists with LRANGE pages, on both sides;
+//! - streams with XRANGE pages by ID on both sides, then their consumer groups (XINFO GROUPS);
+//! - sets, hashes and sorted sets by walking the source with SSCAN / HSCAN / ZSCAN and looking each
+//!   page up on the target with SMISMEMBER / HMGET / ZMSCORE. With equal sizes, "every source member is
+//!   on the target with the same value" means equal.
+//!
+//! A suspected difference is checked again with EXISTS on both sides: a key gone from the source
+//! expired or was deleted during the check and is `Vanished`, not a difference. This file does not
+//! count, log or write anything; `mod.rs` does that with the verdicts.
+
+use redis::{Cmd, FromRedisValue, Value};
+
+use crate::config::KeyType;
+use crate::conn::{self, Conn};
+use crate::key::Key;
+
+/// Keys with more elements than this are compared in pages.
+pub const BIG_ELEMENTS: i64 = 1000;
+/// Strings longer than this many bytes are compared in GETRANGE chunks.
+pub const BIG_STRING: i64 = 1 << 20;
+/// Elements per page: LRANGE and XRANGE COUNT, SSCAN / HSCAN / ZSCAN COUNT (a hint).
+const PAGE: i64 = 500;
+/// Bytes per GETRANGE chunk.
+const STRING_PAGE: i64 = 256 << 10;
+
+/// The kind of a difference: the `difference` column of the diff CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// On the source, not on the target.
+    Missing,
+    /// On both sides with different types.
+    Type,
+    /// Same type, different value.
+    Value,
+    /// Same value, TTL off by more than the tolerance (or only one side has one).
+    Ttl,
+    /// On the target, not on the source (`--check-extra`).
+    Extra,
+}
+
+impl Kind {
+    /// The name in the diff CSV and the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Type => "type",
+            Kind::Value => "value",
+            Kind::Ttl => "ttl",
+            Kind::Extra => "extra",
+        }
+    }
+}
+
+/// What the check of one key found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Same type, value and TTL.
+    Matched,
+    /// Gone from the source during the check: not a difference.
+    Vanished,
+    /// A difference, with a one-line explanation.
+    Differs(Kind, String),
+    /// The key could not be read: error code and message.
+    Error(String, String),
+}
+
+/// One side's view of a key.
+struct Side {
+    /// TYPE reply ("none" when the key does not exist).
+    ty: String,
+    /// PTTL reply (-1 no expiry, -2 missing).
+    pttl: i64,
+}
+
+/// A key whose type is the same on both sides, on its way to a verdict.
+struct Candidate {
+    /// Its index in the batch.
+    index: usize,
+    /// The TYPE both sides agree on.
+    ty: String,
+    /// The TTL difference, found before the value was compared.
+    ttl: Option<String>,
+}
+
+/// One compare thread's two connections (its own, never shared) and its TTL tolerance.
+pub struct Comparer {
+    /// Connection to the source.
+    pub source: Conn,
+    /// Connection to the target.
+    pub target: Conn,
+    /// Largest TTL difference in milliseconds still counted as equal.
+    pub tolerance_ms: i64,
+}
+
+/// A reply read as `T`, or the error code and message of an error reply.
+type Reply<T> = Result<T, (String, String)>;
+
+/// A key's size on both sides, `(type, source, target)`; `None` for a type without a size command.
+type Sizes = Option<(KeyType, i64, i64)>;
+
+impl Comparer {
+    /// The verdict of every key of `keys`, in order. `Err` only when a connection failed: the caller
+    /// then counts the whole batch as errors.
+    pub fn batch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<Verdict>> {
+        let src = sides(&mut self.source, keys)?;
+        let dst = sides(&mut self.target, keys)?;
+        let mut verdicts: Vec<Option<Verdict>> = keys.iter().map(|_| None).collect();
+        let mut same = Vec::new();
+        for (index, (s, d)) in src.into_iter().zip(dst).enumerate() {
+            verdicts[index] = Some(match (s, d) {
+                (Err((code, message)), _) | (_, Err((code, message))) => Verdict::Error(code, message),
+                (Ok(s), _) if s.ty == "none" => Verdict::Vanished,
+                (_, Ok(d)) if d.ty == "none" => Verdict::Differs(Kind::Missing, "not on the target".into()),
+                (Ok(s), Ok(d)) if s.ty != d.ty => {
+                    Verdict::Differs(Kind::Type, format!("{} on the source, {} on the target", s.ty, d.ty))
+                }
+                (Ok(s), Ok(d)) => {
+                    let ttl = ttl_difference(s.pttl, d.pttl, self.tolerance_ms);
+                    same.push(Candidate { index, ty: s.ty, ttl });
+                    continue;
+                }
+            });
+        }
+
+        // Sizes first: a different size is a different value, and a big key is not read whole.
+        let sizes = self.sizes(keys, &same)?;
+        let (mut small, mut big) = (Vec::new(), Vec::new());
+        for (c, size) in same.into_iter().zip(sizes) {
+            let verdict = match size {
+                Err((code, message)) => Verdict::Error(code, message),
+                Ok(Some((ty, a, b))) if a != b => Verdict::Differs(
+                    Kind::Value,
+                    format!("{} {a} on the source, {b} on the target", measure(ty)),
+                ),
+                Ok(Some((ty, n, _))) if n > threshold(ty) => {
+                    big.push((c, ty, n));
+                    continue;
+                }
+                Ok(_) => {
+                    small.push(c);
+                    continue;
+                }
+            };
+            verdicts[c.index] = Some(verdict);
+        }
+
+        let whole = self.whole_values(keys, &small)?;
+        for (c, equal) in small.into_iter().zip(whole) {
+            verdicts[c.index] = Some(match equal {
+                Err((code, message)) => Verdict::Error(code, message),
+                Ok(false) => Verdict::Differs(Kind::Value, "the values differ".into()),
+                Ok(true) => ttl_verdict(c.ttl),
+            });
+        }
+        for (c, ty, len) in big {
+            verdicts[c.index] = Some(match self.chunked(&keys[c.index], ty, len) {
+                Ok(None) => ttl_verdict(c.ttl),
+                Ok(Some(why)) => Verdict::Differs(Kind::Value, why),
+                Err(e) if conn::is_connection_error(&e) => return Err(e),
+                Err(e) => {
+                    let (code, message) = conn::classify(&e);
+                    Verdict::Error(code, message)
+                }
+            });
+        }
+
+        let mut verdicts: Vec<Verdict> = verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| Verdict::Error("PROTOCOL".into(), "no verdict".into())))
+            .collect();
+        self.recheck(keys, &mut verdicts)?;
+        Ok(verdicts)
+    }
+
+    /// Reconnects both sides after a connection error.
+    pub fn reconnect(&mut self) -> Result<(), conn::ConnectError> {
+        self.source.reconnect()?;
+        self.target.reconnect()
+    }
+
+    /// A suspected difference is only one if the key still exists on the source; and a key that is
+    /// gone from the target by now is missing, whatever was suspected before.
+    fn recheck(&mut self, keys: &[Key], verdicts: &mut [Verdict]) -> redis::RedisResult<()> {
+        let suspects: Vec<usize> =
+            (0..keys.len()).filter(|&i| matches!(verdicts[i], Verdict::Differs(..))).collect();
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        let exists = |conn: &mut Conn| -> redis::RedisResult<Vec<Value>> {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &suspects {
+                pipe.cmd("EXISTS").arg(keys[i].as_bytes());
+            }
+            pipe.query(conn.raw())
+        };
+        let on_source = exists(&mut self.source)?;
+        let on_target = exists(&mut self.target)?;
+        for ((&i, s), t) in suspects.iter().zip(on_source).zip(on_target) {
+            match (parse::<i64>(s), parse::<i64>(t)) {
+                (Err((code, message)), _) | (_, Err((code, message))) => {
+                    verdicts[i] = Verdict::Error(code, message)
+                }
+                (Ok(0), _) => verdicts[i] = Verdict::Vanished,
+                (Ok(_), Ok(0)) => verdicts[i] = Verdict::Differs(Kind::Missing, "not on the target".into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of each candidate of a core type on both sides: `(type, source, target)`; `None` for
+    /// other types (module types), which are always compared whole.
+    fn sizes(&mut self, keys: &[Key], candidates: &[Candidate]) -> redis::RedisResult<Vec<Reply<Sizes>>> {
+        let types: Vec<Option<KeyType>> = candidates.iter().map(|c| core_type(&c.ty)).collect();
+        let read = |conn: &mut Conn| -> redis::RedisResult<Vec<Value>> {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (c, ty) in candidates.iter().zip(&types) {
+                if let Some(ty) = ty {
+                    pipe.cmd(size_command(*ty)).arg(keys[c.index].as_bytes());
+                }
+            }
+            if pipe.is_empty() {
+                return Ok(Vec::new());
+            }
+            pipe.query(conn.raw())
+        };
+        let mut src = read(&mut self.source)?.into_iter();
+        let mut dst = read(&mut self.target)?.into_iter();
+        Ok(types
+            .into_iter()
+            .map(|ty| {
+                let Some(ty) = ty else { return Ok(None) };
+                let a = parse::<i64>(src.next().unwrap_or_default())?;
+                let b = parse::<i64>(dst.next().unwrap_or_default())?;
+                Ok(Some((ty, a, b)))
+            })
+            .collect())
+    }
+
+    /// Reads the small candidates whole on both sides (one pipeline each) and says which are equal.
+    fn whole_values(&mut self, keys: &[Key], small: &[Candidate]) -> redis::RedisResult<Vec<Reply<bool>>> {
+        if small.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<(&Key, &str)> = small.iter().map(|c| (&keys[c.index], c.ty.as_str())).collect();
+        let a = values(&mut self.source, &wanted)?;
+        let b = values(&mut self.target, &wanted)?;
+        Ok(a.into_iter()
+            .zip(b)
+            .map(|(a, b)| match (a, b) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok(a == b),
+            })
+            .collect())
+    }
+
+    /// Compares one big key in pages; `Some(explanation)` when it differs.
+    fn chunked(&mut self, key: &Key, ty: KeyType, len: i64) -> redis::RedisResult<Option<String>> {
+        let key = key.as_bytes();
+        match ty {
+            KeyType::String => self.string(key, len),
+            KeyType::List => self.list(key, len),
+            KeyType::Stream => self.stream(key),
+            KeyType::Set => self.set(key),
+            KeyType::Hash => self.hash(key),
+            KeyType::Zset => self.zset(key),
+        }
+    }
+
+    fn string(&mut self, key: &[u8], len: i64) -> redis::RedisResult<Option<String>> {
+        let mut start = 0;
+        while start < len {
+            let mut cmd = redis::cmd("GETRANGE");
+            cmd.arg(key).arg(start).arg(start + STRING_PAGE - 1);
+            let (a, b): (Vec<u8>, Vec<u8>) = self.both(&cmd)?;
+            if let Some(at) = first_difference(&a, &b) {
+                return Ok(Some(format!("byte {} differs", start + at as i64)));
+            }
+            if a.is_empty() {
+                break;
+            }
+            start += STRING_PAGE;
+        }
+        Ok(None)
+    }
+
+    fn list(&mut self, key: &[u8], len: i64) -> redis::RedisResult<Option<String>> {
+        let mut start = 0;
+        while start < len {
+            let mut cmd = redis::cmd("LRANGE");
+            cmd.arg(key).arg(start).arg(start + PAGE - 1);
+            let (a, b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self.both(&cmd)?;
+            if let Some(at) = first_difference(&a, &b) {
+                return Ok(Some(format!("element {} differs", start + at as i64)));
+            }
+            if (a.len() as i64) < PAGE {
+                break;
+            }
+            start += PAGE;
+        }
+        Ok(None)
+    }
+
+    /// XRANGE pages by ID: the next page starts after the last ID of this one (exclusive `(ID`).
+    fn stream(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
+        let mut from = b"-".to_vec();
+        loop {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(key).arg(&from).arg("+").arg("COUNT").arg(PAGE);
+            let (a, b): (Vec<Value>, Vec<Value>) = self.both(&cmd)?;
+            if let Some(at) = first_difference(&a, &b) {
+                let id = a.get(at).or(b.get(at)).and_then(entry_id).unwrap_or_default();
+                return Ok(Some(format!("entry {} differs", Key(id))));
+            }
+            match a.last().and_then(entry_id) {
+                Some(last) if a.len() as i64 == PAGE => from = [&b"("[..], &last].concat(),
+                _ => break,
+            }
+        }
+        let mut groups = redis::cmd("XINFO");
+        groups.arg("GROUPS").arg(key);
+        let (a, b): (Value, Value) = self.both(&groups)?;
+        Ok((a != b).then(|| "consumer groups differ".to_string()))
+    }
+
+    /// SSCAN the source; every member of a page must be on the target (SMISMEMBER).
+    fn set(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
+        self.walk("SSCAN", key, 1, |target, members| {
+            let mut cmd = redis::cmd("SMISMEMBER");
+            cmd.arg(key);
+            for m in members {
+                cmd.arg(m[0].as_slice());
+            }
+            let present: Vec<i64> = target.call(&cmd, || false)?;
+            Ok(members
+                .iter()
+                .zip(present)
+                .find(|(_, p)| *p == 0)
+                .map(|(m, _)| format!("member {} is not on the target", Key(m[0].clone()))))
+        })
+    }
+
+    /// HSCAN the source; every field of a page must have the same value on the target (HMGET).
+    fn hash(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
+        self.walk("HSCAN", key, 2, |target, pairs| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(key);
+            for p in pairs {
+                cmd.arg(p[0].as_slice());
+            }
+            let theirs: Vec<Option<Vec<u8>>> = target.call(&cmd, || false)?;
+            Ok(pairs.iter().zip(theirs).find_map(|(p, v)| match v {
+                None => Some(format!("field {} is not on the target", Key(p[0].clone()))),
+                Some(v) if v != p[1] => Some(format!("field {} differs", Key(p[0].clone()))),
+                Some(_) => None,
+            }))
+        })
+    }
+
+    /// ZSCAN the source; every member of a page must have the same score on the target (ZMSCORE).
+    /// Scores are compared as numbers: the two commands may print the same double differently.
+    fn zset(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
+        self.walk("ZSCAN", key, 2, |target, pairs| {
+            let mut cmd = redis::cmd("ZMSCORE");
+            cmd.arg(key);
+            for p in pairs {
+                cmd.arg(p[0].as_slice());
+            }
+            let theirs: Vec<Value> = target.call(&cmd, || false)?;
+            Ok(pairs.iter().zip(theirs).find_map(|(p, v)| {
+                let member = Key(p[0].clone());
+                match (parse_score(&p[1]), score(&v)) {
+                    (_, None) => Some(format!("member {member} is not on the target")),
+                    (a, b) if a != b => Some(format!("score of member {member} differs")),
+                    _ => None,
+                }
+            }))
+        })
+    }
+
+    /// Walks the source key with `scan` (SSCAN / HSCAN / ZSCAN), page by page, grouping each page's
+    /// flat reply in groups of `width`, and hands each page to `check` with the target connection.
+    fn walk(
+        &mut self,
+        scan: &str,
+        key: &[u8],
+        width: usize,
+        mut check: impl FnMut(&mut Conn, &[&[Vec<u8>]]) -> redis::RedisResult<Option<String>>,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd(scan);
+            cmd.arg(key).arg(cursor).arg("COUNT").arg(PAGE);
+            let (next, flat): (u64, Vec<Vec<u8>>) = self.source.call(&cmd, || false)?;
+            let page: Vec<&[Vec<u8>]> = flat.chunks_exact(width).collect();
+            if !page.is_empty() {
+                if let Some(why) = check(&mut self.target, &page)? {
+                    return Ok(Some(why));
+                }
+            }
+            if next == 0 {
+                return Ok(None);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Runs the same read on the source, then on the target.
+    fn both<T: FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<(T, T)> {
+        let a = self.source.call(cmd, || false)?;
+        let b = self.target.call(cmd, || false)?;
+        Ok((a, b))
+    }
+}
+
+/// A reply as `T`, or the error code and message of an error reply or an unexpected reply.
+fn parse<T: FromRedisValue>(value: Value) -> Reply<T> {
+    match value {
+        Value::ServerError(e) => Err(conn::classify_reply(&e)),
+        v => redis::from_redis_value(v).map_err(|e| ("PROTOCOL".into(), conn::one_line(&e.to_string()))),
+    }
+}
+
+/// TYPE and PTTL of every key of the batch on one side.
+fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for key in keys {
+        pipe.cmd("TYPE").arg(key.as_bytes()).cmd("PTTL").arg(key.as_bytes());
+    }
+    let replies: Vec<Value> = pipe.query(conn.raw())?;
+    let mut replies = replies.into_iter();
+    Ok(keys
+        .iter()
+        .map(|_| {
+            let ty = parse::<String>(replies.next().unwrap_or_default())?;
+            let pttl = parse::<i64>(replies.next().unwrap_or_default())?;
+            Ok(Side { ty, pttl })
+        })
+        .collect())
+}
+
+/// Reads the whole values of `keys` (each of the type given with it) in one pipeline, normalised.
+fn values(conn: &mut Conn, keys: &[(&Key, &str)]) -> redis::RedisResult<Vec<Reply<Value>>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (key, ty) in keys {
+        let k = key.as_bytes();
+        match *ty {
+            "string" => pipe.cmd("GET").arg(k),
+            "list" => pipe.cmd("LRANGE").arg(k).arg(0).arg(-1),
+            "set" => pipe.cmd("SMEMBERS").arg(k),
+            "zset" => pipe.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES"),
+            "hash" => pipe.cmd("HGETALL").arg(k),
+            "stream" => pipe.cmd("XRANGE").arg(k).arg("-").arg("+").cmd("XINFO").arg("GROUPS").arg(k),
+            // Module types and others: their DUMP payload is the only common form.
+            _ => pipe.cmd("DUMP").arg(k),
+        };
+    }
+    let raw: Vec<Value> = pipe.query(conn.raw())?;
+    let mut raw = raw.into_iter();
+    let mut out = Vec::with_capacity(keys.len());
+    for (_, ty) in keys {
+        let mut value = raw.next().unwrap_or_default();
+        if *ty == "stream" {
+            value = Value::Array(vec![value, raw.next().unwrap_or_default()]);
+        }
+        out.push(match error_in(&value) {
+            Some(e) => Err(e),
+            None => Ok(match *ty {
+                "set" => sorted(value, 1),
+                "hash" => sorted(value, 2),
+                _ => value,
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// The first error reply in a value or one level down (a stream's two replies).
+fn error_in(value: &Value) -> Option<(String, String)> {
+    match value {
+        Value::ServerError(e) => Some(conn::classify_reply(e)),
+        Value::Array(items) => items.iter().find_map(|v| match v {
+            Value::ServerError(e) => Some(conn::classify_reply(e)),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// Sorts a flat array in groups of `width` (members, or field/value pairs), so order does not matter.
+fn sorted(value: Value, width: usize) -> Value {
+    let items = match value {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => return other,
+    };
+    let mut groups: Vec<Vec<Value>> = Vec::new();
+    let mut it = items.into_iter();
+    loop {
+        let group: Vec<Value> = it.by_ref().take(width).collect();
+        if group.is_empty() {
+            break;
+        }
+        groups.push(group);
+    }
+    groups.sort_by_cached_key(|g| format!("{g:?}"));
+    Value::Array(groups.into_iter().flatten().collect())
+}
+
+/// The core type a TYPE reply names, if it is one.
+fn core_type(name: &str) -> Option<KeyType> {
+    [KeyType::String, KeyType::List, KeyType::Set, KeyType::Zset, KeyType::Hash, KeyType::Stream]
+        .into_iter()
+        .find(|t| t.name() == name)
+}
+
+fn size_command(ty: KeyType) -> &'static str {
+    match ty {
+        KeyType::String => "STRLEN",
+        KeyType::List => "LLEN",
+        KeyType::Set => "SCARD",
+        KeyType::Zset => "ZCARD",
+        KeyType::Hash => "HLEN",
+        KeyType::Stream => "XLEN",
+    }
+}
+
+/// What the size of a type measures, for messages.
+fn measure(ty: KeyType) -> &'static str {
+    match ty {
+        KeyType::String => "string length",
+        KeyType::List => "list length",
+        KeyType::Set | KeyType::Zset => "cardinality",
+        KeyType::Hash => "field count",
+        KeyType::Stream => "stream length",
+    }
+}
+
+/// Above this size a key of type `ty` is compared in pages.
+fn threshold(ty: KeyType) -> i64 {
+    match ty {
+        KeyType::String => BIG_STRING,
+        _ => BIG_ELEMENTS,
+    }
+}
+
+/// `None` when the two PTTLs agree within `tolerance` ms, else what differs.
+fn ttl_difference(source: i64, target: i64, tolerance: i64) -> Option<String> {
+    match (source, target) {
+        (-1, -1) => None,
+        (a, b) if a >= 0 && b >= 0 && (a - b).abs() <= tolerance => None,
+        (a, b) if a >= 0 && b >= 0 => {
+            Some(format!("PTTL {a} ms on the source, {b} ms on the target (tolerance {tolerance} ms)"))
+        }
+        (-1, b) => Some(format!("no TTL on the source, PTTL {b} ms on the target")),
+        (a, -1) => Some(format!("PTTL {a} ms on the source, no TTL on the target")),
+        (a, b) => Some(format!("PTTL {a} on the source, {b} on the target")),
+    }
+}
+
+fn ttl_verdict(ttl: Option<String>) -> Verdict {
+    match ttl {
+        Some(why) => Verdict::Differs(Kind::Ttl, why),
+        None => Verdict::Matched,
+    }
+}
+
+/// Index of the first element that differs (or the shorter length), `None` when equal.
+fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+/// The ID of an XRANGE entry (`[id, [field, value, ...]]`).
+fn entry_id(entry: &Value) -> Option<Vec<u8>> {
+    match entry {
+        Value::Array(parts) => match parts.first()? {
+            Value::BulkString(id) => Some(id.clone()),
+            Value::SimpleString(id) => Some(id.clone().into_bytes()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A sorted-set score as a number (`inf` and `-inf` included); `None` for nil or not a number.
+fn score(value: &Value) -> Option<f64> {
+    match value {
+        Value::Double(d) => Some(*d),
+        Value::BulkString(b) => parse_score(b),
+        Value::SimpleString(s) => parse_score(s.as_bytes()),
+        Value::Int(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// A score as Redis prints it (`1.5`, `inf`, `-inf`) as a number.
+fn parse_score(text: &[u8]) -> Option<f64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_within_the_tolerance_agree() {
+        assert_eq!(ttl_difference(-1, -1, 2000), None);
+        assert_eq!(ttl_difference(10_000, 8_000, 2000), None);
+        assert_eq!(ttl_difference(8_000, 10_000, 2000), None);
+        assert!(ttl_difference(10_000, 7_999, 2000).unwrap().contains("tolerance 2000 ms"));
+        assert!(ttl_difference(-1, 5000, 2000).unwrap().starts_with("no TTL on the source"));
+        assert!(ttl_difference(5000, -1, 2000).unwrap().ends_with("no TTL on the target"));
+        assert!(ttl_difference(5000, -2, 2000).is_some());
+    }
+
+    #[test]
+    fn first_difference_finds_changes_and_length() {
+        assert_eq!(first_difference(b"abc", b"abc"), None);
+        assert_eq!(first_difference(b"abc", b"abd"), Some(2));
+        assert_eq!(first_difference(b"ab", b"abc"), Some(2));
+        assert_eq!(first_difference::<u8>(b"", b""), None);
+    }
+
+    #[test]
+    fn scores_compare_as_numbers() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(score(&bulk("0.10000000000000001")), score(&bulk("0.1")));
+        assert_eq!(score(&bulk("inf")), Some(f64::INFINITY));
+        assert_eq!(score(&bulk("-inf")), Some(f64::NEG_INFINITY));
+        assert_eq!(score(&Value::Nil), None);
+    }
+
+    #[test]
+    fn sets_and_hashes_compare_in_any_order() {
+        let arr = |items: &[&str]| {
+            Value::Array(items.iter().map(|s| Value::BulkString(s.as_bytes().to_vec())).collect())
+        };
+        assert_eq!(sorted(arr(&["b", "a", "c"]), 1), sorted(arr(&["c", "b", "a"]), 1));
+        assert_eq!(sorted(arr(&["f2", "v2", "f1", "v1"]), 2), arr(&["f1", "v1", "f2", "v2"]));
+        assert_ne!(sorted(arr(&["f1", "v2", "f2", "v1"]), 2), sorted(arr(&["f1", "v1", "f2", "v2"]), 2));
+    }
+
+    #[test]
+    fn entry_ids_and_core_types() {
+        let entry = Value::Array(vec![Value::BulkString(b"1-0".to_vec()), Value::Array(vec![])]);
+        assert_eq!(entry_id(&entry), Some(b"1-0".to_vec()));
+        assert_eq!(core_type("zset"), Some(KeyType::Zset));
+        assert_eq!(core_type("ReJSON-RL"), None);
+    }
+}

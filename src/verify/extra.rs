@@ -1,0 +1,96 @@
+//! `--check-extra`: keys the target holds that the source does not.
+//!
+//! A second scanner walks the target with the same `--match` / `--type` filters (the scan stage of
+//! `copy`, handed a target connection), and one thread checks each of its batches with one pipeline of
+//! EXISTS on the source. A key the source lacks is looked up once more on the target: if it is gone
+//! there too, it expired during the check (a copy carries the source's deadline) and is not extra.
+//! Keys present on both sides are the main comparison's business and get no verdict here.
+
+use redis::Value;
+
+use crate::config::{KeySource, VerifyConfig};
+use crate::conn::{self, Conn};
+use crate::key::Key;
+use crate::pipeline::Fatal;
+use crate::stage::scan::KeyInput;
+
+use super::compare::{Kind, Verdict};
+
+/// The extra-key checker's own connections.
+pub struct Extra {
+    /// Connection to the source, for EXISTS.
+    pub source: Conn,
+    /// Connection to the target, for the second look.
+    pub target: Conn,
+}
+
+impl Extra {
+    /// The verdicts of the target keys of `keys` that are extra or could not be checked, with their
+    /// index in the batch. `Err` only when a connection failed.
+    pub fn batch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<(usize, Verdict)>> {
+        let on_source = exists(&mut self.source, keys.iter())?;
+        let mut out = Vec::new();
+        let mut absent = Vec::new();
+        for (i, reply) in on_source.into_iter().enumerate() {
+            match reply {
+                Value::Int(0) => absent.push(i),
+                Value::Int(_) => {}
+                Value::ServerError(e) => {
+                    let (code, message) = conn::classify_reply(&e);
+                    out.push((i, Verdict::Error(code, message)));
+                }
+                other => {
+                    out.push((i, Verdict::Error("PROTOCOL".into(), format!("EXISTS replied {other:?}"))))
+                }
+            }
+        }
+        if absent.is_empty() {
+            return Ok(out);
+        }
+        let on_target = exists(&mut self.target, absent.iter().map(|&i| &keys[i]))?;
+        for (i, reply) in absent.into_iter().zip(on_target) {
+            match reply {
+                Value::Int(0) => log::debug!("{}: gone from the target during the check", keys[i]),
+                Value::ServerError(e) => {
+                    let (code, message) = conn::classify_reply(&e);
+                    out.push((i, Verdict::Error(code, message)));
+                }
+                _ => out.push((i, Verdict::Differs(Kind::Extra, "not on the source".into()))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reconnects both sides after a connection error.
+    pub fn reconnect(&mut self) -> Result<(), conn::ConnectError> {
+        self.source.reconnect()?;
+        self.target.reconnect()
+    }
+}
+
+fn exists<'k>(conn: &mut Conn, keys: impl Iterator<Item = &'k Key>) -> redis::RedisResult<Vec<Value>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for key in keys {
+        pipe.cmd("EXISTS").arg(key.as_bytes());
+    }
+    pipe.query(conn.raw())
+}
+
+/// The scan of the target: its own connection, checked to allow SCAN, with the filters of the main
+/// scan. `--keys-from` never gets here (config refuses it with `--check-extra`).
+pub fn target_scan(cfg: &VerifyConfig, mut conn: Conn) -> Result<KeyInput, Fatal> {
+    let KeySource::Scan { patterns, types, count } = &cfg.keys else {
+        return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
+    };
+    let probe: redis::RedisResult<(u64, Vec<Vec<u8>>)> =
+        redis::cmd("SCAN").arg(0).arg("COUNT").arg(1).query(conn.raw());
+    if let Err(e) = probe {
+        let (code, message) = conn::classify(&e);
+        return Err(Fatal::bad_input(format!(
+            "--check-extra: the target {} refuses SCAN: {code} {message}",
+            conn.endpoint()
+        )));
+    }
+    Ok(KeyInput::Server { conn, patterns: patterns.clone(), types: types.clone(), count: *count })
+}

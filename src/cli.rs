@@ -83,6 +83,10 @@ pub struct CopyArgs {
     /// without passwords, start and end time, exit code, error; replaced atomically
     #[argh(option)]
     pub report: Option<String>,
+    /// save the scan position and counters to FILE every few seconds and at exit; run again with the
+    /// same FILE to resume where it stopped (SCAN only, not with --keys-from or --dry-run)
+    #[argh(option)]
+    pub checkpoint: Option<String>,
     /// abort (exit 3) once N keys have failed; 0 = never abort (default 1000)
     #[argh(option, default = "1000")]
     pub max_errors: u64,

@@ -337,6 +337,8 @@ pub struct CopyConfig {
     pub lock: Option<String>,
     /// `--report`: where to write the JSON report at the end; `None` writes none.
     pub report: Option<String>,
+    /// `--checkpoint`: where the scan position is saved and resumed from; `None` for none.
+    pub checkpoint: Option<String>,
     /// Abort once this many keys failed; `None` never aborts.
     pub max_errors: Option<u64>,
     /// Stop after this many keys have been copied.
@@ -460,14 +462,16 @@ fn endpoints(
     Ok((source, target))
 }
 
-/// Checks `--lock` and `--report`: a name each, and no file named twice among them, `--errors` and
+/// Checks `--lock`, `--report` and `--checkpoint`: a name each, and no file named twice among them, `--errors` and
 /// `--keys-from` (the lock file is truncated for our PID, the report replaced at the end).
 fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
     let mut named: Vec<(&str, &str)> = vec![("--errors", args.errors.as_str())];
     if let Some(keys) = args.keys_from.as_deref().filter(|k| *k != "-") {
         named.push(("--keys-from", keys));
     }
-    for (flag, value) in [("--lock", &args.lock), ("--report", &args.report)] {
+    for (flag, value) in
+        [("--lock", &args.lock), ("--report", &args.report), ("--checkpoint", &args.checkpoint)]
+    {
         let Some(path) = value.as_deref() else { continue };
         if path.is_empty() {
             return Err(bad(format!("{flag} needs a file name")));
@@ -516,6 +520,12 @@ impl CopyConfig {
             return Err(bad("--limit must be at least 1 (got 0); leave it out to copy everything"));
         }
         let (lock, report) = cron_files(args)?;
+        if args.checkpoint.is_some() && args.keys_from.is_some() {
+            return Err(bad("--checkpoint resumes a SCAN; it cannot be combined with --keys-from"));
+        }
+        if args.checkpoint.is_some() && args.dry_run {
+            return Err(bad("--checkpoint cannot be combined with --dry-run (there is nothing to resume)"));
+        }
         Ok(CopyConfig {
             source,
             target,
@@ -531,6 +541,7 @@ impl CopyConfig {
             errors_append: args.errors_append,
             lock,
             report,
+            checkpoint: args.checkpoint.clone(),
             max_errors: (args.max_errors > 0).then_some(args.max_errors),
             limit: args.limit,
             dry_run: args.dry_run,

@@ -1,6 +1,7 @@
 //! redis-ferry: copy keys from one Redis to another. `main` only sets up logging and the Ctrl-C
 //! handler, parses the command line, runs the subcommand and maps its outcome to an exit code.
 
+mod checkpoint;
 mod cli;
 mod config;
 mod conn;

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
+use crate::checkpoint::{self, Ledger};
 use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
 use crate::conn::{Conn, ServerInfo};
 use crate::exit::Exit;
@@ -117,6 +118,14 @@ pub fn key_input(keys: &KeySource, mut conn: Conn) -> Result<KeyInput, Fatal> {
 pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     // Preflight: everything that can refuse the run does so before anything is written.
     report::check_csv_writable(&cfg.errors_path).map_err(Fatal::bad_input)?;
+    let identity = checkpoint::Identity::of(cfg);
+    let resume = match &cfg.checkpoint {
+        Some(path) => {
+            checkpoint::check_writable(path).map_err(Fatal::bad_input)?;
+            checkpoint::load(path, &identity).map_err(Fatal::bad_input)?
+        }
+        None => checkpoint::Start::default(),
+    };
     let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
     let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
     let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
@@ -142,12 +151,14 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let counters = Counters::default();
     let throttle = Throttle::new(cfg.rate, cfg.batch, cfg.sleep_after_batch);
     let budget = cfg.limit.map(CopyBudget::new);
+    let ledger = Ledger::new(resume.at);
     let shared = WriteShared {
         on_conflict: cfg.on_conflict,
         abs_ttl,
         dry_run: cfg.dry_run,
         throttle: &throttle,
         budget: budget.as_ref(),
+        ledger: &ledger,
     };
     let start = Instant::now();
     let (fail_tx, fail_rx) = bounded(1024);
@@ -158,17 +169,23 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let (done_tx, done_rx) = bounded::<()>(0);
         if let Some(interval) = cfg.progress {
             let counters = &counters;
+            let done_rx = done_rx.clone();
             s.spawn(move || report::progress(counters, interval, done_rx, cfg.dry_run));
+        }
+        if let Some(path) = &cfg.checkpoint {
+            let (counters, ledger, identity) = (&counters, &ledger, &identity);
+            s.spawn(move || checkpoint::keep_saving(path, identity, ledger, counters, resume.base, done_rx));
         }
 
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
-        stages.push(s.spawn(move || scan::run(input, cfg.batch, scan_tx, rep)));
+        let ledger = &ledger;
+        stages.push(s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger)));
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();
-            stages.push(s.spawn(move || check::run(check_conn, scan_rx, tx, rep)));
+            stages.push(s.spawn(move || check::run(check_conn, scan_rx, tx, rep, ledger)));
             rx
         } else {
             drop(check_conn);
@@ -178,7 +195,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let pexpiretime = source_info.has_pexpiretime();
         for conn in readers {
             let (rx, tx, rep) = (fetch_rx.clone(), write_tx.clone(), reporter.clone());
-            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep)));
+            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep, ledger)));
         }
         drop((fetch_rx, write_tx));
         for conn in writers {

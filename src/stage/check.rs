@@ -8,13 +8,20 @@
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
+use crate::checkpoint::Ledger;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
-use crate::stage::{exchange, forward};
+use crate::stage::{exchange, forward, Batch};
 
 /// Runs the check stage until its input is drained.
-pub fn run(mut conn: Conn, rx: Receiver<Vec<Key>>, out: Sender<Vec<Key>>, rep: Reporter) {
+pub fn run(
+    mut conn: Conn,
+    rx: Receiver<Batch<Key>>,
+    out: Sender<Batch<Key>>,
+    rep: Reporter,
+    ledger: &Ledger,
+) {
     for batch in rx {
         if rep.stop.discard() {
             rep.unreached(batch.len());
@@ -32,7 +39,8 @@ pub fn run(mut conn: Conn, rx: Receiver<Vec<Key>>, out: Sender<Vec<Key>>, rep: R
         );
         let mut missing = Vec::with_capacity(batch.len());
         let mut skipped = 0;
-        for (key, answer) in batch.into_iter().zip(answers) {
+        let (id, taken) = (batch.id, batch.len());
+        for (key, answer) in batch.items.into_iter().zip(answers) {
             let Some([reply]) = answer else { continue };
             match reply {
                 Value::Int(0) => missing.push(key),
@@ -50,6 +58,6 @@ pub fn run(mut conn: Conn, rx: Receiver<Vec<Key>>, out: Sender<Vec<Key>>, rep: R
             }
         }
         Counters::add(&rep.counters.skipped, skipped);
-        forward(&out, missing, &rep);
+        forward(&out, id, taken, missing, &rep, ledger);
     }
 }

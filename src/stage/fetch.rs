@@ -10,10 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
+use crate::checkpoint::Ledger;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
-use crate::stage::{exchange, forward, kind, Fetched};
+use crate::stage::{exchange, forward, kind, Batch, Fetched};
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -24,9 +25,10 @@ pub fn now_ms() -> i64 {
 pub fn run(
     mut conn: Conn,
     pexpiretime: bool,
-    rx: Receiver<Vec<Key>>,
-    out: Sender<Vec<Fetched>>,
+    rx: Receiver<Batch<Key>>,
+    out: Sender<Batch<Fetched>>,
     rep: Reporter,
+    ledger: &Ledger,
 ) {
     let ttl_cmd = if pexpiretime { "PEXPIRETIME" } else { "PTTL" };
     for batch in rx {
@@ -47,7 +49,8 @@ pub fn run(
         );
         let mut fetched = Vec::with_capacity(batch.len());
         let mut expired = 0;
-        for (key, answer) in batch.into_iter().zip(answers) {
+        let (id, taken) = (batch.id, batch.len());
+        for (key, answer) in batch.items.into_iter().zip(answers) {
             let Some([dump, ttl]) = answer else { continue };
             match (dump, ttl) {
                 (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
@@ -74,6 +77,6 @@ pub fn run(
             }
         }
         Counters::add(&rep.counters.expired, expired);
-        forward(&out, fetched, &rep);
+        forward(&out, id, taken, fetched, &rep, ledger);
     }
 }

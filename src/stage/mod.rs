@@ -14,9 +14,35 @@ pub mod write;
 use crossbeam_channel::Sender;
 use redis::{Pipeline, Value};
 
+use crate::checkpoint::Ledger;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Reporter, Stage};
+
+/// A batch of keys (or fetched items) with the id the [`crate::checkpoint::Ledger`] knows it by.
+/// It dereferences to its items, so a stage reads it like the `Vec` it carries.
+#[derive(Debug)]
+pub struct Batch<T> {
+    /// The ledger's id of the scan batch these items came from.
+    pub id: u64,
+    /// The keys or items.
+    pub items: Vec<T>,
+}
+
+impl<T> std::ops::Deref for Batch<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.items
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
 
 /// A key read from the source, ready to be written.
 #[derive(Debug)]
@@ -127,14 +153,23 @@ pub fn exchange<'k, const K: usize>(
     answers
 }
 
-/// Passes a non-empty batch to the next stage. If that stage is gone (it only goes after an abort),
-/// the keys are given back as unreached, and the caller keeps draining its own input.
-pub fn forward<T>(out: &Sender<Vec<T>>, batch: Vec<T>, rep: &Reporter) {
-    if batch.is_empty() {
+/// Passes on what is left of a batch and closes, in the ledger, the keys of it that reached a bucket
+/// here (`taken` came in, `items` go on). If the next stage is gone (it only goes after an abort),
+/// the items are given back as unreached and stay open in the ledger; the caller keeps draining.
+pub fn forward<T>(
+    out: &Sender<Batch<T>>,
+    id: u64,
+    taken: usize,
+    items: Vec<T>,
+    rep: &Reporter,
+    ledger: &Ledger,
+) {
+    ledger.done(id, taken - items.len());
+    if items.is_empty() {
         return;
     }
-    if let Err(lost) = out.send(batch) {
-        rep.unreached(lost.into_inner().len());
+    if let Err(lost) = out.send(Batch { id, items }) {
+        rep.unreached(lost.into_inner().items.len());
     }
 }
 

@@ -11,11 +11,13 @@ use std::io::{BufRead, Read};
 
 use crossbeam_channel::Sender;
 
+use crate::checkpoint::{Ledger, Position};
 use crate::config::KeyType;
 use crate::conn::{self, Conn};
 use crate::glob;
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, CSV_HEADER};
+use crate::stage::Batch;
 
 /// Where the scan stage gets its keys.
 pub enum KeyInput {
@@ -34,16 +36,22 @@ pub enum KeyInput {
     Lines(Box<dyn BufRead + Send>),
 }
 
-/// Batches keys and sends them on, counting them as scanned.
+/// Batches keys and sends them on, counting them as scanned and opening them in the ledger.
 struct Batcher<'a> {
     /// The batch being filled.
     keys: Vec<Key>,
+    /// Where the first key of `keys` was found.
+    first: Position,
+    /// Where the keys being pushed now come from (the current SCAN page).
+    page: Position,
     /// Keys per batch.
     size: usize,
     /// The next stage.
-    out: Sender<Vec<Key>>,
+    out: Sender<Batch<Key>>,
     /// For the scanned counter.
     rep: &'a Reporter<'a>,
+    /// Batches in flight, for `--checkpoint`.
+    ledger: &'a Ledger,
 }
 
 impl Batcher<'_> {
@@ -52,6 +60,9 @@ impl Batcher<'_> {
     fn push(&mut self, key: Key) -> bool {
         if self.rep.stop.stop_scanning() {
             return false;
+        }
+        if self.keys.is_empty() {
+            self.first = self.page;
         }
         self.keys.push(key);
         self.keys.len() < self.size || self.flush()
@@ -62,78 +73,107 @@ impl Batcher<'_> {
         if self.keys.is_empty() {
             return true;
         }
-        let batch = std::mem::replace(&mut self.keys, Vec::with_capacity(self.size));
-        let n = batch.len() as u64;
+        let items = std::mem::replace(&mut self.keys, Vec::with_capacity(self.size));
+        let n = items.len();
         // Counted before sending, so that a downstream stage never accounts for a key not yet scanned.
-        Counters::add(&self.rep.counters.scanned, n);
-        match self.out.send(batch) {
+        Counters::add(&self.rep.counters.scanned, n as u64);
+        let id = self.ledger.open(n, self.first);
+        match self.out.send(Batch { id, items }) {
             Ok(()) => true,
             Err(_) => {
-                self.rep.unreached(n as usize);
+                self.rep.unreached(n);
                 false
             }
         }
     }
+
+    /// Tells the ledger that every key before `next` (the place after the current page) is batched,
+    /// or, while some keys still wait in the batch being filled, every key before the first of them.
+    fn mark(&self, next: Position) {
+        self.ledger.scanned_to(if self.keys.is_empty() { next } else { self.first });
+    }
 }
 
 /// Runs the scan stage until every key was found, the stop flag is raised, or the connection is lost.
-pub fn run(input: KeyInput, batch: usize, out: Sender<Vec<Key>>, rep: Reporter) {
-    if let Err(StageError(message)) = produce(input, batch, out, &rep) {
-        rep.stop.fatal(format!("scan stage: {message}"));
+/// A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from its beginning.
+pub fn run(
+    input: KeyInput,
+    batch: usize,
+    start: Position,
+    out: Sender<Batch<Key>>,
+    rep: Reporter,
+    ledger: &Ledger,
+) {
+    let mut batcher = Batcher {
+        keys: Vec::with_capacity(batch),
+        first: start,
+        page: start,
+        size: batch,
+        out,
+        rep: &rep,
+        ledger,
+    };
+    match produce(input, start, &mut batcher) {
+        Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),
+        Ok(()) if !rep.stop.stop_scanning() => {
+            batcher.flush();
+            ledger.finish();
+        }
+        Ok(()) => {}
     }
 }
 
 /// Why the scan could not go on.
 struct StageError(String);
 
-fn produce(input: KeyInput, batch: usize, out: Sender<Vec<Key>>, rep: &Reporter) -> Result<(), StageError> {
-    let mut batcher = Batcher { keys: Vec::with_capacity(batch), size: batch, out, rep };
+fn produce(input: KeyInput, start: Position, batcher: &mut Batcher) -> Result<(), StageError> {
     match input {
         KeyInput::Server { mut conn, patterns, types, count } => {
-            let passes: Vec<Option<KeyType>> =
+            let types: Vec<Option<KeyType>> =
                 if types.is_empty() { vec![None] } else { types.into_iter().map(Some).collect() };
-            for ty in passes {
-                for (i, pattern) in patterns.iter().enumerate() {
-                    let earlier = &patterns[..i];
-                    let go_on = scan_pass(&mut conn, pattern, ty, count, rep, |key| {
-                        if earlier.iter().any(|p| glob::matches(p, &key)) {
-                            true
-                        } else {
-                            batcher.push(Key(key))
-                        }
-                    })?;
-                    if !go_on {
-                        return Ok(());
-                    }
+            let passes = types.iter().flat_map(|ty| (0..patterns.len()).map(move |i| (*ty, i)));
+            for (pass, (ty, i)) in passes.enumerate().skip(start.pass) {
+                let cursor = if pass == start.pass { start.cursor } else { 0 };
+                let pass = Pass { pattern: &patterns[i], earlier: &patterns[..i], ty, count, index: pass };
+                if !scan_pass(&mut conn, &pass, cursor, batcher)? {
+                    return Ok(());
                 }
             }
+            Ok(())
         }
-        KeyInput::Lines(reader) => read_lines(reader, &mut batcher, rep)?,
+        KeyInput::Lines(reader) => read_lines(reader, batcher),
     }
-    if !rep.stop.stop_scanning() {
-        batcher.flush();
-    }
-    Ok(())
 }
 
-/// One SCAN pass with one pattern (and type); `emit` is called for every key and returns false to
-/// stop. Returns false when the pass was cut short.
+/// One SCAN pass: a pattern, maybe a type.
+struct Pass<'a> {
+    /// The MATCH pattern.
+    pattern: &'a [u8],
+    /// Patterns of earlier passes of the same type: a key matching one of them was found already.
+    earlier: &'a [Vec<u8>],
+    /// The TYPE filter.
+    ty: Option<KeyType>,
+    /// COUNT hint.
+    count: u64,
+    /// Its index among all passes (for the checkpoint).
+    index: usize,
+}
+
+/// Runs one SCAN pass from `cursor` to its end; returns false when it was cut short.
 fn scan_pass(
     conn: &mut Conn,
-    pattern: &[u8],
-    ty: Option<KeyType>,
-    count: u64,
-    rep: &Reporter,
-    mut emit: impl FnMut(Vec<u8>) -> bool,
+    pass: &Pass,
+    mut cursor: u64,
+    batcher: &mut Batcher,
 ) -> Result<bool, StageError> {
-    let mut cursor: u64 = 0;
+    let rep = batcher.rep;
     loop {
         if rep.stop.stop_scanning() {
             return Ok(false);
         }
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        if let Some(ty) = ty {
+        cmd.arg(cursor).arg("MATCH").arg(pass.pattern).arg("COUNT").arg(pass.count);
+        if let Some(ty) = pass.ty {
             cmd.arg("TYPE").arg(ty.name());
         }
         // SCAN is stateless on the server: after a reconnect the same cursor carries on.
@@ -145,11 +185,21 @@ fn scan_pass(
                 return Err(StageError(format!("SCAN {cursor} failed: {code} {message}")));
             }
         };
+        batcher.page = Position { pass: pass.index, cursor };
         for key in keys {
-            if !emit(key) {
+            if pass.earlier.iter().any(|p| glob::matches(p, &key)) {
+                continue;
+            }
+            if !batcher.push(Key(key)) {
                 return Ok(false);
             }
         }
+        let after = if next == 0 {
+            Position { pass: pass.index + 1, cursor: 0 }
+        } else {
+            Position { pass: pass.index, cursor: next }
+        };
+        batcher.mark(after);
         if next == 0 {
             return Ok(true);
         }
@@ -159,11 +209,8 @@ fn scan_pass(
 
 /// Reads `--keys-from`: an error (or diff) CSV written by redis-ferry when the first line is its
 /// header, else one key per line taken literally.
-fn read_lines(
-    mut reader: Box<dyn BufRead + Send>,
-    batcher: &mut Batcher,
-    rep: &Reporter,
-) -> Result<(), StageError> {
+fn read_lines(mut reader: Box<dyn BufRead + Send>, batcher: &mut Batcher) -> Result<(), StageError> {
+    let rep = batcher.rep;
     let unreadable = |e: &dyn std::fmt::Display| StageError(format!("cannot read --keys-from: {e}"));
     let mut first = Vec::new();
     if reader.read_until(b'\n', &mut first).map_err(|e| unreadable(&e))? == 0 {

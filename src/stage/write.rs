@@ -13,11 +13,12 @@ use std::sync::{Condvar, Mutex};
 use crossbeam_channel::Receiver;
 use redis::Value;
 
+use crate::checkpoint::Ledger;
 use crate::config::OnConflict;
 use crate::conn::{self, Conn};
 use crate::report::{Counters, Reporter, Stage, StopReason};
 use crate::stage::fetch::now_ms;
-use crate::stage::{exchange, kind, Fetched};
+use crate::stage::{exchange, kind, Batch, Fetched};
 use crate::throttle::Throttle;
 
 /// What every writer thread shares.
@@ -32,6 +33,8 @@ pub struct WriteShared<'a> {
     pub throttle: &'a Throttle,
     /// `--limit`, when given.
     pub budget: Option<&'a CopyBudget>,
+    /// Where keys that reached a bucket are recorded, for `--checkpoint`.
+    pub ledger: &'a Ledger,
 }
 
 /// The number of keys still allowed to be copied under `--limit`, shared by the writers. A writer
@@ -77,8 +80,8 @@ impl CopyBudget {
 }
 
 /// Runs one writer thread until its input is drained.
-pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep: Reporter) {
-    for mut items in rx {
+pub fn run(mut conn: Conn, rx: Receiver<Batch<Fetched>>, shared: &WriteShared, rep: Reporter) {
+    for Batch { id, mut items } in rx {
         while !items.is_empty() {
             if rep.stop.discard() {
                 rep.unreached(items.len());
@@ -95,7 +98,9 @@ pub fn run(mut conn: Conn, rx: Receiver<Vec<Fetched>>, shared: &WriteShared, rep
             }
             let rest = items.split_off(take);
             let copied = if shared.throttle.admit(items.len(), rep.stop) {
+                let n = items.len();
                 let copied = write_batch(&mut conn, items, shared, &rep);
+                shared.ledger.done(id, n);
                 shared.throttle.after_batch();
                 copied
             } else {

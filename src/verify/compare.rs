@@ -2,33 +2,22 @@
 //!
 //! For a batch, a compare thread reads TYPE and PTTL on both sides in one pipeline per side, then the
 //! size of every key whose type agrees (STRLEN, LLEN, SCARD, ZCARD, HLEN, XLEN). Different sizes are a
-//! different value at once. Keys up to [`BIG_ELEMENTS`] elements (or [`BIG_STRING`] bytes) are read
-//! whole in one pipeline per side and compared normalised (sets and hashes sorted). Bigger keys are
-//! compared one at a time in pages, so memory stays bounded by the page size whatever the key's size:
-//! - strings with GETRANGE chunks and lists with LRANGE pages, on both sides;
-//! - streams with XRANGE pages by ID on both sides, then their consumer groups (XINFO GROUPS);
-//! - sets, hashes and sorted sets by walking the source with SSCAN / HSCAN / ZSCAN and looking each
-//!   page up on the target with SMISMEMBER / HMGET / ZMSCORE. With equal sizes, "every source member is
-//!   on the target with the same value" means equal.
+//! different value at once. Keys up to [`paged::BIG_ELEMENTS`] elements (or [`paged::BIG_STRING`]
+//! bytes) are read whole in one pipeline per side and compared normalised (sets and hashes sorted);
+//! streams with their consumer groups (XINFO GROUPS), other types by their DUMP payload. Bigger keys
+//! are compared one at a time in pages by [`paged`], so memory stays bounded by the page size.
 //!
 //! A suspected difference is checked again with EXISTS on both sides: a key gone from the source
 //! expired or was deleted during the check and is `Vanished`, not a difference. This file does not
 //! count, log or write anything; `mod.rs` does that with the verdicts.
 
-use redis::{Cmd, FromRedisValue, Value};
+use redis::{FromRedisValue, Value};
 
 use crate::config::KeyType;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 
-/// Keys with more elements than this are compared in pages.
-pub const BIG_ELEMENTS: i64 = 1000;
-/// Strings longer than this many bytes are compared in GETRANGE chunks.
-pub const BIG_STRING: i64 = 1 << 20;
-/// Elements per page: LRANGE and XRANGE COUNT, SSCAN / HSCAN / ZSCAN COUNT (a hint).
-const PAGE: i64 = 500;
-/// Bytes per GETRANGE chunk.
-const STRING_PAGE: i64 = 256 << 10;
+use super::paged;
 
 /// The kind of a difference: the `difference` column of the diff CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +128,7 @@ impl Comparer {
                     Kind::Value,
                     format!("{} {a} on the source, {b} on the target", measure(ty)),
                 ),
-                Ok(Some((ty, n, _))) if n > threshold(ty) => {
+                Ok(Some((ty, n, _))) if paged::is_big(ty, n) => {
                     big.push((c, ty, n));
                     continue;
                 }
@@ -160,15 +149,17 @@ impl Comparer {
             });
         }
         for (c, ty, len) in big {
-            verdicts[c.index] = Some(match self.chunked(&keys[c.index], ty, len) {
-                Ok(None) => ttl_verdict(c.ttl),
-                Ok(Some(why)) => Verdict::Differs(Kind::Value, why),
-                Err(e) if conn::is_connection_error(&e) => return Err(e),
-                Err(e) => {
-                    let (code, message) = conn::classify(&e);
-                    Verdict::Error(code, message)
-                }
-            });
+            let key = keys[c.index].as_bytes();
+            verdicts[c.index] =
+                Some(match paged::compare(&mut self.source, &mut self.target, key, ty, len) {
+                    Ok(None) => ttl_verdict(c.ttl),
+                    Ok(Some(why)) => Verdict::Differs(Kind::Value, why),
+                    Err(e) if conn::is_connection_error(&e) => return Err(e),
+                    Err(e) => {
+                        let (code, message) = conn::classify(&e);
+                        Verdict::Error(code, message)
+                    }
+                });
         }
 
         let mut verdicts: Vec<Verdict> = verdicts
@@ -261,164 +252,6 @@ impl Comparer {
                 (Ok(a), Ok(b)) => Ok(a == b),
             })
             .collect())
-    }
-
-    /// Compares one big key in pages; `Some(explanation)` when it differs.
-    fn chunked(&mut self, key: &Key, ty: KeyType, len: i64) -> redis::RedisResult<Option<String>> {
-        let key = key.as_bytes();
-        match ty {
-            KeyType::String => self.string(key, len),
-            KeyType::List => self.list(key, len),
-            KeyType::Stream => self.stream(key),
-            KeyType::Set => self.set(key),
-            KeyType::Hash => self.hash(key),
-            KeyType::Zset => self.zset(key),
-        }
-    }
-
-    fn string(&mut self, key: &[u8], len: i64) -> redis::RedisResult<Option<String>> {
-        let mut start = 0;
-        while start < len {
-            let mut cmd = redis::cmd("GETRANGE");
-            cmd.arg(key).arg(start).arg(start + STRING_PAGE - 1);
-            let (a, b): (Vec<u8>, Vec<u8>) = self.both(&cmd)?;
-            if let Some(at) = first_difference(&a, &b) {
-                return Ok(Some(format!("byte {} differs", start + at as i64)));
-            }
-            if a.is_empty() {
-                break;
-            }
-            start += STRING_PAGE;
-        }
-        Ok(None)
-    }
-
-    fn list(&mut self, key: &[u8], len: i64) -> redis::RedisResult<Option<String>> {
-        let mut start = 0;
-        while start < len {
-            let mut cmd = redis::cmd("LRANGE");
-            cmd.arg(key).arg(start).arg(start + PAGE - 1);
-            let (a, b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = self.both(&cmd)?;
-            if let Some(at) = first_difference(&a, &b) {
-                return Ok(Some(format!("element {} differs", start + at as i64)));
-            }
-            if (a.len() as i64) < PAGE {
-                break;
-            }
-            start += PAGE;
-        }
-        Ok(None)
-    }
-
-    /// XRANGE pages by ID: the next page starts after the last ID of this one (exclusive `(ID`).
-    fn stream(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
-        let mut from = b"-".to_vec();
-        loop {
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(key).arg(&from).arg("+").arg("COUNT").arg(PAGE);
-            let (a, b): (Vec<Value>, Vec<Value>) = self.both(&cmd)?;
-            if let Some(at) = first_difference(&a, &b) {
-                let id = a.get(at).or(b.get(at)).and_then(entry_id).unwrap_or_default();
-                return Ok(Some(format!("entry {} differs", Key(id))));
-            }
-            match a.last().and_then(entry_id) {
-                Some(last) if a.len() as i64 == PAGE => from = [&b"("[..], &last].concat(),
-                _ => break,
-            }
-        }
-        let mut groups = redis::cmd("XINFO");
-        groups.arg("GROUPS").arg(key);
-        let (a, b): (Value, Value) = self.both(&groups)?;
-        Ok((a != b).then(|| "consumer groups differ".to_string()))
-    }
-
-    /// SSCAN the source; every member of a page must be on the target (SMISMEMBER).
-    fn set(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
-        self.walk("SSCAN", key, 1, |target, members| {
-            let mut cmd = redis::cmd("SMISMEMBER");
-            cmd.arg(key);
-            for m in members {
-                cmd.arg(m[0].as_slice());
-            }
-            let present: Vec<i64> = target.call(&cmd, || false)?;
-            Ok(members
-                .iter()
-                .zip(present)
-                .find(|(_, p)| *p == 0)
-                .map(|(m, _)| format!("member {} is not on the target", Key(m[0].clone()))))
-        })
-    }
-
-    /// HSCAN the source; every field of a page must have the same value on the target (HMGET).
-    fn hash(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
-        self.walk("HSCAN", key, 2, |target, pairs| {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(key);
-            for p in pairs {
-                cmd.arg(p[0].as_slice());
-            }
-            let theirs: Vec<Option<Vec<u8>>> = target.call(&cmd, || false)?;
-            Ok(pairs.iter().zip(theirs).find_map(|(p, v)| match v {
-                None => Some(format!("field {} is not on the target", Key(p[0].clone()))),
-                Some(v) if v != p[1] => Some(format!("field {} differs", Key(p[0].clone()))),
-                Some(_) => None,
-            }))
-        })
-    }
-
-    /// ZSCAN the source; every member of a page must have the same score on the target (ZMSCORE).
-    /// Scores are compared as numbers: the two commands may print the same double differently.
-    fn zset(&mut self, key: &[u8]) -> redis::RedisResult<Option<String>> {
-        self.walk("ZSCAN", key, 2, |target, pairs| {
-            let mut cmd = redis::cmd("ZMSCORE");
-            cmd.arg(key);
-            for p in pairs {
-                cmd.arg(p[0].as_slice());
-            }
-            let theirs: Vec<Value> = target.call(&cmd, || false)?;
-            Ok(pairs.iter().zip(theirs).find_map(|(p, v)| {
-                let member = Key(p[0].clone());
-                match (parse_score(&p[1]), score(&v)) {
-                    (_, None) => Some(format!("member {member} is not on the target")),
-                    (a, b) if a != b => Some(format!("score of member {member} differs")),
-                    _ => None,
-                }
-            }))
-        })
-    }
-
-    /// Walks the source key with `scan` (SSCAN / HSCAN / ZSCAN), page by page, grouping each page's
-    /// flat reply in groups of `width`, and hands each page to `check` with the target connection.
-    fn walk(
-        &mut self,
-        scan: &str,
-        key: &[u8],
-        width: usize,
-        mut check: impl FnMut(&mut Conn, &[&[Vec<u8>]]) -> redis::RedisResult<Option<String>>,
-    ) -> redis::RedisResult<Option<String>> {
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd(scan);
-            cmd.arg(key).arg(cursor).arg("COUNT").arg(PAGE);
-            let (next, flat): (u64, Vec<Vec<u8>>) = self.source.call(&cmd, || false)?;
-            let page: Vec<&[Vec<u8>]> = flat.chunks_exact(width).collect();
-            if !page.is_empty() {
-                if let Some(why) = check(&mut self.target, &page)? {
-                    return Ok(Some(why));
-                }
-            }
-            if next == 0 {
-                return Ok(None);
-            }
-            cursor = next;
-        }
-    }
-
-    /// Runs the same read on the source, then on the target.
-    fn both<T: FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<(T, T)> {
-        let a = self.source.call(cmd, || false)?;
-        let b = self.target.call(cmd, || false)?;
-        Ok((a, b))
     }
 }
 
@@ -547,14 +380,6 @@ fn measure(ty: KeyType) -> &'static str {
     }
 }
 
-/// Above this size a key of type `ty` is compared in pages.
-fn threshold(ty: KeyType) -> i64 {
-    match ty {
-        KeyType::String => BIG_STRING,
-        _ => BIG_ELEMENTS,
-    }
-}
-
 /// `None` when the two PTTLs agree within `tolerance` ms, else what differs.
 fn ttl_difference(source: i64, target: i64, tolerance: i64) -> Option<String> {
     match (source, target) {
@@ -576,39 +401,6 @@ fn ttl_verdict(ttl: Option<String>) -> Verdict {
     }
 }
 
-/// Index of the first element that differs (or the shorter length), `None` when equal.
-fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
-}
-
-/// The ID of an XRANGE entry (`[id, [field, value, ...]]`).
-fn entry_id(entry: &Value) -> Option<Vec<u8>> {
-    match entry {
-        Value::Array(parts) => match parts.first()? {
-            Value::BulkString(id) => Some(id.clone()),
-            Value::SimpleString(id) => Some(id.clone().into_bytes()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A sorted-set score as a number (`inf` and `-inf` included); `None` for nil or not a number.
-fn score(value: &Value) -> Option<f64> {
-    match value {
-        Value::Double(d) => Some(*d),
-        Value::BulkString(b) => parse_score(b),
-        Value::SimpleString(s) => parse_score(s.as_bytes()),
-        Value::Int(i) => Some(*i as f64),
-        _ => None,
-    }
-}
-
-/// A score as Redis prints it (`1.5`, `inf`, `-inf`) as a number.
-fn parse_score(text: &[u8]) -> Option<f64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,23 +417,6 @@ mod tests {
     }
 
     #[test]
-    fn first_difference_finds_changes_and_length() {
-        assert_eq!(first_difference(b"abc", b"abc"), None);
-        assert_eq!(first_difference(b"abc", b"abd"), Some(2));
-        assert_eq!(first_difference(b"ab", b"abc"), Some(2));
-        assert_eq!(first_difference::<u8>(b"", b""), None);
-    }
-
-    #[test]
-    fn scores_compare_as_numbers() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        assert_eq!(score(&bulk("0.10000000000000001")), score(&bulk("0.1")));
-        assert_eq!(score(&bulk("inf")), Some(f64::INFINITY));
-        assert_eq!(score(&bulk("-inf")), Some(f64::NEG_INFINITY));
-        assert_eq!(score(&Value::Nil), None);
-    }
-
-    #[test]
     fn sets_and_hashes_compare_in_any_order() {
         let arr = |items: &[&str]| {
             Value::Array(items.iter().map(|s| Value::BulkString(s.as_bytes().to_vec())).collect())
@@ -652,9 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn entry_ids_and_core_types() {
-        let entry = Value::Array(vec![Value::BulkString(b"1-0".to_vec()), Value::Array(vec![])]);
-        assert_eq!(entry_id(&entry), Some(b"1-0".to_vec()));
+    fn core_types_by_name() {
         assert_eq!(core_type("zset"), Some(KeyType::Zset));
         assert_eq!(core_type("ReJSON-RL"), None);
     }

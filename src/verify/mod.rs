@@ -2,17 +2,19 @@
 //! and (with `--check-extra`) does the target hold matched keys the source does not?
 //!
 //! ```text
-//! scan source ──Vec<Key>──> compare ×2 (source + target conn each) ──┐
-//! scan target ──Vec<Key>──> extra ×1 (only with --check-extra) ───────┴─ differences ──> diff CSV thread
+//! scan source ──Batch<Key>──> compare ×2 (source + target conn each) ──┐
+//! scan target ──Batch<Key>──> extra ×1 (only with --check-extra) ───────┴─ differences ──> diff CSV thread
 //! ```
 //! Keys come from the scan stage of `copy` (SCAN with `--match` / `--type`, or `--keys-from`). How one
-//! batch is compared is in [`compare`]; the extra-key check is in [`extra`]. This file wires the
-//! threads, counts the verdicts (a batch's only once it was checked whole), logs the first differences,
-//! sends every difference to the `--diff` CSV thread and prints the summary line. Keys that vanish from
-//! the source during the check are counted as vanished, never as differences.
+//! batch is compared is in [`compare`], big keys page by page in [`paged`]; the extra-key check is in
+//! [`extra`]. This file wires the threads, counts the verdicts (a batch's only once it was checked
+//! whole), logs the first differences, sends every difference to the `--diff` CSV thread and prints the
+//! summary line. Keys that vanish from the source during the check are counted as vanished, never as
+//! differences.
 
 mod compare;
 mod extra;
+mod paged;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -20,13 +22,14 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::checkpoint::{Ledger, Position};
 use crate::config::{Endpoint, VerifyConfig};
 use crate::conn::{self, Conn};
 use crate::exit::Exit;
 use crate::key::Key;
 use crate::pipeline::{self, Fatal};
 use crate::report::{self, Counters, CsvFile, Reporter, Stop, StopReason};
-use crate::stage::scan;
+use crate::stage::{scan, Batch};
 
 use compare::{Comparer, Kind, Verdict};
 use extra::Extra;
@@ -188,7 +191,10 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         }
         let (tx, rx) = bounded(2 * COMPARERS);
         let rep = Reporter::new(&source_counters, stop, fail_tx.clone(), None);
-        s.spawn(move || scan::run(input, cfg.batch, tx, rep));
+        // verify does not resume: its scanners' ledgers are never read.
+        s.spawn(move || {
+            scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()))
+        });
         for comparer in comparers {
             let (rx, rec) = (rx.clone(), recorder.clone());
             s.spawn(move || compare_thread(comparer, rx, rec, stop));
@@ -196,7 +202,9 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         if let Some((input, extra)) = extra {
             let (tx, rx) = bounded(2);
             let rep = Reporter::new(&target_counters, stop, fail_tx.clone(), None);
-            s.spawn(move || scan::run(input, cfg.batch, tx, rep));
+            s.spawn(move || {
+                scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()))
+            });
             let rec = recorder.clone();
             s.spawn(move || extra_thread(extra, rx, rec, stop));
         }
@@ -253,7 +261,7 @@ fn diff_row(d: Difference) -> [String; 4] {
 /// One compare thread: checks each batch of source keys whole, then records its verdicts. A batch whose
 /// connection failed is checked once more after a reconnect (reads are safe to repeat), then counted as
 /// errors; a connection that cannot be re-established aborts the run.
-fn compare_thread(mut comparer: Comparer, rx: Receiver<Vec<Key>>, rec: Recorder, stop: &Stop) {
+fn compare_thread(mut comparer: Comparer, rx: Receiver<Batch<Key>>, rec: Recorder, stop: &Stop) {
     for batch in rx {
         if stop.discard() {
             continue;
@@ -273,7 +281,7 @@ fn compare_thread(mut comparer: Comparer, rx: Receiver<Vec<Key>>, rec: Recorder,
 }
 
 /// The `--check-extra` thread: like [`compare_thread`], for batches of target keys.
-fn extra_thread(mut extra: Extra, rx: Receiver<Vec<Key>>, rec: Recorder, stop: &Stop) {
+fn extra_thread(mut extra: Extra, rx: Receiver<Batch<Key>>, rec: Recorder, stop: &Stop) {
     for batch in rx {
         if stop.discard() {
             continue;

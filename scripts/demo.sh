@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# demo.sh: redis-ferry end to end on a fresh machine that has only the Rust toolchain.
+# Installs redis-server/redis-cli if missing, builds the release binaries, starts two throwaway
+# redis-server processes on free 127.0.0.1 ports, fills the source with a mixed key set
+# (ferry-tools fill), copies it with `redis-ferry copy`, checks the copy with `redis-ferry verify`
+# and DBSIZE, and prints the copy's summary line last. Exits non-zero if anything disagreed.
+# It never touches a server it did not start; the servers and the temp dir go away on any exit.
+#
+# Usage: scripts/demo.sh            (DEMO_KEYS=N to change the key count, default 100000)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KEYS=${DEMO_KEYS:-100000}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+# ---- servers: install, free ports, start, clean up (same block in bench.sh) ----
+PIDS=()
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/redis-ferry-demo.XXXXXX")
+
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_redis() {
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        return
+    fi
+    echo "== installing redis-server and redis-tools" >&2
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+}
+
+# True when nothing accepts connections on 127.0.0.1:$1.
+port_free() {
+    ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Starts a throwaway redis-server on a free port, sets STARTED_PORT and records the pid in PIDS at once
+# (so the trap can kill it). A port grabbed by someone else between the check and the bind makes the
+# server exit; then the next candidate is tried.
+start_server() {
+    local attempt port pid i
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        port=$((20000 + RANDOM % 40000))
+        port_free "$port" || continue
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$TMP" --dbfilename "dump-$port.rdb" --daemonize no \
+            --logfile "$TMP/redis-$port.log" &
+        pid=$!
+        PIDS+=("$pid")
+        for i in $(seq 1 100); do
+            # Our own server answers with our pid, not some other process that won the port.
+            if redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$pid"; then
+                STARTED_PORT=$port
+                return 0
+            fi
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    echo "error: could not start redis-server on a free port; last log:" >&2
+    cat "$TMP"/redis-*.log >&2 2>/dev/null || true
+    return 1
+}
+
+dbsize() {
+    redis-cli -p "$1" dbsize
+}
+# ---- end of the shared block ----
+
+install_redis
+echo "== building (cargo build --release)" >&2
+cargo build --release
+FERRY=$TARGET_DIR/release/redis-ferry
+TOOLS=$TARGET_DIR/release/ferry-tools
+
+start_server
+SRC=$STARTED_PORT
+start_server
+DST=$STARTED_PORT
+echo "== source 127.0.0.1:$SRC, target 127.0.0.1:$DST ($(redis-server --version | cut -d' ' -f3))" >&2
+
+echo "== filling the source with $KEYS mixed keys" >&2
+"$TOOLS" fill --url "redis://127.0.0.1:$SRC" --keys "$KEYS" --seed 1 --profile mixed
+
+echo "== redis-ferry copy" >&2
+copy_rc=0
+"$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 1 --errors "$TMP/errors.csv" \
+    >"$TMP/copy.out" || copy_rc=$?
+cat "$TMP/copy.out"
+summary=$(tail -n 1 "$TMP/copy.out")
+if [ -s "$TMP/errors.csv" ]; then
+    echo "== first rows of the error CSV" >&2
+    head -n 11 "$TMP/errors.csv" >&2
+fi
+
+echo "== redis-ferry verify" >&2
+verify_rc=0
+"$FERRY" verify "127.0.0.1:$SRC" "127.0.0.1:$DST" || verify_rc=$?
+
+src_keys=$(dbsize "$SRC")
+dst_keys=$(dbsize "$DST")
+echo "source dbsize=$src_keys target dbsize=$dst_keys"
+
+# The promise: the buckets add up to the number scanned, and everything scanned was copied here.
+field() {
+    local v
+    v=$(printf '%s\n' "$summary" | tr ' ' '\n' | sed -n "s/^$1=\([0-9]*\)$/\1/p")
+    echo "${v:-0}"
+}
+scanned=$(printf '%s\n' "$summary" | tr ' ' '\n' | sed -n 's/^scanned=//p')
+copied=$(field copied)
+buckets=$(($(field copied) + $(field skipped) + $(field expired) + $(field failed)))
+
+problems=()
+[ "$copy_rc" -eq 0 ] || problems+=("copy exited with $copy_rc")
+[ "$verify_rc" -eq 0 ] || problems+=("verify exited with $verify_rc")
+[ "$src_keys" = "$dst_keys" ] || problems+=("dbsize differs: source $src_keys, target $dst_keys")
+[ "$scanned" = "$buckets" ] || problems+=("buckets add up to $buckets, scanned=$scanned")
+[ "$copied" = "$src_keys" ] || problems+=("copied=$copied but the source holds $src_keys keys")
+
+echo
+echo "$summary"
+if [ "${#problems[@]}" -gt 0 ]; then
+    for p in "${problems[@]}"; do
+        echo "DEMO FAILED: $p" >&2
+    done
+    exit 1
+fi
+echo "demo ok: $src_keys keys copied and verified" >&2

@@ -13,78 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 KEYS=${DEMO_KEYS:-100000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-# ---- servers: install, free ports, start, clean up (same block in bench.sh) ----
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/redis-ferry-demo.XXXXXX")
-
-cleanup() {
-    local rc=$?
-    local pid
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-install_redis() {
-    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
-        return
-    fi
-    echo "== installing redis-server and redis-tools" >&2
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
-}
-
-# True when nothing accepts connections on 127.0.0.1:$1.
-port_free() {
-    ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Starts a throwaway redis-server on a free port, sets STARTED_PORT and records the pid in PIDS at once
-# (so the trap can kill it). A port grabbed by someone else between the check and the bind makes the
-# server exit; then the next candidate is tried.
-start_server() {
-    local attempt port pid i
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((20000 + RANDOM % 40000))
-        port_free "$port" || continue
-        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-            --dir "$TMP" --dbfilename "dump-$port.rdb" --daemonize no \
-            --logfile "$TMP/redis-$port.log" &
-        pid=$!
-        PIDS+=("$pid")
-        for i in $(seq 1 100); do
-            # Our own server answers with our pid, not some other process that won the port.
-            if redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$pid"; then
-                STARTED_PORT=$port
-                return 0
-            fi
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    echo "error: could not start redis-server on a free port; last log:" >&2
-    cat "$TMP"/redis-*.log >&2 2>/dev/null || true
-    return 1
-}
-
-dbsize() {
-    redis-cli -p "$1" dbsize
-}
-# ---- end of the shared block ----
+FERRY_SCRIPT=demo
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 install_redis
 echo "== building (cargo build --release)" >&2

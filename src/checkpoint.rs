@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -244,7 +243,7 @@ pub fn load(path: &str, identity: &Identity) -> Result<Start, String> {
     }
 }
 
-/// Writes a checkpoint atomically (write `FILE.tmp`, then rename).
+/// Writes a checkpoint atomically.
 pub fn save(path: &str, identity: &Identity, resume: Option<Position>, counts: Counts) -> Result<(), String> {
     let cp = Checkpoint {
         version: VERSION,
@@ -253,35 +252,8 @@ pub fn save(path: &str, identity: &Identity, resume: Option<Position>, counts: C
         counts,
         saved_at: report::rfc3339(SystemTime::now()),
     };
-    let tmp = format!("{path}.tmp");
-    let result = (|| -> std::io::Result<()> {
-        fs::write(&tmp, serde_json::to_vec_pretty(&cp)?)?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("cannot write --checkpoint {path}: {e}")
-    })
-}
-
-/// Checks, without leaving a trace, that the checkpoint can be written next to `path`.
-pub fn check_writable(path: &str) -> Result<(), String> {
-    let refuse = |why: String| format!("--checkpoint {path}: cannot write there ({why})");
-    if Path::new(path).is_dir() {
-        return Err(refuse("it is a directory".into()));
-    }
-    let tmp = format!("{path}.tmp");
-    let existed = Path::new(&tmp).exists();
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&tmp)
-        .map_err(|e| refuse(e.to_string()))?;
-    if !existed {
-        let _ = fs::remove_file(&tmp);
-    }
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(&cp).expect("a checkpoint always serialises");
+    report::replace_file(path, &bytes).map_err(|e| format!("cannot write --checkpoint {path}: {e}"))
 }
 
 /// The checkpoint thread: saves every [`SAVE_EVERY`] until `done` is disconnected, then once more.

@@ -11,9 +11,9 @@
 //! This file does no Redis I/O and knows nothing of the stages: it only reads the config and the final
 //! [`Summary`].
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
 use crate::exit::Exit;
 use crate::pipeline::Fatal;
-use crate::report::{rfc3339, StopReason, Summary};
+use crate::report::{self, rfc3339, StopReason, Summary};
 
 /// How often, and how long apart, a run turned away re-reads an empty lock file: the holder writes its
 /// PID a moment after it took the lock.
@@ -232,18 +232,10 @@ impl<'a> Report<'a> {
 
     /// Writes the report atomically: `FILE.tmp` in the same directory, synced, then renamed over FILE.
     pub fn write(&self, path: &str) -> Result<(), String> {
-        let tmp = tmp_path(path);
-        let result = (|| -> std::io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            serde_json::to_writer_pretty(&mut file, self)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("cannot write the report {path}: {e}")
-        })
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| format!("cannot write the report {path}: {e}"))?;
+        bytes.push(b'\n');
+        report::replace_file(path, &bytes).map_err(|e| format!("cannot write the report {path}: {e}"))
     }
 }
 
@@ -311,33 +303,16 @@ fn mask_passwords(text: &str, cfg: &CopyConfig) -> String {
     text
 }
 
-fn tmp_path(path: &str) -> String {
-    format!("{path}.tmp")
-}
-
-/// Checks, without leaving a trace, that the report can be written: `FILE.tmp` can be created next to
-/// FILE, and FILE is not a directory.
+/// Checks, without leaving a trace, that the report can be written (see [`report::check_replaceable`]).
 pub fn check_report_writable(path: &str) -> Result<(), String> {
-    let refuse = |why: String| format!("--report {path}: cannot write there ({why})");
-    if Path::new(path).is_dir() {
-        return Err(refuse("it is a directory".into()));
-    }
-    let tmp = tmp_path(path);
-    let existed = Path::new(&tmp).exists();
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&tmp)
-        .map_err(|e| refuse(e.to_string()))?;
-    if !existed {
-        let _ = fs::remove_file(&tmp);
-    }
-    Ok(())
+    report::check_replaceable("--report", path)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::Path;
+
     use super::*;
     use crate::cli::Args;
     use crate::cli::Command;
@@ -440,7 +415,7 @@ mod tests {
         Report::new(&cfg, SystemTime::now(), None, Exit::BadInput, None).write(path).unwrap();
         let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(v["tool"], "redis-ferry");
-        assert!(!Path::new(&tmp_path(path)).exists());
+        assert!(!Path::new(&format!("{path}.tmp")).exists());
         // An existing report is kept by the check.
         check_report_writable(path).unwrap();
         assert!(Path::new(path).exists());

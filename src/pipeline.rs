@@ -121,7 +121,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let identity = checkpoint::Identity::of(cfg);
     let resume = match &cfg.checkpoint {
         Some(path) => {
-            checkpoint::check_writable(path).map_err(Fatal::bad_input)?;
+            report::check_replaceable("--checkpoint", path).map_err(Fatal::bad_input)?;
             checkpoint::load(path, &identity).map_err(Fatal::bad_input)?
         }
         None => checkpoint::Start::default(),

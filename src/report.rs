@@ -321,6 +321,44 @@ pub fn check_writable(flag: &str, path: &str) -> Result<(), String> {
     }
 }
 
+/// Checks, without leaving a trace, that `path` can be replaced atomically by [`replace_file`]:
+/// it is not a directory and `FILE.tmp` can be created next to it.
+pub fn check_replaceable(flag: &str, path: &str) -> Result<(), String> {
+    let refuse = |why: String| format!("{flag} {path}: cannot write there ({why})");
+    if std::path::Path::new(path).is_dir() {
+        return Err(refuse("it is a directory".into()));
+    }
+    let tmp = format!("{path}.tmp");
+    let existed = std::path::Path::new(&tmp).exists();
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)
+        .map_err(|e| refuse(e.to_string()))?;
+    if !existed {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically: writes `FILE.tmp` in the same directory, syncs it, renames
+/// it over FILE. A reader sees the old file or the new one, never half of one.
+pub fn replace_file(path: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = format!("{path}.tmp");
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Formats a time as RFC 3339 in UTC with milliseconds, e.g. `2026-11-21T22:39:12.123Z`.
 pub fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();

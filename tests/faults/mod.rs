@@ -19,6 +19,15 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `n` keys `oom:I` of 1000 bytes each on the source: enough to overrun a target with 3 MB.
+fn fill_kilobytes(p: &Pair, n: u64) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET").arg(format!("oom:{i}")).arg(noise(1000, i)).ignore();
+    }
+    pipe.query::<()>(&mut p.src.conn()).unwrap();
+}
+
 fn verify_equal(p: &Pair) {
     let out = ferry(["verify", &p.src.addr(), &p.dst.addr()]);
     assert_exit(&out, 0);
@@ -95,12 +104,7 @@ fn source_connections_killed_mid_scan_lose_nothing() {
 #[test]
 fn target_oom_until_it_gets_more_memory_loses_nothing() {
     let p = Pair::with_target_args(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
-    let mut s = p.src.conn();
-    let mut pipe = redis::pipe();
-    for i in 0..4000 {
-        pipe.cmd("SET").arg(format!("oom:{i}")).arg(noise(1000, i)).ignore();
-    }
-    pipe.query::<()>(&mut s).unwrap();
+    fill_kilobytes(&p, 4000);
     let ferry = spawn_ferry([
         "copy",
         &p.src.addr(),
@@ -130,12 +134,7 @@ fn target_oom_until_it_gets_more_memory_loses_nothing() {
 #[test]
 fn target_oom_for_good_leaves_exactly_the_unwritten_keys_in_the_csv() {
     let p = Pair::with_target_args(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
-    let mut s = p.src.conn();
-    let mut pipe = redis::pipe();
-    for i in 0..4000 {
-        pipe.cmd("SET").arg(format!("oom:{i}")).arg(noise(1000, i)).ignore();
-    }
-    pipe.query::<()>(&mut s).unwrap();
+    fill_kilobytes(&p, 4000);
     let csv = p.csv("errors.csv");
     let out = ferry([
         "copy",

@@ -26,7 +26,8 @@ pub enum Command {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "copy")]
-/// Copy the matched keys from SOURCE to TARGET (host:port or redis://[user[:password]@]host[:port][/db]).
+/// Copy the matched keys from SOURCE to TARGET (host:port or redis[s]://[user[:password]@]host[:port][/db];
+/// rediss:// is TLS).
 /// Passwords may also come from REDIS_FERRY_SOURCE_PASSWORD and REDIS_FERRY_TARGET_PASSWORD.
 pub struct CopyArgs {
     /// the server to read from
@@ -51,9 +52,19 @@ pub struct CopyArgs {
     /// skip (leave an existing target key alone) or replace (overwrite it); default skip
     #[argh(option, default = "String::from(\"skip\")")]
     pub on_conflict: String,
-    /// auto, dump or typed; default auto (DUMP/RESTORE)
+    /// auto (DUMP/RESTORE, falling back to a type-aware copy, key by key, for big keys and keys a server
+    /// refuses to DUMP or RESTORE), dump (DUMP/RESTORE only) or typed (type-aware for every key);
+    /// default auto
     #[argh(option, default = "String::from(\"auto\")")]
     pub mode: String,
+    /// with --mode auto, keys whose MEMORY USAGE is above N bytes are copied type-aware, in pages, instead
+    /// of in one DUMP/RESTORE; 0 asks no sizes (faster when there are no big keys) (default 8388608, 8 MiB)
+    #[argh(option)]
+    pub big_key_bytes: Option<u64>,
+    /// threads of the type-aware copier, each with one source and one target connection (default 4 when
+    /// every key goes type-aware: --mode typed, or auto deciding so up front; else 1)
+    #[argh(option)]
+    pub typed_threads: Option<u64>,
     /// keys per pipelined batch (default 500)
     #[argh(option, default = "500")]
     pub batch: u64,
@@ -63,9 +74,20 @@ pub struct CopyArgs {
     /// write threads writing to the target (default 2)
     #[argh(option)]
     pub writers: Option<u64>,
-    /// at most N keys per second (token bucket shared by all writers); default unlimited
+    /// at most N keys per second enter the pipeline, whatever becomes of them (copied, skipped,
+    /// expired or failed): a token bucket taken from before the keys are checked or read; default
+    /// unlimited
     #[argh(option)]
     pub rate: Option<u64>,
+    /// the most keys the --rate bucket lets through at once above the rate; at least --batch (default
+    /// --batch)
+    #[argh(option)]
+    pub burst: Option<u64>,
+    /// PING the source every 100 ms on its own connection and lower the rate (x0.7) while the p90 of
+    /// the last 10 PINGs is above MS milliseconds, raising it again (+5% of the ceiling every 0.5 s)
+    /// when it is not; the ceiling is --rate, or the throughput measured while unlimited
+    #[argh(option)]
+    pub max_latency: Option<u64>,
     /// pause each writer this many milliseconds after each batch (default 0)
     #[argh(option, default = "0")]
     pub sleep_after_batch: u64,
@@ -105,6 +127,32 @@ pub struct CopyArgs {
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,
+    /// for a rediss:// SOURCE: trust the CA certificate(s) in this PEM file instead of the system's
+    #[argh(option)]
+    pub source_tls_ca: Option<String>,
+    /// for a rediss:// SOURCE that requires client certificates: this PEM certificate (with
+    /// --source-tls-key)
+    #[argh(option)]
+    pub source_tls_cert: Option<String>,
+    /// the PEM private key of --source-tls-cert
+    #[argh(option)]
+    pub source_tls_key: Option<String>,
+    /// for a rediss:// SOURCE: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub source_tls_insecure: bool,
+    /// for a rediss:// TARGET: trust the CA certificate(s) in this PEM file instead of the system's
+    #[argh(option)]
+    pub target_tls_ca: Option<String>,
+    /// for a rediss:// TARGET that requires client certificates: this PEM certificate (with
+    /// --target-tls-key)
+    #[argh(option)]
+    pub target_tls_cert: Option<String>,
+    /// the PEM private key of --target-tls-cert
+    #[argh(option)]
+    pub target_tls_key: Option<String>,
+    /// for a rediss:// TARGET: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub target_tls_insecure: bool,
     /// seconds to wait for a reply before giving up on a connection (default 10)
     #[argh(option, default = "10")]
     pub timeout: u64,
@@ -159,6 +207,32 @@ pub struct VerifyArgs {
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,
+    /// for a rediss:// SOURCE: trust the CA certificate(s) in this PEM file instead of the system's
+    #[argh(option)]
+    pub source_tls_ca: Option<String>,
+    /// for a rediss:// SOURCE that requires client certificates: this PEM certificate (with
+    /// --source-tls-key)
+    #[argh(option)]
+    pub source_tls_cert: Option<String>,
+    /// the PEM private key of --source-tls-cert
+    #[argh(option)]
+    pub source_tls_key: Option<String>,
+    /// for a rediss:// SOURCE: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub source_tls_insecure: bool,
+    /// for a rediss:// TARGET: trust the CA certificate(s) in this PEM file instead of the system's
+    #[argh(option)]
+    pub target_tls_ca: Option<String>,
+    /// for a rediss:// TARGET that requires client certificates: this PEM certificate (with
+    /// --target-tls-key)
+    #[argh(option)]
+    pub target_tls_cert: Option<String>,
+    /// the PEM private key of --target-tls-cert
+    #[argh(option)]
+    pub target_tls_key: Option<String>,
+    /// for a rediss:// TARGET: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub target_tls_insecure: bool,
     /// seconds to wait for a reply before giving up on a connection (default 10)
     #[argh(option, default = "10")]
     pub timeout: u64,

@@ -1,4 +1,5 @@
-//! Raw flags in, a validated [`CopyConfig`] / [`VerifyConfig`] out: typed values, no I/O.
+//! Raw flags in, a validated [`CopyConfig`] / [`VerifyConfig`] out: typed values, no I/O but reading the
+//! TLS certificate and key files that flags name (read once here, so every reconnection uses the same ones).
 //!
 //! Every check whose failure is the user's to fix happens here, before any connection is made, and
 //! each error names the flag or value at fault. What can only be known by talking to a server (is it
@@ -6,6 +7,9 @@
 
 use std::num::NonZeroU32;
 use std::time::Duration;
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::{CopyArgs, VerifyArgs};
 use crate::conn::Retry;
@@ -60,6 +64,191 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// Logical database to SELECT.
     pub db: i64,
+    /// `Some` for a `rediss://` URL: how to speak TLS to it.
+    pub tls: Option<Tls>,
+}
+
+/// How to speak TLS to one `rediss://` server. Holds PEM bytes, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// CA certificates trusted instead of the system roots (`--<role>-tls-ca`); `None` trusts the system's.
+    pub ca: Option<Vec<u8>>,
+    /// Certificate and key presented to a server that requires client certificates (mutual TLS).
+    pub client: Option<ClientCert>,
+    /// `--<role>-tls-insecure`: accept any certificate for any name.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    /// Which options are set; never the certificates or the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &if self.ca.is_some() { "from file" } else { "system roots" })
+            .field("client_cert", &self.client.is_some())
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// A client certificate for mutual TLS, as PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate chain, leaf first (`--<role>-tls-cert`).
+    pub cert: Vec<u8>,
+    /// Its private key (`--<role>-tls-key`).
+    pub key: Vec<u8>,
+}
+
+/// The `--<role>-tls-*` flags of one side, as given on the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFlags<'a> {
+    /// `--<role>-tls-ca FILE`.
+    pub ca: Option<&'a str>,
+    /// `--<role>-tls-cert FILE`.
+    pub cert: Option<&'a str>,
+    /// `--<role>-tls-key FILE`.
+    pub key: Option<&'a str>,
+    /// `--<role>-tls-insecure`.
+    pub insecure: bool,
+}
+
+impl Tls {
+    /// Checks one side's TLS flags against its URL and reads the files they name. `url_tls` says whether
+    /// the URL was `rediss://`: TLS flags on a plain endpoint are refused rather than silently ignored.
+    pub fn from_flags(role: Role, flags: TlsFlags<'_>, url_tls: bool) -> Result<Option<Tls>, ConfigError> {
+        let name = role.name();
+        let flag = |what: &str| format!("--{name}-tls-{what}");
+        if !url_tls {
+            let given = [
+                ("ca", flags.ca.is_some()),
+                ("cert", flags.cert.is_some()),
+                ("key", flags.key.is_some()),
+                ("insecure", flags.insecure),
+            ];
+            return match given.iter().find(|(_, on)| *on) {
+                Some((what, _)) => Err(bad(format!(
+                    "{} is for TLS, but {} is not a rediss:// URL; write it as rediss://host:port",
+                    flag(what),
+                    name.to_uppercase()
+                ))),
+                None => Ok(None),
+            };
+        }
+        if flags.insecure && flags.ca.is_some() {
+            return Err(bad(format!(
+                "{} skips certificate verification, so {} would be ignored; give one or the other",
+                flag("insecure"),
+                flag("ca")
+            )));
+        }
+        let ca = match flags.ca {
+            None => None,
+            Some(path) => {
+                let bytes = read_pem_file(&flag("ca"), path)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for (i, cert) in certificates(&flag("ca"), path, &bytes)?.into_iter().enumerate() {
+                    roots.add(cert).map_err(|e| {
+                        bad(format!(
+                            "{} {path}: certificate {} cannot be a trust anchor: {e}",
+                            flag("ca"),
+                            i + 1
+                        ))
+                    })?;
+                }
+                Some(bytes)
+            }
+        };
+        let client = match (flags.cert, flags.key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad(format!(
+                    "{} needs {} (the certificate's private key)",
+                    flag("cert"),
+                    flag("key")
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(bad(format!(
+                    "{} needs {} (the certificate it belongs to)",
+                    flag("key"),
+                    flag("cert")
+                )))
+            }
+            (Some(cert_path), Some(key_path)) => {
+                let cert = read_pem_file(&flag("cert"), cert_path)?;
+                let chain = certificates(&flag("cert"), cert_path, &cert)?;
+                let key = read_pem_file(&flag("key"), key_path)?;
+                let parsed = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+                    bad(format!(
+                        "{} {key_path}: {}",
+                        flag("key"),
+                        match e {
+                            pem::Error::NoItemsFound => "no private key in it (expected an unencrypted PEM key: \
+                                                         BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                                .to_string(),
+                            e => pem_problem(&e),
+                        }
+                    ))
+                })?;
+                // The checks rustls makes when it connects, made now so the error can name the flag.
+                let provider = rustls::crypto::ring::default_provider();
+                rustls::sign::CertifiedKey::from_der(chain, parsed, &provider).map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => bad(format!(
+                        "{} {key_path} is not the private key of {} {cert_path}",
+                        flag("key"),
+                        flag("cert")
+                    )),
+                    rustls::Error::InvalidCertificate(_)
+                        if e.to_string().contains("UnsupportedCertVersion") =>
+                    {
+                        bad(format!(
+                            "{} {cert_path}: an X.509 version 1 certificate, which rustls refuses; issue a \
+                             version 3 one (with extensions)",
+                            flag("cert")
+                        ))
+                    }
+                    rustls::Error::InvalidCertificate(_) => {
+                        bad(format!("{} {cert_path}: rustls cannot use this certificate ({e})", flag("cert")))
+                    }
+                    e => bad(format!("{} {key_path}: unusable private key ({e})", flag("key"))),
+                })?;
+                Some(ClientCert { cert, key })
+            }
+        };
+        Ok(Some(Tls { ca, client, insecure: flags.insecure }))
+    }
+}
+
+/// Reads a PEM file named by `flag`.
+fn read_pem_file(flag: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    if path.is_empty() {
+        return Err(bad(format!("{flag} needs a file name")));
+    }
+    std::fs::read(path).map_err(|e| bad(format!("{flag} {path}: cannot read it: {e}")))
+}
+
+/// The certificates in a PEM file; at least one.
+fn certificates(flag: &str, path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{flag} {path}: {}", pem_problem(&e))))?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "{flag} {path}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    Ok(certs)
+}
+
+/// A PEM parse error in words (its own Display prints raw bytes).
+fn pem_problem(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "not valid PEM: a section has no -----END line".into(),
+        pem::Error::IllegalSectionStart { .. } => "not valid PEM: a malformed -----BEGIN line".into(),
+        pem::Error::Base64Decode(_) => "not valid PEM: bad base64 inside a section".into(),
+        pem::Error::NoItemsFound => "nothing usable in it".into(),
+        other => format!("not valid PEM: {other}"),
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -92,20 +281,17 @@ impl Endpoint {
         env_password: Option<String>,
     ) -> Result<Endpoint, ConfigError> {
         let what = role.name().to_uppercase();
-        let (rest, is_url) = if let Some(rest) = text.strip_prefix("redis://") {
-            (rest, true)
-        } else if text.starts_with("rediss://") {
-            return Err(bad(format!(
-                "{what} `{}`: TLS (rediss://) is not supported by this version yet",
-                redact(text)
-            )));
+        let (rest, is_url, tls) = if let Some(rest) = text.strip_prefix("redis://") {
+            (rest, true, false)
+        } else if let Some(rest) = text.strip_prefix("rediss://") {
+            (rest, true, true)
         } else if text.contains("://") {
             return Err(bad(format!(
-                "{what} `{}`: unknown scheme; use host:port or redis://host:port",
+                "{what} `{}`: unknown scheme; use host:port, redis://host:port or rediss://host:port (TLS)",
                 redact(text)
             )));
         } else {
-            (text, false)
+            (text, false, false)
         };
         let (userinfo, hostpart) = match rest.rsplit_once('@') {
             Some((u, h)) if is_url => (Some(u), h),
@@ -150,7 +336,7 @@ impl Endpoint {
             Some(db) => db,
             None => url_db,
         };
-        Ok(Endpoint { role, host, port, username, password, db })
+        Ok(Endpoint { role, host, port, username, password, db, tls: tls.then(Tls::default) })
     }
 
     /// Reads the role's password variable from the environment.
@@ -291,10 +477,12 @@ pub enum OnConflict {
 /// How a key's value is moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// DUMP/RESTORE (the only path in this version; the fallback to type-aware copy comes later).
+    /// DUMP/RESTORE, with a type-aware copy for big keys and for keys a server refuses to DUMP or RESTORE.
     Auto,
     /// DUMP/RESTORE only.
     Dump,
+    /// Type-aware reads and writes for every key.
+    Typed,
 }
 
 /// Connection timeouts.
@@ -319,6 +507,12 @@ pub struct CopyConfig {
     pub on_conflict: OnConflict,
     /// DUMP/RESTORE or type-aware.
     pub mode: Mode,
+    /// `--mode auto`: keys above this many bytes (MEMORY USAGE) are copied type-aware; `None`
+    /// (`--big-key-bytes 0`) asks no size at all.
+    pub big_key_bytes: Option<u64>,
+    /// `--typed-threads`: threads of the type-aware copier; `None` leaves it to the plan (1, or 4 when
+    /// every key goes type-aware). Always `None` with `--mode dump`.
+    pub typed_threads: Option<usize>,
     /// Keys per pipelined batch; at least 1.
     pub batch: usize,
     /// Fetch threads.
@@ -327,6 +521,10 @@ pub struct CopyConfig {
     pub writers: usize,
     /// Keys per second through the token bucket; `None` is unlimited.
     pub rate: Option<NonZeroU32>,
+    /// Depth of the token bucket (`--burst`); at least `batch`.
+    pub burst: usize,
+    /// `--max-latency`: the source's p90 PING time above which the rate is lowered; `None` for none.
+    pub max_latency: Option<Duration>,
     /// Pause of each writer after each batch.
     pub sleep_after_batch: Duration,
     /// Path of the error CSV.
@@ -378,6 +576,15 @@ pub struct VerifyConfig {
 pub const DEFAULT_READERS: usize = 2;
 /// Default number of write threads.
 pub const DEFAULT_WRITERS: usize = 2;
+/// Default `--big-key-bytes`: a key of 8 MiB blocks a server for tens of milliseconds in one DUMP or
+/// RESTORE (measured in the README); above it, a paged copy is gentler and keeps memory bounded.
+pub const DEFAULT_BIG_KEY_BYTES: u64 = 8 << 20;
+/// Default `--typed-threads` when only some keys go type-aware (`--mode auto`): big keys are rare, one
+/// at a time is gentle.
+pub const DEFAULT_TYPED_THREADS_AUTO: usize = 1;
+/// Default `--typed-threads` when every key goes type-aware (`--mode typed`, or auto deciding so up
+/// front): each key takes several round trips, so more threads overlap them (measured in the README).
+pub const DEFAULT_TYPED_THREADS_TYPED: usize = 4;
 const MAX_BATCH: u64 = 100_000;
 const MAX_THREADS: u64 = 64;
 
@@ -440,6 +647,21 @@ fn threads(flag: &str, value: Option<u64>, default: usize) -> Result<usize, Conf
     }
 }
 
+fn big_key_bytes(mode: Mode, value: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match (mode, value) {
+        (Mode::Auto, None) => Ok(Some(DEFAULT_BIG_KEY_BYTES)),
+        (Mode::Auto, Some(0)) => Ok(None),
+        (Mode::Auto, Some(n)) => Ok(Some(n)),
+        (_, None) => Ok(None),
+        (Mode::Dump, Some(_)) => {
+            Err(bad("--big-key-bytes only applies to --mode auto (--mode dump never goes type-aware)"))
+        }
+        (Mode::Typed, Some(_)) => {
+            Err(bad("--big-key-bytes only applies to --mode auto (--mode typed copies every key type-aware)"))
+        }
+    }
+}
+
 fn batch(value: u64) -> Result<usize, ConfigError> {
     match value {
         0 => Err(bad("--batch must be at least 1 (got 0)")),
@@ -453,9 +675,12 @@ fn endpoints(
     target: &str,
     source_db: Option<i64>,
     target_db: Option<i64>,
+    [source_tls, target_tls]: [TlsFlags<'_>; 2],
 ) -> Result<(Endpoint, Endpoint), ConfigError> {
-    let source = Endpoint::parse(Role::Source, source, source_db, Endpoint::env_password(Role::Source))?;
-    let target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
+    let mut source = Endpoint::parse(Role::Source, source, source_db, Endpoint::env_password(Role::Source))?;
+    let mut target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
+    source.tls = Tls::from_flags(Role::Source, source_tls, source.tls.is_some())?;
+    target.tls = Tls::from_flags(Role::Target, target_tls, target.tls.is_some())?;
     if source.host == target.host && source.port == target.port && source.db == target.db {
         return Err(bad(format!("SOURCE and TARGET are the same database ({source}); nothing to copy")));
     }
@@ -484,10 +709,31 @@ fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), Confi
     Ok((args.lock.clone(), args.report.clone()))
 }
 
+/// The per-side TLS flags, which `copy` and `verify` spell the same way.
+macro_rules! tls_flags {
+    ($args:expr) => {
+        [
+            TlsFlags {
+                ca: $args.source_tls_ca.as_deref(),
+                cert: $args.source_tls_cert.as_deref(),
+                key: $args.source_tls_key.as_deref(),
+                insecure: $args.source_tls_insecure,
+            },
+            TlsFlags {
+                ca: $args.target_tls_ca.as_deref(),
+                cert: $args.target_tls_cert.as_deref(),
+                key: $args.target_tls_key.as_deref(),
+                insecure: $args.target_tls_insecure,
+            },
+        ]
+    };
+}
+
 impl CopyConfig {
     /// Validates the raw `copy` flags.
     pub fn from_args(args: &CopyArgs) -> Result<CopyConfig, ConfigError> {
-        let (source, target) = endpoints(&args.source, &args.target, args.source_db, args.target_db)?;
+        let (source, target) =
+            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let on_conflict = match args.on_conflict.as_str() {
             "skip" => OnConflict::Skip,
@@ -497,9 +743,7 @@ impl CopyConfig {
         let mode = match args.mode.as_str() {
             "auto" => Mode::Auto,
             "dump" => Mode::Dump,
-            "typed" => {
-                return Err(bad("--mode typed is not available in this version yet; use auto or dump"))
-            }
+            "typed" => Mode::Typed,
             other => return Err(bad(format!("--mode `{other}` is not auto, dump or typed"))),
         };
         let batch = batch(args.batch)?;
@@ -512,6 +756,31 @@ impl CopyConfig {
                     .and_then(NonZeroU32::new)
                     .ok_or_else(|| bad(format!("--rate must be at most {} (got {r})", u32::MAX)))?,
             ),
+        };
+        let burst = match args.burst {
+            None => batch,
+            Some(_) if rate.is_none() && args.max_latency.is_none() => {
+                return Err(bad(
+                    "--burst sizes the --rate token bucket; give it with --rate or --max-latency",
+                ))
+            }
+            Some(b) if b < batch as u64 => {
+                return Err(bad(format!(
+                    "--burst must be at least --batch ({batch}), so a batch can pass (got {b})"
+                )))
+            }
+            Some(b) if b > u64::from(u32::MAX) => {
+                return Err(bad(format!("--burst must be at most {} (got {b})", u32::MAX)))
+            }
+            Some(b) => b as usize,
+        };
+        let max_latency = match args.max_latency {
+            None => None,
+            Some(0) => return Err(bad("--max-latency must be at least 1 millisecond (got 0)")),
+            Some(ms) if ms > 60_000 => {
+                return Err(bad(format!("--max-latency must be at most 60000 ms (got {ms})")))
+            }
+            Some(ms) => Some(Duration::from_millis(ms)),
         };
         if args.errors.is_empty() {
             return Err(bad("--errors needs a file name"));
@@ -532,10 +801,22 @@ impl CopyConfig {
             keys,
             on_conflict,
             mode,
+            big_key_bytes: big_key_bytes(mode, args.big_key_bytes)?,
+            typed_threads: match (mode, args.typed_threads) {
+                (Mode::Dump, Some(_)) => {
+                    return Err(bad(
+                        "--typed-threads has no use with --mode dump (nothing is copied type-aware)",
+                    ))
+                }
+                (_, None) => None,
+                (_, n) => Some(threads("typed-threads", n, DEFAULT_TYPED_THREADS_AUTO)?),
+            },
             batch,
             readers: threads("readers", args.readers, DEFAULT_READERS)?,
             writers: threads("writers", args.writers, DEFAULT_WRITERS)?,
             rate,
+            burst,
+            max_latency,
             sleep_after_batch: Duration::from_millis(args.sleep_after_batch),
             errors_path: args.errors.clone(),
             errors_append: args.errors_append,
@@ -555,7 +836,8 @@ impl CopyConfig {
 impl VerifyConfig {
     /// Validates the raw `verify` flags.
     pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
-        let (source, target) = endpoints(&args.source, &args.target, args.source_db, args.target_db)?;
+        let (source, target) =
+            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         if args.check_extra && matches!(keys, KeySource::File(_)) {
             return Err(bad(
@@ -624,6 +906,31 @@ mod tests {
         assert_eq!(e.to_string(), "h:1/2");
         assert!(!format!("{e:?}").contains("topsecret"));
         assert_eq!(redact("redis://u:topsecret@h:1"), "redis://u:***@h:1");
+    }
+
+    #[test]
+    fn rediss_urls_and_tls_flags() {
+        let e = ep("rediss://u:pw@cache.example:6380/1").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.db), ("cache.example", 6380, 1));
+        assert!(e.tls == Some(Tls::default()), "system roots, verified");
+        assert!(ep("rediss://cache.example").unwrap().port == 6379);
+        assert!(ep("redis://h:1").unwrap().tls.is_none());
+        let insecure = TlsFlags { insecure: true, ..TlsFlags::default() };
+        let t = Tls::from_flags(Role::Target, insecure, true).unwrap().unwrap();
+        assert!(t.insecure && t.ca.is_none() && t.client.is_none());
+        let refused =
+            |flags: TlsFlags<'_>, tls: bool| Tls::from_flags(Role::Source, flags, tls).unwrap_err().0;
+        let err = refused(insecure, false);
+        assert!(
+            err.starts_with("--source-tls-insecure is for TLS, but SOURCE is not a rediss:// URL"),
+            "{err}"
+        );
+        let err = refused(TlsFlags { cert: Some("c.pem"), ..TlsFlags::default() }, true);
+        assert_eq!(err, "--source-tls-cert needs --source-tls-key (the certificate's private key)");
+        let err = refused(TlsFlags { ca: Some("ca.pem"), insecure: true, ..TlsFlags::default() }, true);
+        assert!(err.contains("give one or the other"), "{err}");
+        let err = refused(TlsFlags { ca: Some(""), ..TlsFlags::default() }, true);
+        assert_eq!(err, "--source-tls-ca needs a file name");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! ```text
 //! scan ──Vec<Key>──> check (skip policy) ──Vec<Key>──> fetch ×readers ──Vec<Fetched>──> write ×writers
 //!                          \__________________ failures ──> CSV thread ________________/
+//!   keys DUMP/RESTORE cannot move (fetch, write) ──Vec<Key>──> typed ×typed-threads
 //! ```
+//! With `--mode typed` (or when auto decides so up front) the checked keys go straight to the typed
+//! threads, and no fetch or write thread is started.
 //! Preflight opens every connection the run will use (so a wrong password or an unreachable host is
 //! exit 2 before anything is written), checks the CSV path and opens `--keys-from`. Stages end by
 //! draining their input and returning, which drops their senders: shutdown is by disconnection.
@@ -17,14 +20,18 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::checkpoint::{self, Ledger};
-use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
+use crate::config::{
+    CopyConfig, Endpoint, KeySource, Mode, OnConflict, DEFAULT_TYPED_THREADS_AUTO,
+    DEFAULT_TYPED_THREADS_TYPED,
+};
 use crate::conn::{Conn, ServerInfo};
 use crate::exit::Exit;
 use crate::report::{self, Counters, Reporter, Stop, StopReason, Summary};
 use crate::stage::scan::KeyInput;
+use crate::stage::typed::{self, Fallback, Router};
 use crate::stage::write::{CopyBudget, WriteShared};
 use crate::stage::{check, fetch, scan, write};
-use crate::throttle::Throttle;
+use crate::throttle::{self, Throttle};
 
 /// A run that could not start (exit 2) or that ended on a fatal error after it started (exit 3).
 #[derive(Debug, thiserror::Error)]
@@ -135,23 +142,52 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             .map(|c| c.with_retry(cfg.retry))
             .map_err(|e| Fatal::bad_input(e.to_string()))
     };
-    let readers = (0..cfg.readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
-    let writers = (0..cfg.writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
+    // The typed threads' connections, one to each side per thread; the first pair also probes what
+    // the servers refuse, for the plan, which also sets the default number of typed threads.
+    let mut typed_conns = Vec::new();
+    if cfg.mode != Mode::Dump {
+        typed_conns.push((open(&cfg.source)?, open(&cfg.target)?));
+    }
+    let plan = typed::plan(cfg, typed_conns.first_mut().map(|(s, d)| (s, d)), &source_info, &target_info);
+    let typed_threads = match (cfg.mode, cfg.typed_threads) {
+        (Mode::Dump, _) => 0,
+        (_, Some(n)) => n,
+        (_, None) if plan.all_typed => DEFAULT_TYPED_THREADS_TYPED,
+        (_, None) => DEFAULT_TYPED_THREADS_AUTO,
+    };
+    while typed_conns.len() < typed_threads {
+        typed_conns.push((open(&cfg.source)?, open(&cfg.target)?));
+    }
+    typed_conns.truncate(typed_threads);
+    let (n_readers, n_writers) = if plan.all_typed { (0, 0) } else { (cfg.readers, cfg.writers) };
+    let readers = (0..n_readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
+    let writers = (0..n_writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
+    // --max-latency's probe PINGs on a connection of its own, with a timeout scaled to the limit.
+    let probe = match cfg.max_latency {
+        Some(limit) => {
+            let timeouts = crate::config::Timeouts { io: throttle::probe_timeout(limit), ..cfg.timeouts };
+            Some(Conn::open(&cfg.source, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?)
+        }
+        None => None,
+    };
     let abs_ttl = target_info.version >= (5, 0, 0);
     log::info!(
-        "copying from {} (redis {}) to {} (redis {}), mode {:?}: DUMP/RESTORE{}",
+        "copying from {} (redis {}) to {} (redis {}), mode {:?}: {}{}",
         cfg.source,
         version(&source_info),
         cfg.target,
         version(&target_info),
         cfg.mode,
+        plan.why,
         if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
     );
 
     let counters = Counters::default();
-    let throttle = Throttle::new(cfg.rate, cfg.batch, cfg.sleep_after_batch);
+    let throttle = Throttle::new(cfg.rate, cfg.burst, cfg.sleep_after_batch);
     let budget = cfg.limit.map(CopyBudget::new);
     let ledger = Ledger::new(resume.at);
+    let fallback =
+        Fallback::new(cfg.big_key_bytes.unwrap_or(u64::MAX), plan.size_check && cfg.big_key_bytes.is_some());
     let shared = WriteShared {
         on_conflict: cfg.on_conflict,
         abs_ttl,
@@ -172,6 +208,10 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             let done_rx = done_rx.clone();
             s.spawn(move || report::progress(counters, interval, done_rx, cfg.dry_run));
         }
+        if let (Some(conn), Some(limit)) = (probe, cfg.max_latency) {
+            let (throttle, done_rx) = (&throttle, done_rx.clone());
+            s.spawn(move || throttle::watch(conn, throttle, limit, done_rx));
+        }
         if let Some(path) = &cfg.checkpoint {
             let (counters, ledger, identity) = (&counters, &ledger, &identity);
             s.spawn(move || checkpoint::keep_saving(path, identity, ledger, counters, resume.base, done_rx));
@@ -180,8 +220,10 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
-        let ledger = &ledger;
-        stages.push(s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger)));
+        let (ledger, throttle) = (&ledger, &throttle);
+        stages.push(s.spawn(move || {
+            scan::run_metered(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))
+        }));
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();
@@ -193,16 +235,32 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         };
         let (write_tx, write_rx) = bounded(2 * cfg.writers);
         let pexpiretime = source_info.has_pexpiretime();
+        // The typed threads read the checked keys themselves when every key goes their way; else the
+        // fetch and write threads send them the keys DUMP/RESTORE cannot move (their senders, dropped
+        // when they return, are the only ones: the typed threads end after the writers).
+        let (typed_tx, typed_rx) = if plan.all_typed {
+            (None, fetch_rx.clone())
+        } else {
+            let (tx, rx) = bounded(2 * typed_threads.max(1));
+            (plan.typed_threads.then_some(tx), rx)
+        };
+        let router = || typed_tx.as_ref().map(|tx| Router { tx: tx.clone(), fallback: &fallback });
         for conn in readers {
-            let (rx, tx, rep) = (fetch_rx.clone(), write_tx.clone(), reporter.clone());
-            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep, ledger)));
+            let (rx, tx, rep, route) = (fetch_rx.clone(), write_tx.clone(), reporter.clone(), router());
+            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep, ledger, route)));
         }
         drop((fetch_rx, write_tx));
         for conn in writers {
-            let (rx, rep, shared) = (write_rx.clone(), reporter.clone(), &shared);
-            stages.push(s.spawn(move || write::run(conn, rx, shared, rep)));
+            let (rx, rep, shared, route) = (write_rx.clone(), reporter.clone(), &shared, router());
+            stages.push(s.spawn(move || write::run(conn, rx, shared, rep, route)));
         }
-        drop(write_rx);
+        drop((write_rx, typed_tx));
+        let servers = typed::Servers { pexpiretime, target: target_info.version, batch: cfg.batch };
+        for (src, dst) in typed_conns {
+            let (rx, rep, shared) = (typed_rx.clone(), reporter.clone(), &shared);
+            stages.push(s.spawn(move || typed::run(src, dst, rx, shared, servers, rep)));
+        }
+        drop(typed_rx);
         // The CSV thread ends once every stage has dropped its reporter.
         drop(reporter);
         for stage in stages {
@@ -214,6 +272,13 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let _ = csv.join();
     });
 
+    let (big, dump_refused, restore_refused) = fallback.counts();
+    if big + dump_refused + restore_refused > 0 {
+        log::info!(
+            "type-aware fallback: {big} big keys, {dump_refused} the source would not DUMP, {restore_refused} \
+             the target would not RESTORE"
+        );
+    }
     Ok(Outcome {
         summary: Summary {
             counts: counters.snapshot(),

@@ -1,63 +1,198 @@
-//! Gentleness: the token bucket behind `--rate` and the pause behind `--sleep-after-batch`.
+//! Gentleness: how fast keys may enter the pipeline (`--rate`, `--burst`, `--max-latency`), and the
+//! writers' pause after each batch (`--sleep-after-batch`).
 //!
-//! One [`Throttle`] is shared by all writer threads. Before a batch a writer takes as many tokens as
-//! the batch has keys; governor's `until_ready` is async, so a thread asks with `check_n` and sleeps
-//! the wait time it is told, in short slices so that an abort is not kept waiting. The burst is the
-//! batch size, so a whole batch can always be admitted at once and the average stays at the rate.
+//! One token bucket, [`Throttle`], meters every key exactly once: the scan stage takes one token per key
+//! before it hands a batch on, so `--rate` counts keys *processed*, whether they end copied, skipped by
+//! the EXISTS pre-filter, expired or failed, and SCAN, EXISTS, DUMP and RESTORE all follow that pace.
+//! The bucket starts full and holds at most `--burst` tokens (at least `--batch`, so a whole batch can
+//! always pass): N keys take at least (N − burst) / rate seconds, and no stretch of T seconds admits
+//! more than burst + rate·T keys. The bucket's rate can change while the run goes on; that is the only
+//! way `--max-latency` acts.
+//!
+//! `--max-latency` is [`watch`]: a probe thread PINGs the source on its own connection every 100 ms,
+//! and every 500 ms the p90 of the last 10 PINGs steers the bucket's rate by AIMD ([`Aimd`]): ×0.7 when
+//! the p90 is above the limit, +5% of the ceiling when it is not, never below a floor (1% of the ceiling,
+//! at least 10 keys/s) nor above the ceiling. The ceiling is `--rate`, or, without it, the highest
+//! throughput measured while unlimited, where the limit is lifted again.
+//!
+//! Not here: where the stages call in (`stage/scan.rs` takes a token per key, `stage/typed.rs` one more
+//! per extra page of a big key; `stage/write.rs` and `stage/typed.rs` pause).
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::conn::Conn;
 use crate::report::Stop;
 
-/// Longest single sleep while waiting for tokens, so a stop is noticed promptly.
+/// Longest single sleep while waiting for tokens, so a stop or a raised rate is noticed promptly.
 const SLICE: Duration = Duration::from_millis(50);
+/// How often the `--max-latency` probe PINGs the source.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// PINGs whose p90 is compared with the limit (the last second).
+const WINDOW: usize = 10;
+/// PINGs between two decisions (half a second).
+const DECIDE_EVERY: usize = 5;
+/// Multiplicative decrease when the source is too slow.
+const DECREASE: f64 = 0.7;
+/// Additive increase per decision when it is fast enough, as a share of the ceiling.
+const INCREASE: f64 = 0.05;
+/// The floor as a share of the ceiling.
+const FLOOR_SHARE: f64 = 0.01;
+/// The floor never goes below this many keys per second.
+const MIN_RATE: f64 = 10.0;
+/// Throughput (for an unlimited start) is measured over this span.
+const THROUGHPUT_SPAN: Duration = Duration::from_secs(2);
+/// At most one log line about rate changes per this interval; changes in between are summed up.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Rate limit and post-batch pause, shared by the writers.
+/// The bucket's state, behind the throttle's lock.
+#[derive(Debug)]
+struct Level {
+    /// Tokens per second; `None` is unlimited.
+    rate: Option<f64>,
+    /// Tokens in the bucket at `at`: at most the burst, below zero while a reservation is being paid.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+}
+
+impl Level {
+    /// Adds the tokens earned since `at` at the current rate.
+    fn refill(&mut self, now: Instant, burst: f64) {
+        // Threads read the clock before taking the lock, so `now` may be a hair older than `at`.
+        let now = now.max(self.at);
+        if let Some(rate) = self.rate {
+            self.tokens = (self.tokens + rate * (now - self.at).as_secs_f64()).min(burst);
+        }
+        self.at = now;
+    }
+
+    /// How long until a negative balance is paid off at the current rate; `None` when nothing is owed
+    /// (or there is no limit).
+    fn debt(&self) -> Option<Duration> {
+        match self.rate {
+            Some(rate) if self.tokens < 0.0 => Some(Duration::from_secs_f64(-self.tokens / rate)),
+            _ => None,
+        }
+    }
+}
+
+/// The token bucket and the post-batch pause, shared by the scan stage, the writers and the probe.
 pub struct Throttle {
-    /// The token bucket; `None` without `--rate`.
-    limiter: Option<DefaultDirectRateLimiter>,
-    /// Tokens one `check_n` may ask for at most (the bucket's burst).
-    burst: NonZeroU32,
+    /// Rate and tokens; locked a few times per batch, and by the probe twice a second.
+    level: Mutex<Level>,
+    /// Held by a taker from its reservation until it is paid, so takers queue rather than share debt.
+    turn: Mutex<()>,
+    /// The most tokens the bucket holds (`--burst`), and the most one take asks for.
+    burst: f64,
+    /// Keys admitted so far, limited or not: the probe measures throughput from it.
+    admitted: AtomicU64,
     /// `--sleep-after-batch`.
     pause: Duration,
 }
 
 impl Throttle {
-    /// A throttle admitting `rate` keys per second with bursts of `burst` keys, pausing `pause` after
-    /// each batch.
+    /// A full bucket of `burst` tokens (at least 1) admitting `rate` keys per second (`None`: no
+    /// limit), and a pause of `pause` after each written batch.
     pub fn new(rate: Option<NonZeroU32>, burst: usize, pause: Duration) -> Throttle {
-        let burst = NonZeroU32::new(u32::try_from(burst.max(1)).unwrap_or(u32::MAX)).expect("at least 1");
-        let limiter = rate.map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(burst)));
-        Throttle { limiter, burst, pause }
+        let burst = burst.max(1) as f64;
+        Throttle {
+            level: Mutex::new(Level {
+                rate: rate.map(|r| f64::from(r.get())),
+                tokens: burst,
+                at: Instant::now(),
+            }),
+            turn: Mutex::new(()),
+            burst,
+            admitted: AtomicU64::new(0),
+            pause,
+        }
     }
 
-    /// Blocks until `n` keys may be written. Returns false, without waiting further, when the run is
-    /// told to drop its queued work (abort or limit).
+    /// Blocks until `n` keys (or pages of a big key) may go on. Returns false, without waiting further,
+    /// once the run stops scanning (Ctrl-C, abort, limit): the scan stage then drops those keys
+    /// unscanned; the tokens are given back.
+    ///
+    /// Tokens are reserved first and the wait pays off the debt: time overslept past the moment the debt
+    /// is paid earns tokens for the next request instead of being lost to the bucket's cap, so the
+    /// average holds the rate even when the burst is one batch.
     pub fn admit(&self, n: usize, stop: &Stop) -> bool {
-        let Some(limiter) = &self.limiter else { return true };
-        let clock = DefaultClock::default();
+        // One taker at a time, so that "out of debt" means "my tokens are paid for".
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         let mut left = n;
         while left > 0 {
-            let take = left.min(self.burst.get() as usize);
-            let cells = NonZeroU32::new(take as u32).expect("take is at least 1");
-            match limiter.check_n(cells) {
-                Ok(Ok(())) => left -= take,
-                Ok(Err(not_until)) => {
-                    if stop.discard() {
-                        return false;
-                    }
-                    thread::sleep(not_until.wait_time_from(clock.now()).min(SLICE));
+            // A request larger than the bucket (a burst smaller than the request) goes in parts.
+            let take = left.min(self.burst as usize);
+            let mut owed = self.reserve(take, Instant::now());
+            while let Some(wait) = owed {
+                if stop.stop_scanning() {
+                    self.give_back(take);
+                    return false;
                 }
-                // Cannot happen: `take` never exceeds the burst.
-                Err(_) => unreachable!("asked the bucket for more than its burst"),
+                // Re-read after each slice: --max-latency may change the rate meanwhile.
+                thread::sleep(wait.min(SLICE));
+                owed = self.owed(Instant::now());
             }
+            left -= take;
+            self.admitted.fetch_add(take as u64, Ordering::Relaxed);
         }
         true
+    }
+
+    /// Takes `n` (at most the burst) tokens at `now`, going into debt if the bucket holds fewer, and
+    /// says how long until the debt is paid at the current rate (`None`: nothing owed).
+    fn reserve(&self, n: usize, now: Instant) -> Option<Duration> {
+        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        level.rate?;
+        level.refill(now, self.burst);
+        level.tokens -= n as f64;
+        level.debt()
+    }
+
+    /// How long from `now` until the bucket is out of debt at the current rate; `None` when it is.
+    fn owed(&self, now: Instant) -> Option<Duration> {
+        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        level.refill(now, self.burst);
+        level.debt()
+    }
+
+    /// Returns the tokens of a request that will not be sent after all.
+    fn give_back(&self, n: usize) {
+        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        if level.rate.is_some() {
+            level.tokens = (level.tokens + n as f64).min(self.burst);
+        }
+    }
+
+    /// The current rate in keys per second; `None` is unlimited.
+    pub fn rate(&self) -> Option<f64> {
+        self.level.lock().unwrap_or_else(|e| e.into_inner()).rate
+    }
+
+    /// Changes the rate from now on; tokens earned so far are kept. A bucket that was unlimited starts
+    /// empty, so that a limit imposed on a source in trouble does not begin with a burst.
+    pub fn set_rate(&self, rate: Option<f64>) {
+        self.set_rate_at(rate, Instant::now());
+    }
+
+    fn set_rate_at(&self, rate: Option<f64>, now: Instant) {
+        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        level.refill(now, self.burst);
+        if level.rate.is_none() {
+            level.tokens = 0.0;
+        }
+        level.rate = rate;
+    }
+
+    /// Keys admitted since the start.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
     }
 
     /// The pause after a batch (`--sleep-after-batch`).
@@ -68,10 +203,232 @@ impl Throttle {
     }
 }
 
+/// A rate change decided by [`Aimd::step`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// The source was too slow: the rate went down to this.
+    Lowered(f64),
+    /// The source was fast enough: the rate went up to this.
+    Raised(f64),
+    /// Back at the measured ceiling of a run without `--rate`: no limit any more.
+    Lifted,
+}
+
+/// The arithmetic of `--max-latency`, apart from clocks and connections: additive increase,
+/// multiplicative decrease of the bucket's rate between a floor and a ceiling.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    /// `--max-latency`.
+    limit: Duration,
+    /// `--rate`; `None` for an unlimited start.
+    ceiling: Option<f64>,
+    /// Without `--rate`: the highest throughput measured while unlimited, the ceiling then.
+    peak: f64,
+    /// The rate now; `None` is unlimited.
+    rate: Option<f64>,
+}
+
+impl Aimd {
+    /// A controller starting at the ceiling: `--rate`, or unlimited.
+    pub fn new(limit: Duration, ceiling: Option<f64>) -> Aimd {
+        Aimd { limit, ceiling, peak: 0.0, rate: ceiling }
+    }
+
+    /// The rate now; `None` is unlimited.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// The highest rate: `--rate`, or the peak throughput measured while unlimited.
+    fn top(&self) -> f64 {
+        self.ceiling.unwrap_or(self.peak.max(MIN_RATE))
+    }
+
+    /// The lowest rate: 1% of the ceiling, at least 10 keys/s, at most the ceiling itself.
+    pub fn floor(&self) -> f64 {
+        (self.top() * FLOOR_SHARE).max(MIN_RATE).min(self.top())
+    }
+
+    /// One decision, from the p90 of the recent PINGs and the keys per second admitted lately
+    /// (`measured`, which matters while unlimited). Returns the change, if the rate changed.
+    pub fn step(&mut self, p90: Duration, measured: f64) -> Option<Change> {
+        if self.rate.is_none() {
+            self.peak = self.peak.max(measured);
+        }
+        if p90 > self.limit {
+            // From unlimited, decrease from what was actually flowing.
+            let from = self.rate.unwrap_or(measured);
+            let to = (from * DECREASE).max(self.floor());
+            if self.rate.is_some_and(|r| r <= to) {
+                return None; // already at the floor
+            }
+            self.rate = Some(to);
+            return Some(Change::Lowered(to));
+        }
+        let rate = self.rate?;
+        let top = self.top();
+        if rate >= top {
+            return None;
+        }
+        let to = rate + INCREASE * top;
+        if to < top {
+            self.rate = Some(to);
+            Some(Change::Raised(to))
+        } else if self.ceiling.is_some() {
+            self.rate = Some(top);
+            Some(Change::Raised(top))
+        } else {
+            self.rate = None;
+            Some(Change::Lifted)
+        }
+    }
+}
+
+/// The duration at rank `p` (0..=1, nearest rank) of `samples`; zero for none.
+fn percentile(samples: &VecDeque<Duration>, p: f64) -> Duration {
+    let mut sorted: Vec<Duration> = samples.iter().copied().collect();
+    sorted.sort_unstable();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// How long one probe PING may take: slower counts as failed, which counts as too slow anyway.
+pub fn probe_timeout(limit: Duration) -> Duration {
+    (limit * 4).max(Duration::from_secs(1))
+}
+
+/// The `--max-latency` probe thread: PINGs the source on `conn` (its own connection, opened with
+/// [`probe_timeout`]) every 100 ms and steers `throttle`'s rate until `done` is disconnected, when the
+/// stages have finished. A PING that fails (timeout, connection lost) counts as too slow; the next one
+/// reconnects.
+pub fn watch(mut conn: Conn, throttle: &Throttle, limit: Duration, done: Receiver<()>) {
+    let mut aimd = Aimd::new(limit, throttle.rate());
+    let mut log = ChangeLog::new(limit);
+    let mut pings: VecDeque<Duration> = VecDeque::with_capacity(WINDOW + 1);
+    let mut flow: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut since_decision = 0;
+    let mut next = Instant::now();
+    loop {
+        let sent = Instant::now();
+        let answered = conn.call::<String>(&redis::cmd("PING"), || true).is_ok();
+        let took = if answered { sent.elapsed() } else { sent.elapsed().max(probe_timeout(limit)) };
+        pings.push_back(took);
+        if pings.len() > WINDOW {
+            pings.pop_front();
+        }
+        let now = Instant::now();
+        flow.push_back((now, throttle.admitted()));
+        while flow.len() > 2 && now - flow[1].0 >= THROUGHPUT_SPAN {
+            flow.pop_front();
+        }
+        since_decision += 1;
+        if since_decision >= DECIDE_EVERY {
+            since_decision = 0;
+            let p90 = percentile(&pings, 0.9);
+            if let Some(change) = aimd.step(p90, throughput(&flow)) {
+                throttle.set_rate(aimd.rate());
+                log.change(change, p90, now);
+            }
+        }
+        log.tick(now);
+        next += PROBE_EVERY;
+        match done.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            // After a PING slower than the interval, the next one goes at once rather than in a burst.
+            Err(RecvTimeoutError::Timeout) => next = next.max(Instant::now()),
+            _ => break,
+        }
+    }
+    log.finish(&aimd);
+}
+
+/// Keys per second between the oldest and the newest (time, admitted) pair.
+fn throughput(flow: &VecDeque<(Instant, u64)>) -> f64 {
+    match (flow.front(), flow.back()) {
+        (Some(&(t0, k0)), Some(&(t1, k1))) if t1 > t0 => (k1 - k0) as f64 / (t1 - t0).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// Logs rate changes at info, at most one line per [`LOG_EVERY`]: the first change at once, later ones
+/// summed up in the next line, and a summary when the run ends.
+struct ChangeLog {
+    /// `--max-latency`, for the messages.
+    limit: Duration,
+    /// When the last line was logged.
+    last_line: Option<Instant>,
+    /// The latest change not logged yet, and how many changes it stands for.
+    pending: Option<(String, u32)>,
+    /// Decreases and increases so far.
+    counts: (u32, u32),
+    /// The lowest rate so far.
+    lowest: Option<f64>,
+}
+
+impl ChangeLog {
+    fn new(limit: Duration) -> ChangeLog {
+        ChangeLog { limit, last_line: None, pending: None, counts: (0, 0), lowest: None }
+    }
+
+    fn change(&mut self, change: Change, p90: Duration, now: Instant) {
+        let ms = p90.as_secs_f64() * 1000.0;
+        let limit = self.limit.as_millis();
+        let message = match change {
+            Change::Lowered(rate) => {
+                self.counts.0 += 1;
+                self.lowest = Some(self.lowest.map_or(rate, |l| l.min(rate)));
+                format!("source p90 PING {ms:.1} ms > {limit} ms: rate lowered to {rate:.0} keys/s")
+            }
+            Change::Raised(rate) => {
+                self.counts.1 += 1;
+                format!("source p90 PING {ms:.1} ms <= {limit} ms: rate raised to {rate:.0} keys/s")
+            }
+            Change::Lifted => {
+                self.counts.1 += 1;
+                format!("source p90 PING {ms:.1} ms <= {limit} ms: rate limit lifted")
+            }
+        };
+        let changes = self.pending.take().map_or(1, |(_, n)| n + 1);
+        self.pending = Some((message, changes));
+        self.tick(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if self.last_line.is_some_and(|t| now - t < LOG_EVERY) {
+            return;
+        }
+        if let Some((message, changes)) = self.pending.take() {
+            let also =
+                if changes > 1 { format!(" ({changes} changes since the last line)") } else { String::new() };
+            log::info!("--max-latency: {message}{also}");
+            self.last_line = Some(now);
+        }
+    }
+
+    fn finish(&mut self, aimd: &Aimd) {
+        let (down, up) = self.counts;
+        if down + up == 0 {
+            return;
+        }
+        self.last_line = None;
+        self.tick(Instant::now());
+        let end = aimd.rate().map_or("unlimited".to_string(), |r| format!("{r:.0} keys/s"));
+        log::info!(
+            "--max-latency: {down} decreases, {up} increases; lowest rate {:.0} keys/s, at the end {end}",
+            self.lowest.unwrap_or(0.0)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     #[test]
     fn unlimited_admits_at_once() {
@@ -79,6 +436,7 @@ mod tests {
         let start = Instant::now();
         assert!(t.admit(1_000_000, &Stop::default()));
         assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(t.admitted(), 1_000_000);
     }
 
     #[test]
@@ -89,25 +447,139 @@ mod tests {
         for _ in 0..3 {
             assert!(t.admit(100, &Stop::default()));
         }
-        assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+        assert!(start.elapsed() >= ms(190), "{:?}", start.elapsed());
     }
 
     #[test]
-    fn a_batch_larger_than_the_burst_is_admitted_in_parts() {
+    fn a_request_larger_than_the_burst_is_admitted_in_parts() {
         let t = Throttle::new(NonZeroU32::new(1000), 10, Duration::ZERO);
         let start = Instant::now();
         assert!(t.admit(110, &Stop::default()));
-        assert!(start.elapsed() >= Duration::from_millis(90));
+        assert!(start.elapsed() >= ms(90));
     }
 
     #[test]
-    fn discard_stops_the_wait() {
+    fn a_stop_ends_the_wait() {
         let t = Throttle::new(NonZeroU32::new(1), 1, Duration::ZERO);
         let stop = Stop::default();
         assert!(t.admit(1, &stop));
-        stop.request(crate::report::StopReason::Aborted);
+        stop.request(crate::report::StopReason::Interrupted);
         let start = Instant::now();
         assert!(!t.admit(1, &stop));
-        assert!(start.elapsed() < Duration::from_millis(500));
+        assert!(start.elapsed() < ms(500));
+    }
+
+    #[test]
+    fn the_bucket_starts_full_and_refills_at_the_rate_up_to_the_burst() {
+        let t = Throttle::new(NonZeroU32::new(1000), 500, Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(t.reserve(500, t0), None);
+        // Empty: 100 more tokens are owed, paid off in 0.1 s.
+        let wait = t.reserve(100, t0).unwrap();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert!(t.owed(t0 + ms(50)).is_some());
+        assert_eq!(t.owed(t0 + ms(100)), None);
+        // Ten idle seconds fill the bucket to its burst, not beyond.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(t.reserve(500, later), None);
+        assert!(t.reserve(1, later).is_some());
+    }
+
+    #[test]
+    fn time_overslept_is_not_lost() {
+        // Burst = one batch: a taker that wakes 30 ms late keeps the 30 tokens earned meanwhile.
+        let t = Throttle::new(NonZeroU32::new(1000), 100, Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(t.reserve(100, t0), None);
+        assert!(t.reserve(100, t0).is_some());
+        assert_eq!(t.owed(t0 + ms(130)), None);
+        let wait = t.reserve(100, t0 + ms(130)).unwrap();
+        assert!((wait.as_secs_f64() - 0.07).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_the_change_on() {
+        let t = Throttle::new(NonZeroU32::new(1000), 1000, Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(t.reserve(1000, t0), None);
+        // 0.2 s at 1000/s earns 200 tokens, then the rate drops to 100/s.
+        t.set_rate_at(Some(100.0), t0 + ms(200));
+        assert_eq!(t.rate(), Some(100.0));
+        assert_eq!(t.reserve(200, t0 + ms(200)), None);
+        let wait = t.reserve(50, t0 + ms(200)).unwrap();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // A debt is paid at whatever the rate is meanwhile: 40 of 50 tokens at 100/s, then 1000/s.
+        t.set_rate_at(Some(1000.0), t0 + ms(600));
+        let wait = t.owed(t0 + ms(600)).unwrap();
+        assert!((wait.as_secs_f64() - 0.01).abs() < 1e-6, "{wait:?}");
+        // Lifting the limit admits anything; imposing one again starts from an empty bucket.
+        t.set_rate_at(None, t0 + ms(700));
+        assert_eq!(t.reserve(1000, t0 + ms(700)), None);
+        t.set_rate_at(Some(1000.0), t0 + ms(800));
+        assert!(t.reserve(1, t0 + ms(800)).is_some());
+        assert_eq!(t.owed(t0 + ms(801)), None);
+    }
+
+    #[test]
+    fn aimd_decreases_by_0_7_down_to_the_floor() {
+        let mut a = Aimd::new(ms(10), Some(10_000.0));
+        assert_eq!(a.floor(), 100.0);
+        assert_eq!(a.step(ms(11), 10_000.0), Some(Change::Lowered(7000.0)));
+        assert_eq!(a.step(ms(50), 7000.0), Some(Change::Lowered(4900.0)));
+        for _ in 0..20 {
+            a.step(ms(50), 0.0);
+        }
+        assert_eq!(a.rate(), Some(100.0));
+        assert_eq!(a.step(ms(50), 0.0), None, "no change below the floor");
+        // The floor is at least 10 keys/s, and never above --rate.
+        assert_eq!(Aimd::new(ms(10), Some(200.0)).floor(), 10.0);
+        let mut tiny = Aimd::new(ms(10), Some(5.0));
+        assert_eq!((tiny.step(ms(50), 5.0), tiny.step(ms(1), 5.0)), (None, None));
+    }
+
+    #[test]
+    fn aimd_increases_by_5_percent_of_the_ceiling_up_to_it() {
+        let mut a = Aimd::new(ms(10), Some(1000.0));
+        assert_eq!(a.step(ms(10), 1000.0), None, "at the limit is fast enough; at the ceiling already");
+        assert_eq!(a.step(ms(20), 1000.0), Some(Change::Lowered(700.0)));
+        assert_eq!(a.step(ms(3), 700.0), Some(Change::Raised(750.0)));
+        for _ in 0..4 {
+            a.step(ms(3), 0.0);
+        }
+        assert_eq!(a.rate(), Some(950.0));
+        assert_eq!(a.step(ms(3), 0.0), Some(Change::Raised(1000.0)));
+        assert_eq!(a.step(ms(3), 0.0), None);
+    }
+
+    #[test]
+    fn aimd_from_an_unlimited_start_uses_the_measured_throughput() {
+        let mut a = Aimd::new(ms(10), None);
+        assert_eq!(a.step(ms(1), 20_000.0), None, "unlimited and fast enough");
+        assert_eq!(a.step(ms(1), 30_000.0), None);
+        // Too slow: 0.7 of what flowed lately; the ceiling is the peak seen while unlimited.
+        assert_eq!(a.step(ms(40), 10_000.0), Some(Change::Lowered(7000.0)));
+        assert_eq!(a.floor(), 300.0);
+        // +5% of 30,000 per step; reaching the peak lifts the limit.
+        assert_eq!(a.step(ms(1), 7000.0), Some(Change::Raised(8500.0)));
+        for _ in 0..14 {
+            a.step(ms(1), 0.0);
+        }
+        assert_eq!(a.rate(), Some(29_500.0));
+        assert_eq!(a.step(ms(1), 0.0), Some(Change::Lifted));
+        assert_eq!(a.rate(), None);
+        // Nothing flowed at all: the floor of 10 keys/s.
+        assert_eq!(Aimd::new(ms(10), None).step(ms(40), 0.0), Some(Change::Lowered(10.0)));
+    }
+
+    #[test]
+    fn p90_is_nearest_rank_over_the_window() {
+        let window: VecDeque<Duration> = (1..=10).map(ms).collect();
+        assert_eq!(percentile(&window, 0.9), ms(9));
+        assert_eq!(percentile(&VecDeque::new(), 0.9), Duration::ZERO);
+        let flow: VecDeque<(Instant, u64)> = {
+            let t0 = Instant::now();
+            [(t0, 100), (t0 + ms(500), 600), (t0 + Duration::from_secs(2), 2100)].into()
+        };
+        assert!((throughput(&flow) - 1000.0).abs() < 1e-6);
     }
 }

@@ -5,11 +5,14 @@
 //! the rate limit (a lower bound on time only), refusal of bad input, and that the source is only read.
 //!
 //! Ctrl-C is sent as a real SIGINT (`kill -INT`) to a running copy. `--lock` is checked with two real
-//! processes contending for one lock file. Not covered here: clusters, TLS.
+//! processes contending for one lock file. TLS is in tests/tls. Not covered here: clusters.
 
 mod faults;
 mod resume;
 mod support;
+mod throttle;
+mod tls;
+mod typed;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -362,7 +365,7 @@ fn expiring_keys_are_counted_expired_or_copied_with_their_ttl() {
     pipe.exec(&mut s).unwrap();
     let filled = Instant::now();
 
-    // Slow copy (rate-limited writes), so short keys reach their deadlines while the run is in progress.
+    // Slow copy (rate-limited), so short keys reach their deadlines while the run is in progress.
     let out = p.copy(&["--rate", "300", "--batch", "10"]);
     // Right away: any short key on the target must still carry a TTL.
     let no_ttl: Vec<String> = keys_matching(&mut d, "short:*")

@@ -1,6 +1,7 @@
 //! The pipeline's stages, one file each, in the order keys pass through them:
 //! [`scan`] finds keys, [`check`] drops those the target already has (skip policy), [`fetch`] reads
-//! DUMP payloads and deadlines from the source, [`write`] RESTOREs them on the target.
+//! DUMP payloads and deadlines from the source, [`write`] RESTOREs them on the target; [`typed`] copies,
+//! key by key and in pages, the keys DUMP/RESTORE cannot move (or every key, with `--mode typed`).
 //!
 //! This module holds what the stages share: the fetched item and [`exchange`], the single way a stage
 //! sends a pipelined batch and learns what became of each key. Stages return nothing: a failed key is
@@ -9,6 +10,7 @@
 pub mod check;
 pub mod fetch;
 pub mod scan;
+pub mod typed;
 pub mod write;
 
 use crossbeam_channel::Sender;

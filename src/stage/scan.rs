@@ -4,7 +4,8 @@
 //! Several patterns form a union: a key found by pattern *i* is dropped if it matches an earlier
 //! pattern too, so each key comes once (bar SCAN's own rare repeats while the server resizes its
 //! table). Several types are disjoint passes with SCAN TYPE. Keys are counted as scanned when their
-//! batch is sent on. The stage stops early when the stop flag is raised, and ends by returning, which
+//! batch is sent on, after the batch took its tokens from the `--rate` bucket: this is the one point
+//! every key passes, so the rate meters keys processed, skipped ones included. The stage stops early when the stop flag is raised, and ends by returning, which
 //! drops its sender and lets the next stage drain.
 
 use std::io::{BufRead, Read};
@@ -18,6 +19,7 @@ use crate::glob;
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, CSV_HEADER};
 use crate::stage::Batch;
+use crate::throttle::Throttle;
 
 /// Where the scan stage gets its keys.
 pub enum KeyInput {
@@ -52,6 +54,8 @@ struct Batcher<'a> {
     rep: &'a Reporter<'a>,
     /// Batches in flight, for `--checkpoint`.
     ledger: &'a Ledger,
+    /// The `--rate` bucket: a batch waits for its tokens before it is sent on; `None` is unmetered.
+    throttle: Option<&'a Throttle>,
 }
 
 impl Batcher<'_> {
@@ -68,10 +72,14 @@ impl Batcher<'_> {
         self.keys.len() < self.size || self.flush()
     }
 
-    /// Sends the batch on; a batch the next stage no longer takes (after an abort) is not counted.
+    /// Sends the batch on once the bucket admits it; a batch the run stopped waiting for, or that the
+    /// next stage no longer takes (after an abort), is not counted.
     fn flush(&mut self) -> bool {
         if self.keys.is_empty() {
             return true;
+        }
+        if self.throttle.is_some_and(|t| !t.admit(self.keys.len(), self.rep.stop)) {
+            return false;
         }
         let items = std::mem::replace(&mut self.keys, Vec::with_capacity(self.size));
         let n = items.len();
@@ -94,8 +102,9 @@ impl Batcher<'_> {
     }
 }
 
-/// Runs the scan stage until every key was found, the stop flag is raised, or the connection is lost.
-/// A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from its beginning.
+/// Runs the scan stage, unmetered, until every key was found, the stop flag is raised, or the
+/// connection is lost. A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from
+/// its beginning.
 pub fn run(
     input: KeyInput,
     batch: usize,
@@ -103,6 +112,20 @@ pub fn run(
     out: Sender<Batch<Key>>,
     rep: Reporter,
     ledger: &Ledger,
+) {
+    run_metered(input, batch, start, out, rep, ledger, None);
+}
+
+/// [`run`], with each batch waiting for its tokens from `throttle` (copy's `--rate`) before it is
+/// sent on.
+pub fn run_metered(
+    input: KeyInput,
+    batch: usize,
+    start: Position,
+    out: Sender<Batch<Key>>,
+    rep: Reporter,
+    ledger: &Ledger,
+    throttle: Option<&Throttle>,
 ) {
     let mut batcher = Batcher {
         keys: Vec::with_capacity(batch),
@@ -112,6 +135,7 @@ pub fn run(
         out,
         rep: &rep,
         ledger,
+        throttle,
     };
     match produce(input, start, &mut batcher) {
         Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),

@@ -1,5 +1,6 @@
 //! Stage 4: RESTORE the fetched keys on the target, one pipeline per batch, several writer threads,
-//! each with its own target connection; the token bucket and the post-batch pause apply here.
+//! each with its own target connection; `--sleep-after-batch` pauses here (the `--rate` bucket meters
+//! keys earlier, in the scan stage, so that skipped keys count too).
 //!
 //! Each key keeps its deadline: `RESTORE key <abs-ms> payload ABSTTL` (or ttl 0 for a key without
 //! expiry), so time in flight is not added. A key whose deadline passed before the target answered is
@@ -7,6 +8,11 @@
 //! BUSYKEY reply counts as skipped, which is atomic on the server. `--limit` is enforced by a budget
 //! shared by the writers, so exactly N keys are copied and the rest are given back as unreached.
 //! In a dry run nothing is sent: every key that would be restored is counted as copied.
+//!
+//! In `--mode auto` (with a [`Router`]) a RESTORE the target refuses for good reasons of its own (an
+//! RDB version or format it cannot read, NOPERM, a renamed or disabled command) is not a failure: the
+//! key goes to the typed threads, after the writer has settled its `--limit` reservation (a typed thread
+//! may be waiting for it) and without closing the key in the ledger.
 
 use std::sync::{Condvar, Mutex};
 
@@ -16,8 +22,10 @@ use redis::Value;
 use crate::checkpoint::Ledger;
 use crate::config::OnConflict;
 use crate::conn::{self, Conn};
+use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, StopReason};
 use crate::stage::fetch::now_ms;
+use crate::stage::typed::{self, Router, Why};
 use crate::stage::{exchange, kind, Batch, Fetched};
 use crate::throttle::Throttle;
 
@@ -29,7 +37,7 @@ pub struct WriteShared<'a> {
     pub abs_ttl: bool,
     /// Count, but send nothing.
     pub dry_run: bool,
-    /// Rate limit and pause.
+    /// The post-batch pause.
     pub throttle: &'a Throttle,
     /// `--limit`, when given.
     pub budget: Option<&'a CopyBudget>,
@@ -79,8 +87,14 @@ impl CopyBudget {
     }
 }
 
-/// Runs one writer thread until its input is drained.
-pub fn run(mut conn: Conn, rx: Receiver<Batch<Fetched>>, shared: &WriteShared, rep: Reporter) {
+/// Runs one writer thread until its input is drained. `route`: `--mode auto`'s way to the typed threads.
+pub fn run(
+    mut conn: Conn,
+    rx: Receiver<Batch<Fetched>>,
+    shared: &WriteShared,
+    rep: Reporter,
+    route: Option<Router>,
+) {
     for Batch { id, mut items } in rx {
         while !items.is_empty() {
             if rep.stop.discard() {
@@ -97,31 +111,36 @@ pub fn run(mut conn: Conn, rx: Receiver<Batch<Fetched>>, shared: &WriteShared, r
                 break;
             }
             let rest = items.split_off(take);
-            let copied = if shared.throttle.admit(items.len(), rep.stop) {
-                let n = items.len();
-                let copied = write_batch(&mut conn, items, shared, &rep);
-                shared.ledger.done(id, n);
-                shared.throttle.after_batch();
-                copied
-            } else {
-                rep.unreached(items.len());
-                0
-            };
+            let n = items.len();
+            let (copied, routed) = write_batch(&mut conn, items, shared, &rep, route.as_ref());
+            shared.ledger.done(id, n - routed.len());
+            shared.throttle.after_batch();
             if let Some(budget) = shared.budget {
                 budget.settle(take, copied);
+            }
+            if let Some(route) = &route {
+                route.send(id, routed, &rep);
             }
             items = rest;
         }
     }
 }
 
-/// Writes one batch and accounts for every key of it; returns how many were copied.
-fn write_batch(conn: &mut Conn, items: Vec<Fetched>, shared: &WriteShared, rep: &Reporter) -> u64 {
+/// Writes one batch and accounts for every key of it but those it returns for the typed threads;
+/// returns how many were copied, and those keys.
+fn write_batch(
+    conn: &mut Conn,
+    items: Vec<Fetched>,
+    shared: &WriteShared,
+    rep: &Reporter,
+    route: Option<&Router>,
+) -> (u64, Vec<Key>) {
     let now = now_ms();
     let (live, gone): (Vec<Fetched>, Vec<Fetched>) =
         items.into_iter().partition(|f| f.expire_at_ms.is_none_or(|at| at > now));
     let mut expired = gone.len() as u64;
     let (mut copied, mut skipped) = (0u64, 0u64);
+    let mut routed = Vec::new();
     if shared.dry_run {
         copied = live.len() as u64;
     } else if !live.is_empty() {
@@ -163,6 +182,11 @@ fn write_batch(conn: &mut Conn, items: Vec<Fetched>, shared: &WriteShared, rep: 
                     }
                 }
                 Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
+                Value::ServerError(err) if route.is_some() && typed::restore_refused(&err) => {
+                    let (_, message) = conn::classify_reply(&err);
+                    route.expect("checked").fallback.note(Why::RestoreRefused, &f.key, &message);
+                    routed.push(f.key);
+                }
                 Value::ServerError(err) => {
                     let (code, message) = conn::classify_reply(&err);
                     rep.fail(f.key, Stage::Write, code, message);
@@ -179,7 +203,7 @@ fn write_batch(conn: &mut Conn, items: Vec<Fetched>, shared: &WriteShared, rep: 
     Counters::add(&rep.counters.copied, copied);
     Counters::add(&rep.counters.skipped, skipped);
     Counters::add(&rep.counters.expired, expired);
-    copied
+    (copied, routed)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! `ferry-tools`: the project's own test-bench helpers, kept apart from the `redis-ferry` binary so that
 //! nothing here ships in the product's code paths. `fill` loads a server with a deterministic key mix,
-//! `migrate` is the baseline the product must beat (SCAN + server-side MIGRATE), and `probe` measures how
-//! the source's PING latency suffers while a copy runs. This file only parses flags, dispatches, and maps
-//! an error to one line on stderr and exit code 2; each subcommand lives in its own module.
+//! `migrate` is the baseline the product must beat (SCAN + server-side MIGRATE), `probe` measures how
+//! the source's PING latency suffers while a copy runs, and `count` samples a server's DBSIZE (to check
+//! a rate limit from outside). This file only parses flags, dispatches, and maps an error to one line on
+//! stderr and exit code 2; each subcommand lives in its own module.
 
+mod count;
 mod fill;
 mod migrate;
 mod probe;
@@ -31,6 +33,8 @@ enum Command {
     Migrate(migrate::Args),
     /// measure PING latency until interrupted
     Probe(probe::Args),
+    /// sample DBSIZE until interrupted
+    Count(count::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Fill(args) => fill::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Probe(args) => probe::run(&args),
+        Command::Count(args) => count::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,11 +21,13 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::conn::Conn;
 use crate::report::Stop;
@@ -51,63 +53,40 @@ const THROUGHPUT_SPAN: Duration = Duration::from_secs(2);
 /// At most one log line about rate changes per this interval; changes in between are summed up.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// The bucket's state, behind the throttle's lock.
-#[derive(Debug)]
-struct Level {
-    /// Tokens per second; `None` is unlimited.
-    rate: Option<f64>,
-    /// Tokens in the bucket at `at`: at most the burst, below zero while a reservation is being paid.
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    at: Instant,
-}
-
-impl Level {
-    /// Adds the tokens earned since `at` at the current rate.
-    fn refill(&mut self, now: Instant, burst: f64) {
-        // Threads read the clock before taking the lock, so `now` may be a hair older than `at`.
-        let now = now.max(self.at);
-        if let Some(rate) = self.rate {
-            self.tokens = (self.tokens + rate * (now - self.at).as_secs_f64()).min(burst);
-        }
-        self.at = now;
-    }
-
-    /// How long until a negative balance is paid off at the current rate; `None` when nothing is owed
-    /// (or there is no limit).
-    fn debt(&self) -> Option<Duration> {
-        match self.rate {
-            Some(rate) if self.tokens < 0.0 => Some(Duration::from_secs_f64(-self.tokens / rate)),
-            _ => None,
-        }
-    }
-}
-
 /// The token bucket and the post-batch pause, shared by the scan stage, the writers and the probe.
 pub struct Throttle {
-    /// Rate and tokens; locked a few times per batch, and by the probe twice a second.
-    level: Mutex<Level>,
-    /// Held by a taker from its reservation until it is paid, so takers queue rather than share debt.
+    /// The governor bucket in force (`None`: unlimited) and its rate. A rate change puts a new bucket
+    /// in place; takers pick up the current one at every retry.
+    bucket: Mutex<(Option<f64>, Option<Arc<DefaultDirectRateLimiter>>)>,
+    /// Held by a taker until its tokens are granted, so that takers queue rather than starve each other.
     turn: Mutex<()>,
     /// The most tokens the bucket holds (`--burst`), and the most one take asks for.
-    burst: f64,
+    burst: NonZeroU32,
     /// Keys admitted so far, limited or not: the probe measures throughput from it.
     admitted: AtomicU64,
     /// `--sleep-after-batch`.
     pause: Duration,
 }
 
+/// A governor bucket admitting `rate` keys per second with bursts of `burst`; `empty` drains it first.
+fn bucket(rate: f64, burst: NonZeroU32, empty: bool) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / rate.max(MIN_RATE / 10.0));
+    let quota = Quota::with_period(period).expect("a positive period").allow_burst(burst);
+    let limiter = RateLimiter::direct(quota);
+    if empty {
+        let _ = limiter.check_n(burst);
+    }
+    limiter
+}
+
 impl Throttle {
     /// A full bucket of `burst` tokens (at least 1) admitting `rate` keys per second (`None`: no
     /// limit), and a pause of `pause` after each written batch.
     pub fn new(rate: Option<NonZeroU32>, burst: usize, pause: Duration) -> Throttle {
-        let burst = burst.max(1) as f64;
+        let burst = NonZeroU32::new(u32::try_from(burst.max(1)).unwrap_or(u32::MAX)).expect("at least 1");
+        let rate = rate.map(|r| f64::from(r.get()));
         Throttle {
-            level: Mutex::new(Level {
-                rate: rate.map(|r| f64::from(r.get())),
-                tokens: burst,
-                at: Instant::now(),
-            }),
+            bucket: Mutex::new((rate, rate.map(|r| Arc::new(bucket(r, burst, false))))),
             turn: Mutex::new(()),
             burst,
             admitted: AtomicU64::new(0),
@@ -115,29 +94,34 @@ impl Throttle {
         }
     }
 
+    fn current(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
     /// Blocks until `n` keys (or pages of a big key) may go on. Returns false, without waiting further,
-    /// once the run stops scanning (Ctrl-C, abort, limit): the scan stage then drops those keys
-    /// unscanned; the tokens are given back.
+    /// once the run stops scanning (Ctrl-C, abort, limit): the scan stage then drops those keys unscanned.
     ///
-    /// Tokens are reserved first and the wait pays off the debt: time overslept past the moment the debt
-    /// is paid earns tokens for the next request instead of being lost to the bucket's cap, so the
-    /// average holds the rate even when the burst is one batch.
+    /// governor's `until_ready` is async; in a thread we ask with `check_n` and sleep the wait time it
+    /// gives (in slices, so a stop or a new rate is noticed), then ask again.
     pub fn admit(&self, n: usize, stop: &Stop) -> bool {
-        // One taker at a time, so that "out of debt" means "my tokens are paid for".
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let clock = DefaultClock::default();
         let mut left = n;
         while left > 0 {
-            // A request larger than the bucket (a burst smaller than the request) goes in parts.
-            let take = left.min(self.burst as usize);
-            let mut owed = self.reserve(take, Instant::now());
-            while let Some(wait) = owed {
-                if stop.stop_scanning() {
-                    self.give_back(take);
-                    return false;
+            // A request larger than the bucket goes in parts.
+            let take = left.min(self.burst.get() as usize);
+            let cells = NonZeroU32::new(take as u32).expect("take is at least 1");
+            while let Some(limiter) = self.current() {
+                match limiter.check_n(cells) {
+                    Ok(Ok(())) => break,
+                    Ok(Err(not_until)) => {
+                        if stop.stop_scanning() {
+                            return false;
+                        }
+                        thread::sleep(not_until.wait_time_from(clock.now()).min(SLICE));
+                    }
+                    Err(_) => unreachable!("asked the bucket for more than its burst"),
                 }
-                // Re-read after each slice: --max-latency may change the rate meanwhile.
-                thread::sleep(wait.min(SLICE));
-                owed = self.owed(Instant::now());
             }
             left -= take;
             self.admitted.fetch_add(take as u64, Ordering::Relaxed);
@@ -145,49 +129,17 @@ impl Throttle {
         true
     }
 
-    /// Takes `n` (at most the burst) tokens at `now`, going into debt if the bucket holds fewer, and
-    /// says how long until the debt is paid at the current rate (`None`: nothing owed).
-    fn reserve(&self, n: usize, now: Instant) -> Option<Duration> {
-        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
-        level.rate?;
-        level.refill(now, self.burst);
-        level.tokens -= n as f64;
-        level.debt()
-    }
-
-    /// How long from `now` until the bucket is out of debt at the current rate; `None` when it is.
-    fn owed(&self, now: Instant) -> Option<Duration> {
-        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
-        level.refill(now, self.burst);
-        level.debt()
-    }
-
-    /// Returns the tokens of a request that will not be sent after all.
-    fn give_back(&self, n: usize) {
-        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
-        if level.rate.is_some() {
-            level.tokens = (level.tokens + n as f64).min(self.burst);
-        }
-    }
-
     /// The current rate in keys per second; `None` is unlimited.
     pub fn rate(&self) -> Option<f64> {
-        self.level.lock().unwrap_or_else(|e| e.into_inner()).rate
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
-    /// Changes the rate from now on; tokens earned so far are kept. A bucket that was unlimited starts
-    /// empty, so that a limit imposed on a source in trouble does not begin with a burst.
+    /// Changes the rate from now on. The new bucket starts empty, so that a limit imposed on (or
+    /// lowered for) a source in trouble never begins with a burst; tokens left in the old one are lost,
+    /// which errs on the gentle side.
     pub fn set_rate(&self, rate: Option<f64>) {
-        self.set_rate_at(rate, Instant::now());
-    }
-
-    fn set_rate_at(&self, rate: Option<f64>, now: Instant) {
-        let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
-        level.refill(now, self.burst);
-        if level.rate.is_none() {
-            level.tokens = 0.0;
-        }
-        level.rate = rate;
+        let limiter = rate.map(|r| Arc::new(bucket(r, self.burst, true)));
+        *self.bucket.lock().unwrap_or_else(|e| e.into_inner()) = (rate, limiter);
     }
 
     /// Keys admitted since the start.
@@ -470,54 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_starts_full_and_refills_at_the_rate_up_to_the_burst() {
-        let t = Throttle::new(NonZeroU32::new(1000), 500, Duration::ZERO);
-        let t0 = Instant::now();
-        assert_eq!(t.reserve(500, t0), None);
-        // Empty: 100 more tokens are owed, paid off in 0.1 s.
-        let wait = t.reserve(100, t0).unwrap();
-        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
-        assert!(t.owed(t0 + ms(50)).is_some());
-        assert_eq!(t.owed(t0 + ms(100)), None);
-        // Ten idle seconds fill the bucket to its burst, not beyond.
-        let later = t0 + Duration::from_secs(10);
-        assert_eq!(t.reserve(500, later), None);
-        assert!(t.reserve(1, later).is_some());
-    }
-
-    #[test]
-    fn time_overslept_is_not_lost() {
-        // Burst = one batch: a taker that wakes 30 ms late keeps the 30 tokens earned meanwhile.
-        let t = Throttle::new(NonZeroU32::new(1000), 100, Duration::ZERO);
-        let t0 = Instant::now();
-        assert_eq!(t.reserve(100, t0), None);
-        assert!(t.reserve(100, t0).is_some());
-        assert_eq!(t.owed(t0 + ms(130)), None);
-        let wait = t.reserve(100, t0 + ms(130)).unwrap();
-        assert!((wait.as_secs_f64() - 0.07).abs() < 1e-6, "{wait:?}");
-    }
-
-    #[test]
-    fn a_new_rate_applies_from_the_change_on() {
-        let t = Throttle::new(NonZeroU32::new(1000), 1000, Duration::ZERO);
-        let t0 = Instant::now();
-        assert_eq!(t.reserve(1000, t0), None);
-        // 0.2 s at 1000/s earns 200 tokens, then the rate drops to 100/s.
-        t.set_rate_at(Some(100.0), t0 + ms(200));
-        assert_eq!(t.rate(), Some(100.0));
-        assert_eq!(t.reserve(200, t0 + ms(200)), None);
-        let wait = t.reserve(50, t0 + ms(200)).unwrap();
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
-        // A debt is paid at whatever the rate is meanwhile: 40 of 50 tokens at 100/s, then 1000/s.
-        t.set_rate_at(Some(1000.0), t0 + ms(600));
-        let wait = t.owed(t0 + ms(600)).unwrap();
-        assert!((wait.as_secs_f64() - 0.01).abs() < 1e-6, "{wait:?}");
-        // Lifting the limit admits anything; imposing one again starts from an empty bucket.
-        t.set_rate_at(None, t0 + ms(700));
-        assert_eq!(t.reserve(1000, t0 + ms(700)), None);
-        t.set_rate_at(Some(1000.0), t0 + ms(800));
-        assert!(t.reserve(1, t0 + ms(800)).is_some());
-        assert_eq!(t.owed(t0 + ms(801)), None);
+    fn a_new_rate_starts_from_an_empty_bucket_and_holds() {
+        let t = Throttle::new(NonZeroU32::new(1_000_000), 100, Duration::ZERO);
+        assert!(t.admit(100, &Stop::default()));
+        t.set_rate(Some(500.0));
+        assert_eq!(t.rate(), Some(500.0));
+        // Empty after the change: 100 keys at 500/s need 0.2 s.
+        let start = Instant::now();
+        assert!(t.admit(100, &Stop::default()));
+        assert!(start.elapsed() >= ms(180), "{:?}", start.elapsed());
+        t.set_rate(None);
+        let start = Instant::now();
+        assert!(t.admit(100_000, &Stop::default()));
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -227,7 +227,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();
-            stages.push(s.spawn(move || check::run(check_conn, scan_rx, tx, rep, ledger)));
+            stages.push(s.spawn(move || check::run(check_conn, scan_rx, tx, rep, ledger, cfg.dry_run)));
             rx
         } else {
             drop(check_conn);

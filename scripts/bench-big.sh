@@ -32,15 +32,6 @@ FERRY_SCRIPT=bench-big
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-install_time() {
-    if [ -x /usr/bin/time ]; then
-        return
-    fi
-    echo "== installing GNU time" >&2
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y time
-}
-
 now() {
     date +%s.%N
 }

@@ -48,15 +48,6 @@ FERRY_SCRIPT=bench
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-install_time() {
-    if [ -x /usr/bin/time ]; then
-        return
-    fi
-    echo "== installing GNU time" >&2
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y time
-}
-
 # Seconds of CPU the server on port $1 has used so far (user + system, main process only).
 server_cpu() {
     redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.6f", s }'

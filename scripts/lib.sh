@@ -72,3 +72,13 @@ start_server() {
 dbsize() {
     redis-cli -p "$1" dbsize
 }
+
+# GNU time (for peak RSS with -v), installed from Debian's package when missing.
+install_time() {
+    if [ -x /usr/bin/time ]; then
+        return
+    fi
+    echo "== installing GNU time" >&2
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y time
+}

@@ -221,9 +221,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
         let (ledger, throttle) = (&ledger, &throttle);
-        stages.push(s.spawn(move || {
-            scan::run_metered(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))
-        }));
+        stages.push(
+            s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))),
+        );
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();

@@ -102,23 +102,10 @@ impl Batcher<'_> {
     }
 }
 
-/// Runs the scan stage, unmetered, until every key was found, the stop flag is raised, or the
-/// connection is lost. A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from
-/// its beginning.
+/// Runs the scan stage until every key was found, the stop flag is raised, or the connection is lost.
+/// A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from its beginning. With
+/// a `throttle` (copy's `--rate`), each batch waits for its tokens before it is sent on.
 pub fn run(
-    input: KeyInput,
-    batch: usize,
-    start: Position,
-    out: Sender<Batch<Key>>,
-    rep: Reporter,
-    ledger: &Ledger,
-) {
-    run_metered(input, batch, start, out, rep, ledger, None);
-}
-
-/// [`run`], with each batch waiting for its tokens from `throttle` (copy's `--rate`) before it is
-/// sent on.
-pub fn run_metered(
     input: KeyInput,
     batch: usize,
     start: Position,

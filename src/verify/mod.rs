@@ -193,7 +193,7 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         let rep = Reporter::new(&source_counters, stop, fail_tx.clone(), None);
         // verify does not resume: its scanners' ledgers are never read.
         s.spawn(move || {
-            scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()))
+            scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()), None)
         });
         for comparer in comparers {
             let (rx, rec) = (rx.clone(), recorder.clone());
@@ -203,7 +203,15 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
             let (tx, rx) = bounded(2);
             let rep = Reporter::new(&target_counters, stop, fail_tx.clone(), None);
             s.spawn(move || {
-                scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()))
+                scan::run(
+                    input,
+                    cfg.batch,
+                    Position::default(),
+                    tx,
+                    rep,
+                    &Ledger::new(Position::default()),
+                    None,
+                )
             });
             let rec = recorder.clone();
             s.spawn(move || extra_thread(extra, rx, rec, stop));

@@ -272,11 +272,8 @@ pub fn keep_saving(
             log::warn!("{e}");
         }
     };
-    loop {
-        match done.recv_timeout(SAVE_EVERY) {
-            Err(RecvTimeoutError::Timeout) => save_now(),
-            _ => break,
-        }
+    while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(SAVE_EVERY) {
+        save_now();
     }
     save_now();
 }

@@ -40,7 +40,7 @@ impl Usefulness {
             return true;
         }
         self.rested += 1;
-        self.rested % PROBE_EVERY == 0
+        self.rested.is_multiple_of(PROBE_EVERY)
     }
 
     /// Records what a checked batch found.

@@ -26,7 +26,6 @@ if [ "$N" -lt 10000 ]; then
     exit 2
 fi
 RSS_BOUND_MB=${RSS_BOUND_MB:-32}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 FERRY_SCRIPT=bench-big
 # shellcheck source=scripts/lib.sh
@@ -87,16 +86,8 @@ run_case() {
     [ "$vrc" -eq 0 ] || problems+=("$name: verify exited with $vrc: $(tail -n 1 "$TMP/$name.verify")")
 }
 
-install_redis
 install_time
-echo "== building (cargo build --release)" >&2
-cargo build --release
-FERRY=$TARGET_DIR/release/redis-ferry
-
-start_server
-SRC=$STARTED_PORT
-start_server
-DST=$STARTED_PORT
+setup_pair
 for port in "$SRC" "$DST"; do
     redis-cli -p "$port" config set slowlog-log-slower-than 0 >/dev/null
     redis-cli -p "$port" config set slowlog-max-len 1000000 >/dev/null
@@ -135,10 +126,4 @@ for name in auto typed; do
         problems+=("$name: peak RSS $((rss_kb / 1024)) MB is above the bound of $RSS_BOUND_MB MB")
     fi
 done
-if [ "${#problems[@]}" -gt 0 ]; then
-    echo
-    for p in "${problems[@]}"; do
-        echo "WARNING: $p" >&2
-    done
-    exit 1
-fi
+fail_on_problems "WARNING"

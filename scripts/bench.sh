@@ -42,7 +42,6 @@ case "$MODE" in
         exit 2
         ;;
 esac
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 FERRY_SCRIPT=bench
 # shellcheck source=scripts/lib.sh
@@ -296,27 +295,11 @@ throttle_bench() {
     load_row load-gentle "load + copy --max-latency $MAX_LATENCY_MS"
     grep -- '--max-latency:' "$TMP/load-gentle.err" | tail -n 3 | sed 's/^/   /'
 
-    if [ "${#problems[@]}" -gt 0 ]; then
-        echo
-        for p in "${problems[@]}"; do
-            echo "WARNING: $p" >&2
-        done
-        exit 1
-    fi
+    fail_on_problems "WARNING"
 }
 
-install_redis
 install_time
-echo "== building (cargo build --release)" >&2
-cargo build --release
-FERRY=$TARGET_DIR/release/redis-ferry
-TOOLS=$TARGET_DIR/release/ferry-tools
-
-start_server
-SRC=$STARTED_PORT
-start_server
-DST=$STARTED_PORT
-echo "== source 127.0.0.1:$SRC, target 127.0.0.1:$DST" >&2
+setup_pair
 
 PROFILE=mixed
 echo "== filling the source with $N $PROFILE keys" >&2
@@ -375,10 +358,4 @@ printf "%-22s %12s %10s %12s %18s %16s\n" tool keys/s vs_migrate peak_rss_mb src
 row migrate "MIGRATE (ferry-tools)" "$MIGRATE_KPS"
 row ferry "redis-ferry copy" "$MIGRATE_KPS"
 
-if [ "${#problems[@]}" -gt 0 ]; then
-    echo
-    for p in "${problems[@]}"; do
-        echo "WARNING: $p" >&2
-    done
-    exit 1
-fi
+fail_on_problems "WARNING"

@@ -11,23 +11,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 KEYS=${DEMO_KEYS:-100000}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 FERRY_SCRIPT=demo
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-install_redis
-echo "== building (cargo build --release)" >&2
-cargo build --release
-FERRY=$TARGET_DIR/release/redis-ferry
-TOOLS=$TARGET_DIR/release/ferry-tools
-
-start_server
-SRC=$STARTED_PORT
-start_server
-DST=$STARTED_PORT
-echo "== source 127.0.0.1:$SRC, target 127.0.0.1:$DST ($(redis-server --version | cut -d' ' -f3))" >&2
+setup_pair
 
 echo "== filling the source with $KEYS mixed keys" >&2
 "$TOOLS" fill --url "redis://127.0.0.1:$SRC" --keys "$KEYS" --seed 1 --profile mixed
@@ -70,10 +59,5 @@ problems=()
 
 echo
 echo "$summary"
-if [ "${#problems[@]}" -gt 0 ]; then
-    for p in "${problems[@]}"; do
-        echo "DEMO FAILED: $p" >&2
-    done
-    exit 1
-fi
+fail_on_problems "DEMO FAILED"
 echo "demo ok: $src_keys keys copied and verified" >&2

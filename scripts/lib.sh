@@ -82,3 +82,30 @@ install_time() {
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y time
 }
+
+# Installs redis-server when missing, builds the release binaries and starts the two throwaway servers:
+# sets FERRY and TOOLS (the binaries) and SRC and DST (the ports).
+setup_pair() {
+    install_redis
+    echo "== building (cargo build --release)" >&2
+    cargo build --release
+    FERRY=${CARGO_TARGET_DIR:-target}/release/redis-ferry
+    TOOLS=${CARGO_TARGET_DIR:-target}/release/ferry-tools
+    start_server
+    SRC=$STARTED_PORT
+    start_server
+    DST=$STARTED_PORT
+    echo "== source 127.0.0.1:$SRC, target 127.0.0.1:$DST ($(redis-server --version | cut -d' ' -f3))" >&2
+}
+
+# Exits 1 after printing each entry of the caller's `problems` array as "PREFIX: entry" on standard
+# error; returns when the array is empty.
+fail_on_problems() {
+    local p
+    [ "${#problems[@]}" -eq 0 ] && return 0
+    echo >&2
+    for p in "${problems[@]}"; do
+        echo "$1: $p" >&2
+    done
+    exit 1
+}

@@ -119,33 +119,6 @@ impl Ledger {
     }
 }
 
-/// The counters of a checkpoint (a copy of [`Snapshot`] that can be read and written).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Keys scanned.
-    pub scanned: u64,
-    /// Keys copied.
-    pub copied: u64,
-    /// Keys skipped.
-    pub skipped: u64,
-    /// Keys expired.
-    pub expired: u64,
-    /// Keys failed.
-    pub failed: u64,
-}
-
-impl Counts {
-    fn plus(self, s: Snapshot) -> Counts {
-        Counts {
-            scanned: self.scanned + s.scanned,
-            copied: self.copied + s.copied,
-            skipped: self.skipped + s.skipped,
-            expired: self.expired + s.expired,
-            failed: self.failed + s.failed,
-        }
-    }
-}
-
 /// What makes two runs the same copy: a checkpoint only resumes the copy it was made for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -191,7 +164,7 @@ pub struct Checkpoint {
     /// Where to resume; `null` when the copy went through to the end.
     pub resume: Option<Position>,
     /// Counters over all runs of this copy so far.
-    pub counts: Counts,
+    pub counts: Snapshot,
     /// When it was written (RFC 3339 UTC).
     pub saved_at: String,
 }
@@ -204,7 +177,7 @@ pub struct Start {
     /// Where to start scanning.
     pub at: Position,
     /// Counters carried over from earlier runs.
-    pub base: Counts,
+    pub base: Snapshot,
 }
 
 /// Reads the checkpoint at `path` for the copy `identity`: a missing file, or one whose copy went
@@ -244,7 +217,12 @@ pub fn load(path: &str, identity: &Identity) -> Result<Start, String> {
 }
 
 /// Writes a checkpoint atomically.
-pub fn save(path: &str, identity: &Identity, resume: Option<Position>, counts: Counts) -> Result<(), String> {
+pub fn save(
+    path: &str,
+    identity: &Identity,
+    resume: Option<Position>,
+    counts: Snapshot,
+) -> Result<(), String> {
     let cp = Checkpoint {
         version: VERSION,
         identity: identity.clone(),
@@ -262,7 +240,7 @@ pub fn keep_saving(
     identity: &Identity,
     ledger: &Ledger,
     counters: &Counters,
-    base: Counts,
+    base: Snapshot,
     done: Receiver<()>,
 ) {
     let save_now = || {
@@ -314,7 +292,7 @@ mod tests {
             on_conflict: "skip".into(),
         };
         assert_eq!(load(path, &id).unwrap(), Start::default());
-        let counts = Counts { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0 };
+        let counts = Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0 };
         save(path, &id, Some(P(1, 99)), counts).unwrap();
         assert_eq!(load(path, &id).unwrap(), Start { at: P(1, 99), base: counts });
         let other = Identity { target: "c:3".into(), ..id.clone() };

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
 use crate::exit::Exit;
 use crate::pipeline::Fatal;
-use crate::report::{self, rfc3339, StopReason, Summary};
+use crate::report::{self, rfc3339, Snapshot, StopReason, Summary};
 
 /// How often, and how long apart, a run turned away re-reads an empty lock file: the holder writes its
 /// PID a moment after it took the lock.
@@ -116,16 +116,9 @@ pub struct Report<'a> {
     pub stopped: Option<&'static str>,
     /// The fatal error that ended or refused the run, one line; null when there was none.
     pub error: Option<String>,
-    /// Keys found by the scan or read from `--keys-from` (the summary line's `scanned`).
-    pub scanned: u64,
-    /// Keys written to the target (or that would have been, in a dry run).
-    pub copied: u64,
-    /// Keys left alone because they already existed on the target.
-    pub skipped: u64,
-    /// Keys that vanished or expired before they could be written.
-    pub expired: u64,
-    /// Keys that failed; each is a row in the error CSV.
-    pub failed: u64,
+    /// The buckets, as in the summary line: `scanned`, `copied`, `skipped`, `expired`, `failed`.
+    #[serde(flatten)]
+    pub counts: Snapshot,
     /// The summary line's `seconds`: the copy's wall time after preflight; 0 if preflight refused the run.
     pub seconds: f64,
     /// The summary line's `keys_per_sec`: `scanned / seconds`, rounded.
@@ -201,7 +194,7 @@ impl<'a> Report<'a> {
     ) -> Report<'a> {
         let counts = summary.map(|s| s.counts).unwrap_or_default();
         let secs = summary.map_or(0.0, |s| s.elapsed.as_secs_f64());
-        let rate = if secs > 0.0 { counts.scanned as f64 / secs } else { 0.0 };
+        let rate = summary.map_or(0.0, Summary::keys_per_sec);
         let stopped = match summary.map(|s| s.stop) {
             None | Some(StopReason::None) => None,
             Some(StopReason::Limit) => Some("limit"),
@@ -218,11 +211,7 @@ impl<'a> Report<'a> {
             exit_code: exit.code(),
             stopped,
             error: error.map(|e| mask_passwords(e, cfg)),
-            scanned: counts.scanned,
-            copied: counts.copied,
-            skipped: counts.skipped,
-            expired: counts.expired,
-            failed: counts.failed,
+            counts,
             // Rounded like the summary line, so the two agree.
             seconds: (secs * 1000.0).round() / 1000.0,
             keys_per_sec: rate.round(),

@@ -95,8 +95,8 @@ impl Counters {
     }
 }
 
-/// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The counters at one moment (also what a checkpoint carries over and a report shows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// See [`Counters::scanned`].
     pub scanned: u64,
@@ -108,6 +108,19 @@ pub struct Snapshot {
     pub expired: u64,
     /// See [`Counters::failed`].
     pub failed: u64,
+}
+
+impl Snapshot {
+    /// These counters plus `other`, bucket by bucket.
+    pub fn plus(self, other: Snapshot) -> Snapshot {
+        Snapshot {
+            scanned: self.scanned + other.scanned,
+            copied: self.copied + other.copied,
+            skipped: self.skipped + other.skipped,
+            expired: self.expired + other.expired,
+            failed: self.failed + other.failed,
+        }
+    }
 }
 
 /// Why a run is stopping early. Ordered: a later, stronger reason replaces a weaker one.
@@ -424,11 +437,22 @@ pub struct Summary {
     pub stop: StopReason,
 }
 
+impl Summary {
+    /// Keys scanned per second of the run (0 for a run that took no time).
+    pub fn keys_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.scanned as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counts;
-        let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { c.scanned as f64 / secs } else { 0.0 };
+        let (secs, rate) = (self.elapsed.as_secs_f64(), self.keys_per_sec());
         write!(
             f,
             "scanned={} copied={} skipped={} expired={} failed={} seconds={:.3} keys_per_sec={:.0}",

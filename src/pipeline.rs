@@ -124,7 +124,7 @@ pub fn key_input(keys: &KeySource, mut conn: Conn) -> Result<KeyInput, Fatal> {
 /// Runs a copy. `stop` is the process-wide flag the Ctrl-C handler raises.
 pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     // Preflight: everything that can refuse the run does so before anything is written.
-    report::check_csv_writable(&cfg.errors_path).map_err(Fatal::bad_input)?;
+    report::check_writable("--errors", &cfg.errors_path).map_err(Fatal::bad_input)?;
     let identity = checkpoint::Identity::of(cfg);
     let resume = match &cfg.checkpoint {
         Some(path) => {

@@ -309,11 +309,6 @@ fn open_csv(file: &CsvFile) -> io::Result<csv::Writer<BufWriter<File>>> {
     Ok(w)
 }
 
-/// Checks, without leaving a trace, that the error CSV can be created or appended to.
-pub fn check_csv_writable(path: &str) -> Result<(), String> {
-    check_writable("--errors", path)
-}
-
 /// Checks, without leaving a trace, that the file `flag` names can be created or appended to; the
 /// message names the flag.
 pub fn check_writable(flag: &str, path: &str) -> Result<(), String> {

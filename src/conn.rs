@@ -10,10 +10,11 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use redis::{
-    ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline,
     RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
 };
 
+use crate::cluster;
 use crate::config::{Endpoint, Role, Timeouts, Tls};
 
 /// A failure to connect or log in, with the endpoint in its message (never the password).
@@ -70,34 +71,148 @@ fn jitter() -> f64 {
     })
 }
 
-/// Error replies that mean "not now" rather than "never": worth retrying after a pause.
+/// Error replies that mean "not now" rather than "never": worth retrying after a pause. MOVED and ASK
+/// are here for a cluster whose slots kept moving for longer than [`MAX_HOPS`] redirections: after the
+/// pause the slot map has been reloaded.
 pub fn is_transient(code: &str) -> bool {
-    matches!(code, "OOM" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
+    matches!(code, "OOM" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "MOVED" | "ASK")
 }
 
-/// One thread's connection to one server, able to re-establish itself.
+/// How many MOVED / ASK redirections one round follows for a unit before it hands the redirection back
+/// to its caller as a transient error.
+pub const MAX_HOPS: usize = 5;
+
+/// One thread's connection to one side: a standalone server, or every primary of a Redis Cluster. It
+/// is able to re-establish itself.
+///
+/// Everything a stage sends goes through [`Conn::round`]: units of commands about one key each, in one
+/// pipeline per server. On a cluster each unit goes to the primary serving its key's slot, and MOVED
+/// and ASK replies are followed there and then (up to [`MAX_HOPS`]), so that a reshard while a copy
+/// runs costs a few extra round trips and nothing else; a MOVED, or a node whose connection failed,
+/// also makes the whole slot map be read again (CLUSTER NODES) before the next round.
 pub struct Conn {
-    /// Where it goes, for reconnecting and messages.
+    /// Where it goes, as the user gave it (any node, for a cluster), for reconnecting and messages.
     endpoint: Endpoint,
     /// Timeouts applied to every (re)connection.
     timeouts: Timeouts,
-    /// The live connection (or the dead one, while `broken`).
-    inner: redis::Connection,
-    /// Set after an I/O error or timeout: the connection must be replaced before its next use.
-    broken: bool,
+    /// Standalone: one link, to `endpoint`. Cluster: one per primary, the slot map's node indexes.
+    links: Vec<Link>,
+    /// Cluster only: for each slot, the index in `links` of the primary serving it.
+    slots: Option<Vec<Option<u16>>>,
+    /// Cluster only: read the slot map again before the next round (a slot moved, a node failed).
+    stale: bool,
     /// How transient failures are retried.
     retry: Retry,
 }
 
+/// A connection to one server, `None` while it is down (after an I/O error or timeout, or before the
+/// first use of a node found by a redirection): it is made again before its next use.
+struct Link {
+    /// The server: the side's endpoint with this node's host and port.
+    endpoint: Endpoint,
+    /// The live connection.
+    inner: Option<redis::Connection>,
+}
+
+impl Link {
+    /// The connection, made first if it is down.
+    fn connection(&mut self, timeouts: Timeouts) -> Result<&mut redis::Connection, RedisError> {
+        if self.inner.is_none() {
+            self.inner = Some(connect(&self.endpoint, timeouts)?);
+            log::debug!("connected to {} {}", self.endpoint.role.name(), self.endpoint);
+        }
+        Ok(self.inner.as_mut().expect("just made"))
+    }
+
+    /// Makes the connection if it is down.
+    fn connect_now(&mut self, timeouts: Timeouts) -> Result<(), RedisError> {
+        self.connection(timeouts).map(|_| ())
+    }
+
+    /// Sends packed commands; a failure takes the connection down.
+    fn send(&mut self, packed: &[u8], timeouts: Timeouts) -> Result<(), RedisError> {
+        let result = self.connection(timeouts).and_then(|c| c.send_packed_command(packed));
+        if result.is_err() {
+            self.inner = None;
+        }
+        result
+    }
+
+    /// Reads one reply (an error reply as `Value::ServerError`); a failure takes the connection down.
+    fn recv(&mut self) -> Result<Value, RedisError> {
+        let Some(conn) = self.inner.as_mut() else {
+            return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)));
+        };
+        let reply = conn.recv_response();
+        if reply.is_err() {
+            self.inner = None;
+        }
+        reply
+    }
+}
+
+/// The replies of one [`Conn::round`]: for each unit, its replies in order, or nothing for a unit left
+/// unanswered.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Every reply, unit after unit.
+    values: Vec<Value>,
+    /// For each unit: where its replies start in `values` and how many there are.
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl Replies {
+    /// The replies of unit `i` (its position in the round's `units`), `None` when its server never
+    /// answered: the connection failed first (the commands may or may not have run).
+    pub fn unit(&mut self, i: usize) -> Option<&mut [Value]> {
+        let (start, len) = self.spans.get(i).copied().flatten()?;
+        Some(&mut self.values[start..start + len])
+    }
+
+    /// Unit `i`'s replies taken out as exactly `K` values; `None` when it was unanswered or had
+    /// another number of replies.
+    pub fn take<const K: usize>(&mut self, i: usize) -> Option<[Value; K]> {
+        let unit = self.unit(i).filter(|u| u.len() == K)?;
+        Some(std::array::from_fn(|j| std::mem::take(&mut unit[j])))
+    }
+}
+
+impl Replies {
+    /// Every reply, unit after unit (for a round where every unit was answered).
+    pub fn into_values(mut self) -> Vec<Value> {
+        let mut out = Vec::with_capacity(self.values.len());
+        for i in 0..self.spans.len() {
+            if let Some(unit) = self.unit(i) {
+                out.extend(unit.iter_mut().map(std::mem::take));
+            }
+        }
+        out
+    }
+}
+
 impl Conn {
-    /// Connects, logs in, selects the db and sets the read and write timeouts.
+    /// Connects to a standalone server: logs in, selects the db and sets the read and write timeouts.
     pub fn open(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, ConnectError> {
-        let inner = connect(endpoint, timeouts).map_err(|e| ConnectError {
-            role: endpoint.role.name(),
-            endpoint: endpoint.to_string(),
-            reason: one_line(&connect_reason(&e, endpoint)),
-        })?;
-        Ok(Conn { endpoint: endpoint.clone(), timeouts, inner, broken: false, retry: Retry::DEFAULT })
+        let inner = connect(endpoint, timeouts).map_err(|e| connect_error(endpoint, &e))?;
+        Ok(Conn {
+            endpoint: endpoint.clone(),
+            timeouts,
+            links: vec![Link { endpoint: endpoint.clone(), inner: Some(inner) }],
+            slots: None,
+            stale: false,
+            retry: Retry::DEFAULT,
+        })
+    }
+
+    /// Connects to every primary of the cluster `endpoint` belongs to (read from its CLUSTER NODES).
+    pub fn open_cluster(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, ConnectError> {
+        let mut conn = Conn::open(endpoint, timeouts)?;
+        conn.slots = Some(Vec::new());
+        conn.refresh()?;
+        for link in &mut conn.links {
+            link.connect_now(timeouts).map_err(|e| connect_error(&link.endpoint, &e))?;
+        }
+        Ok(conn)
     }
 
     /// The same connection with another retry policy.
@@ -111,23 +226,40 @@ impl Conn {
         self.retry
     }
 
-    /// Replaces the connection if it is marked broken: one attempt (logging in and selecting the db
-    /// again). Callers pace their attempts with [`Retry::pause`].
+    /// Whether this is a connection to a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// The primaries of a cluster, as endpoints (with this side's login and TLS); a standalone server's
+    /// list is its own endpoint.
+    pub fn primaries(&self) -> Vec<Endpoint> {
+        self.links.iter().map(|l| l.endpoint.clone()).collect()
+    }
+
+    /// Makes the connection usable, one attempt: a standalone server's connection is made again if it
+    /// is down (logging in and selecting the db again); a cluster's slot map is read again if a slot
+    /// moved or a node failed. Callers pace their attempts with [`Retry::pause`].
     pub fn ensure(&mut self) -> Result<(), ConnectError> {
-        if !self.broken {
-            return Ok(());
+        if self.slots.is_some() {
+            return if self.stale { self.refresh() } else { Ok(()) };
         }
-        let fresh = Conn::open(&self.endpoint, self.timeouts)?;
-        log::info!("reconnected to {} {}", self.endpoint.role.name(), self.endpoint);
-        self.inner = fresh.inner;
-        self.broken = false;
+        let timeouts = self.timeouts;
+        let link = &mut self.links[0];
+        if link.inner.is_none() {
+            link.connect_now(timeouts).map_err(|e| connect_error(&link.endpoint, &e))?;
+            log::info!("reconnected to {} {}", link.endpoint.role.name(), link.endpoint);
+        }
         Ok(())
     }
 
-    /// Replaces the connection, trying with the retry policy's pauses until it works or the attempts
-    /// are used up.
+    /// Takes the connection down and makes it again, trying with the retry policy's pauses until it
+    /// works or the attempts are used up.
     pub fn reconnect(&mut self) -> Result<(), ConnectError> {
-        self.broken = true;
+        for link in &mut self.links {
+            link.inner = None;
+        }
+        self.stale = self.slots.is_some();
         let mut attempt = 0;
         loop {
             match self.ensure() {
@@ -141,39 +273,209 @@ impl Conn {
         }
     }
 
-    /// Sends an encoded pipeline of `count` commands and reads the replies in order into `replies`
-    /// (error replies as `Value::ServerError`). When the connection fails part way, the replies read
-    /// so far are kept, the connection is marked broken and the error is returned: the commands after
-    /// them were not answered (they may or may not have run).
-    pub fn send_batch(
-        &mut self,
-        packed: &[u8],
-        count: usize,
-        replies: &mut Vec<Value>,
-    ) -> Option<RedisError> {
-        if let Err(e) = self.inner.send_packed_command(packed) {
-            self.broken = true;
-            return Some(e);
-        }
-        for _ in 0..count {
-            match self.inner.recv_response() {
-                Ok(value) => replies.push(value),
+    /// Reads the cluster's slot map again, from the first node that answers (the seed last), and
+    /// keeps the connections to the primaries that are still primaries.
+    fn refresh(&mut self) -> Result<(), ConnectError> {
+        let mut seed = Link { endpoint: self.endpoint.clone(), inner: None };
+        let mut last = None;
+        let mut topology = None;
+        for link in self.links.iter_mut().chain(std::iter::once(&mut seed)) {
+            let nodes = link
+                .connection(self.timeouts)
+                .and_then(|c| redis::cmd("CLUSTER").arg("NODES").query::<String>(c));
+            match nodes.map(|text| cluster::Topology::parse(&text, &self.endpoint.host)) {
+                Ok(Ok(t)) => {
+                    topology = Some(t);
+                    break;
+                }
+                Ok(Err(why)) => last = Some(why),
                 Err(e) => {
-                    self.broken = true;
-                    return Some(e);
+                    link.inner = None;
+                    last = Some(describe(&e));
                 }
             }
         }
-        None
+        let Some(topology) = topology else {
+            return Err(ConnectError {
+                role: self.endpoint.role.name(),
+                endpoint: self.endpoint.to_string(),
+                reason: format!("cannot read the cluster's slot map: {}", last.unwrap_or_default()),
+            });
+        };
+        let mut old = std::mem::take(&mut self.links);
+        self.links = topology
+            .primaries
+            .iter()
+            .map(|node| {
+                let kept = old.iter_mut().find(|l| l.endpoint.host == node.host && l.endpoint.port == node.port);
+                Link {
+                    endpoint: Endpoint { host: node.host.clone(), port: node.port, ..self.endpoint.clone() },
+                    inner: kept.and_then(|l| l.inner.take()),
+                }
+            })
+            .collect();
+        self.slots = Some(topology.slots);
+        self.stale = false;
+        Ok(())
+    }
+
+    /// The index of the link to `host:port`, added (unconnected) if it is new.
+    fn link_to(&mut self, host: &str, port: u16) -> usize {
+        if let Some(i) = self.links.iter().position(|l| l.endpoint.host == host && l.endpoint.port == port) {
+            return i;
+        }
+        let endpoint = Endpoint { host: host.to_string(), port, ..self.endpoint.clone() };
+        self.links.push(Link { endpoint, inner: None });
+        self.links.len() - 1
+    }
+
+    /// The link a unit about `key` goes to: the slot's primary on a cluster (the first node for a
+    /// unit without a key, or a slot no one serves: it answers CLUSTERDOWN or MOVED).
+    fn link_for(&self, key: Option<&[u8]>) -> usize {
+        match (&self.slots, key) {
+            (Some(slots), Some(key)) => {
+                slots.get(usize::from(cluster::slot(key))).copied().flatten().map_or(0, usize::from)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Sends one round of `units`: unit `u` is the commands `build(pipe, u)` appends, all about the key
+    /// `key(u)` (`None`: about no key). Each server gets its units in one pipeline; a cluster's units
+    /// go to the primaries serving their keys, and MOVED / ASK replies are followed (ASKING before each
+    /// command of the unit, or before its MULTI). Returns each unit's replies (by its position in
+    /// `units`; error replies as `Value::ServerError`), and the first connection error met: the units
+    /// of a server whose connection failed are left unanswered.
+    pub fn round<'k>(
+        &mut self,
+        units: &[usize],
+        key: impl Fn(usize) -> Option<&'k [u8]>,
+        build: impl Fn(&mut Pipeline, usize),
+    ) -> (Replies, Option<RedisError>) {
+        let mut replies = Replies { values: Vec::new(), spans: vec![None; units.len()] };
+        let mut error = None;
+        // (position in `units`, the node an ASK sent it to)
+        let mut todo: Vec<(usize, Option<usize>)> = (0..units.len()).map(|p| (p, None)).collect();
+        for hop in 0..=MAX_HOPS {
+            if todo.is_empty() {
+                break;
+            }
+            let mut groups: Vec<Vec<(usize, bool)>> = Vec::new();
+            for (p, ask) in todo.drain(..) {
+                let link = ask.unwrap_or_else(|| self.link_for(key(units[p])));
+                if groups.len() <= link {
+                    groups.resize_with(link + 1, Vec::new);
+                }
+                groups[link].push((p, ask.is_some()));
+            }
+            // Every server gets its pipeline before any reply is read: the servers work side by side.
+            let mut sent = Vec::with_capacity(groups.len());
+            for (link, group) in groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+                let mut pipe = redis::pipe();
+                let mut layout = Vec::with_capacity(group.len());
+                for (p, asking) in group {
+                    let before = pipe.len();
+                    let mask = if asking {
+                        Some(with_asking(&mut pipe, |scratch| build(scratch, units[p])))
+                    } else {
+                        build(&mut pipe, units[p]);
+                        None
+                    };
+                    layout.push((p, pipe.len() - before, mask));
+                }
+                match self.links[link].send(&pipe.get_packed_pipeline(), self.timeouts) {
+                    Ok(()) => sent.push((link, layout)),
+                    Err(e) => {
+                        self.stale = self.slots.is_some();
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            for (link, layout) in sent {
+                for (p, count, mask) in layout {
+                    let start = replies.values.len();
+                    let mut lost = None;
+                    for _ in 0..count {
+                        match self.links[link].recv() {
+                            Ok(value) => replies.values.push(value),
+                            Err(e) => {
+                                lost = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = lost {
+                        // This unit and the rest of this server's units stay unanswered.
+                        replies.values.truncate(start);
+                        self.stale = self.slots.is_some();
+                        error.get_or_insert(e);
+                        break;
+                    }
+                    if let Some(mask) = mask {
+                        let asked: Vec<Value> =
+                            replies.values.drain(start..).zip(mask).filter_map(|(v, k)| k.then_some(v)).collect();
+                        replies.values.extend(asked);
+                    }
+                    if hop < MAX_HOPS {
+                        if let Some(to) = self.redirection(&replies.values[start..]) {
+                            replies.values.truncate(start);
+                            todo.push((p, to));
+                            continue;
+                        }
+                    }
+                    replies.spans[p] = Some((start, replies.values.len() - start));
+                }
+            }
+        }
+        (replies, error)
+    }
+
+    /// The first MOVED or ASK among a unit's replies, on a cluster: a MOVED updates the slot map (and
+    /// asks for a full reload before the next round) and sends the unit to the slot's new primary
+    /// (`Some(None)`); an ASK sends it, once, to the node named (`Some(Some(link))`).
+    fn redirection(&mut self, unit: &[Value]) -> Option<Option<usize>> {
+        self.slots.as_ref()?;
+        let (moved, details) = unit.iter().find_map(|v| match v {
+            Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK") => {
+                Some((e.code() == "MOVED", e.details().unwrap_or("").to_string()))
+            }
+            _ => None,
+        })?;
+        let (slot, host, port) = cluster::redirect_target(&details, &self.endpoint.host)?;
+        let link = self.link_to(&host, port);
+        if !moved {
+            return Some(Some(link));
+        }
+        let slots = self.slots.as_mut().expect("checked");
+        if let Some(entry) = slots.get_mut(usize::from(slot)) {
+            *entry = u16::try_from(link).ok();
+        }
+        self.stale = true;
+        Some(None)
     }
 
     /// Runs one command, retrying connection errors and transient error replies with the retry
-    /// policy. Stops retrying when `give_up` says so (the run is aborting).
+    /// policy. Stops retrying when `give_up` says so (the run is aborting). On a cluster the command
+    /// goes to the node serving its first argument (the key, for every keyed command redis-ferry sends
+    /// this way), or to any node when it has none.
     pub fn call<T: FromRedisValue>(&mut self, cmd: &Cmd, give_up: impl Fn() -> bool) -> RedisResult<T> {
+        let key = first_arg(cmd);
         let mut attempt = 0;
         loop {
             let result = match self.ensure() {
-                Ok(()) => cmd.query::<T>(&mut self.inner),
+                Ok(()) => {
+                    let (mut replies, error) = self.round(&[0], |_| key.as_deref(), |pipe, _| {
+                        pipe.add_command(cmd.clone());
+                    });
+                    match replies.take::<1>(0) {
+                        Some([value]) => value
+                            .extract_error()
+                            .and_then(|v| T::from_redis_value(v).map_err(RedisError::from)),
+                        None => Err(error.unwrap_or_else(|| {
+                            RedisError::from(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                        })),
+                    }
+                }
                 Err(e) => Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
                     e.to_string(),
@@ -183,11 +485,7 @@ impl Conn {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let connection = is_connection_error(&err);
-            if connection {
-                self.broken = true;
-            }
-            let transient = connection || err.code().is_some_and(is_transient);
+            let transient = is_connection_error(&err) || err.code().is_some_and(is_transient);
             if !transient || attempt >= self.retry.attempts || give_up() {
                 return Err(err);
             }
@@ -203,20 +501,80 @@ impl Conn {
         }
     }
 
-    /// The endpoint this connection goes to.
+    /// Sends one round of units (see [`Conn::round`]) and returns every unit's replies, or the error
+    /// of a connection that failed on the way: for callers that try a whole batch again themselves.
+    pub fn query<'k>(
+        &mut self,
+        n: usize,
+        key: impl Fn(usize) -> Option<&'k [u8]>,
+        build: impl Fn(&mut Pipeline, usize),
+    ) -> RedisResult<Replies> {
+        self.ensure().map_err(|e| {
+            RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()))
+        })?;
+        let units: Vec<usize> = (0..n).collect();
+        match self.round(&units, key, build) {
+            (_, Some(e)) => Err(e),
+            (replies, None) => Ok(replies),
+        }
+    }
+
+    /// The endpoint this connection goes to (the one the user gave, for a cluster).
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
-    /// The underlying connection, for `query` and `Pipeline::query`.
-    pub fn raw(&mut self) -> &mut redis::Connection {
-        &mut self.inner
-    }
-
-    /// Reads what redis-ferry needs to know about the server (INFO server + cluster).
+    /// Reads what redis-ferry needs to know about the server (INFO server + cluster); on a cluster,
+    /// the first primary's.
     pub fn server_info(&mut self) -> Result<ServerInfo, RedisError> {
-        let text: String = redis::cmd("INFO").arg("server").arg("cluster").query(&mut self.inner)?;
+        let text: String = self.call(redis::cmd("INFO").arg("server").arg("cluster"), || true)?;
         Ok(ServerInfo::parse(&text))
+    }
+}
+
+/// Appends the commands `build` makes to `pipe` with an ASKING before each one (before a MULTI, and
+/// not inside the transaction: the ASKING flag lasts until EXEC). Returns, for each command appended,
+/// whether its reply is one the caller asked for (false for the ASKINGs).
+fn with_asking(pipe: &mut Pipeline, build: impl FnOnce(&mut Pipeline)) -> Vec<bool> {
+    let mut scratch = redis::pipe();
+    build(&mut scratch);
+    let mut keep = Vec::with_capacity(2 * scratch.len());
+    let mut in_transaction = false;
+    for cmd in scratch.cmd_iter() {
+        let name = match cmd.args_iter().next() {
+            Some(redis::Arg::Simple(name)) => name.to_ascii_uppercase(),
+            _ => Vec::new(),
+        };
+        if !in_transaction {
+            pipe.cmd("ASKING");
+            keep.push(false);
+        }
+        pipe.add_command(cmd.clone());
+        keep.push(true);
+        match &name[..] {
+            b"MULTI" => in_transaction = true,
+            b"EXEC" | b"DISCARD" => in_transaction = false,
+            _ => {}
+        }
+    }
+    keep
+}
+
+/// A command's first argument: the key, for the keyed commands redis-ferry sends without naming the key
+/// apart (see [`Conn::call`]).
+pub fn first_arg(cmd: &Cmd) -> Option<Vec<u8>> {
+    match cmd.args_iter().nth(1)? {
+        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+        _ => None,
+    }
+}
+
+/// A connection failure as the one-line "cannot connect" error.
+fn connect_error(endpoint: &Endpoint, e: &RedisError) -> ConnectError {
+    ConnectError {
+        role: endpoint.role.name(),
+        endpoint: endpoint.to_string(),
+        reason: one_line(&connect_reason(e, endpoint)),
     }
 }
 

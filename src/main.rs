@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod cli;
+mod cluster;
 mod config;
 mod conn;
 mod cron;

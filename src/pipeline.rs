@@ -108,7 +108,7 @@ pub fn key_input(keys: &KeySource, mut conn: Conn) -> Result<KeyInput, Fatal> {
         KeySource::File(path) => Ok(KeyInput::Lines(open_keys_file(path)?)),
         KeySource::Scan { patterns, types, count } => {
             let probe: Result<(u64, Vec<Vec<u8>>), _> =
-                redis::cmd("SCAN").arg(0).arg("COUNT").arg(1).query(conn.raw());
+                conn.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
             if let Err(e) = probe {
                 let (code, message) = crate::conn::classify(&e);
                 return Err(Fatal::bad_input(format!(

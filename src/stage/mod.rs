@@ -78,7 +78,6 @@ pub fn exchange<'k, const K: usize>(
 ) -> Vec<Option<[Value; K]>> {
     let mut answers: Vec<Option<[Value; K]>> = (0..n).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..n).collect();
-    let mut replies = Vec::with_capacity(n * K);
     let retry = conn.retry();
     let mut attempt = 0;
     let mut last_error: Option<(String, String)> = None;
@@ -90,12 +89,7 @@ pub fn exchange<'k, const K: usize>(
                 again = pending;
             }
             Ok(()) => {
-                let mut pipe = redis::pipe();
-                for &i in &pending {
-                    build(&mut pipe, i);
-                }
-                replies.clear();
-                let broken = conn.send_batch(&pipe.get_packed_pipeline(), pending.len() * K, &mut replies);
+                let (mut replies, broken) = conn.round(&pending, |i| Some(key(i).as_bytes()), &build);
                 if let Some(err) = &broken {
                     log::warn!(
                         "{} {}: {}",
@@ -105,11 +99,10 @@ pub fn exchange<'k, const K: usize>(
                     );
                     last_error = Some(conn::classify(err));
                 }
-                let mut got = replies.drain(..);
-                for &i in &pending {
-                    let group: Vec<Value> = got.by_ref().take(K).collect();
-                    let Ok(group) = <[Value; K]>::try_from(group) else {
-                        again.push(i); // unanswered: the connection broke before its replies came
+                for (p, &i) in pending.iter().enumerate() {
+                    // Unanswered: the connection broke before its replies came.
+                    let Some(group) = replies.take::<K>(p) else {
+                        again.push(i);
                         continue;
                     };
                     let busy = group.iter().find_map(|v| match v {

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Cmd, Pipeline, Value};
 
+use crate::cluster::{crc16, hash_tag, slot};
 use crate::config::{CopyConfig, Mode, OnConflict};
 use crate::conn::{self, Conn, ServerInfo};
 use crate::key::Key;
@@ -257,15 +258,15 @@ pub fn plan(
                     ));
                 }
             }
-            if let Some(why) = refused(src, redis::cmd("DUMP").arg(&probe[..])) {
+            if let Some(why) = refused(src, &probe, redis::cmd("DUMP").arg(&probe[..])) {
                 return all(format!("type-aware for every key: the source refuses DUMP ({why})"));
             }
             let restore = redis::cmd("RESTORE").arg(&probe[..]).arg(0).arg(&b"not a payload"[..]).clone();
-            if let Some(why) = refused(dst, &restore) {
+            if let Some(why) = refused(dst, &probe, &restore) {
                 return all(format!("type-aware for every key: the target refuses RESTORE ({why})"));
             }
             let size_check = cfg.big_key_bytes.is_some()
-                && refused(src, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
+                && refused(src, &probe, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
             let big = match cfg.big_key_bytes {
                 None => String::new(),
                 Some(n) if size_check => format!("keys above --big-key-bytes {n} (MEMORY USAGE) and "),
@@ -290,14 +291,14 @@ pub fn plan(
 /// MULTI and DISCARDed, so these checks are made and nothing runs: not even a DUMP is counted in the
 /// server's commandstats, and a dry run writes nothing. A connection failure says nothing (`None`):
 /// the keys then find out one by one.
-fn refused(conn: &mut Conn, cmd: &Cmd) -> Option<String> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
-    let mut replies = Vec::with_capacity(3);
-    if conn.send_batch(&pipe.get_packed_pipeline(), 3, &mut replies).is_some() {
+fn refused(conn: &mut Conn, probe: &[u8], cmd: &Cmd) -> Option<String> {
+    let (mut replies, broken) = conn.round(&[0], |_| Some(probe), |pipe, _| {
+        pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
+    });
+    if broken.is_some() {
         return None;
     }
-    match replies.get(1) {
+    match replies.unit(0).and_then(|unit| unit.get(1)) {
         Some(Value::ServerError(e)) if command_denied(e) => Some(conn::classify_reply(e).1),
         _ => None,
     }
@@ -312,31 +313,6 @@ fn probe_name() -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------------
 // Temporary key names
 // ---------------------------------------------------------------------------------------------------
-
-/// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
-pub fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in bytes {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc
-}
-
-/// The part of a key Redis Cluster hashes: the bytes between the first `{` and the first `}` after
-/// it, when there is at least one; else the whole key.
-pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
-    let open = key.iter().position(|&b| b == b'{')?;
-    let len = key[open + 1..].iter().position(|&b| b == b'}')?;
-    (len > 0).then(|| &key[open + 1..open + 1 + len])
-}
-
-/// The hash slot of a key.
-pub fn slot(key: &[u8]) -> u16 {
-    crc16(hash_tag(key).unwrap_or(key)) % 16384
-}
 
 /// A fresh temporary name in the same hash slot as `key`: `redis-ferry:tmp:{TAG}:<random>`, where TAG
 /// is the key's own hash tag, else the key itself (when it is short, not empty, and has no `}`, so
@@ -433,7 +409,7 @@ pub fn run(
     rep: Reporter,
 ) {
     let mut copier =
-        Copier { src, dst, shared, servers, rep: &rep, units: 0, replies: Vec::new(), orphans: Vec::new() };
+        Copier { src, dst, shared, servers, rep: &rep, units: 0, orphans: Vec::new() };
     for Batch { id, items } in rx {
         let mut keys = items.into_iter();
         while let Some(key) = keys.next() {
@@ -486,8 +462,6 @@ struct Copier<'a> {
     rep: &'a Reporter<'a>,
     /// Keys and pages since the last `--sleep-after-batch` pause.
     units: usize,
-    /// Reply buffer for target writes.
-    replies: Vec<Value>,
     /// Temporary keys of failed attempts that could not be deleted yet (the target was unreachable);
     /// deleted as soon as it answers again.
     orphans: Vec<Vec<u8>>,
@@ -1147,18 +1121,23 @@ impl<'a> Copier<'a> {
                 return Err(Fault::Again(Stage::Write, "IO".into(), e.to_string()));
             }
             let pending = &txs[done.len()..];
-            let mut packed = Vec::new();
-            let mut count = 0;
-            for tx in pending {
-                packed.extend_from_slice(&tx.get_packed_pipeline());
-                count += tx.len() + 2;
-            }
-            self.replies.clear();
-            if let Some(err) = self.dst.send_batch(&packed, count, &mut self.replies) {
-                let (code, message) = conn::classify(&err);
+            // Every transaction of one key works on its temporary key, the first command's argument.
+            let key = pending.first().and_then(|tx| tx.cmd_iter().next()).and_then(conn::first_arg);
+            let (mut replies, broken) = self.dst.round(&[0], |_| key.as_deref(), |pipe, _| {
+                for tx in pending {
+                    pipe.cmd("MULTI");
+                    for cmd in tx.cmd_iter() {
+                        pipe.add_command(cmd.clone());
+                    }
+                    pipe.cmd("EXEC");
+                }
+            });
+            let Some(unit) = replies.unit(0) else {
+                let (code, message) =
+                    broken.as_ref().map_or_else(|| ("IO".into(), "no reply".into()), conn::classify);
                 return Err(Fault::Again(Stage::Write, code, message));
-            }
-            let mut replies = std::mem::take(&mut self.replies).into_iter();
+            };
+            let mut replies = unit.iter_mut().map(std::mem::take);
             let mut refused = None;
             for tx in pending {
                 let group: Vec<Value> = replies.by_ref().take(tx.len() + 2).collect();
@@ -1319,16 +1298,6 @@ fn next_stream_id(id: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc16_and_slots_match_redis() {
-        assert_eq!(crc16(b"123456789"), 0x31c3);
-        assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
-        assert_eq!(slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
-        assert_eq!(slot(b"foo{{bar}}zap"), crc16(b"{bar") % 16384);
-        assert_eq!(slot(b"foo{bar}{zap}"), crc16(b"bar") % 16384);
-    }
 
     #[test]
     fn temporary_names_stay_in_the_key_slot() {

@@ -185,12 +185,11 @@ impl Comparer {
             return Ok(());
         }
         let exists = |conn: &mut Conn| -> redis::RedisResult<Vec<Value>> {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &suspects {
-                pipe.cmd("EXISTS").arg(keys[i].as_bytes());
-            }
-            pipe.query(conn.raw())
+            let key = |u: usize| keys[suspects[u]].as_bytes();
+            let replies = conn.query(suspects.len(), |u| Some(key(u)), |pipe, u| {
+                pipe.cmd("EXISTS").arg(key(u));
+            })?;
+            Ok(replies.into_values())
         };
         let on_source = exists(&mut self.source)?;
         let on_target = exists(&mut self.target)?;
@@ -211,18 +210,17 @@ impl Comparer {
     /// other types (module types), which are always compared whole.
     fn sizes(&mut self, keys: &[Key], candidates: &[Candidate]) -> redis::RedisResult<Vec<Reply<Sizes>>> {
         let types: Vec<Option<KeyType>> = candidates.iter().map(|c| core_type(&c.ty)).collect();
+        let sized: Vec<(usize, KeyType)> =
+            candidates.iter().zip(&types).filter_map(|(c, ty)| ty.map(|ty| (c.index, ty))).collect();
         let read = |conn: &mut Conn| -> redis::RedisResult<Vec<Value>> {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for (c, ty) in candidates.iter().zip(&types) {
-                if let Some(ty) = ty {
-                    pipe.cmd(size_command(*ty)).arg(keys[c.index].as_bytes());
-                }
-            }
-            if pipe.is_empty() {
+            if sized.is_empty() {
                 return Ok(Vec::new());
             }
-            pipe.query(conn.raw())
+            let key = |u: usize| keys[sized[u].0].as_bytes();
+            let replies = conn.query(sized.len(), |u| Some(key(u)), |pipe, u| {
+                pipe.cmd(size_command(sized[u].1)).arg(key(u));
+            })?;
+            Ok(replies.into_values())
         };
         let mut src = read(&mut self.source)?.into_iter();
         let mut dst = read(&mut self.target)?.into_iter();
@@ -265,13 +263,10 @@ fn parse<T: FromRedisValue>(value: Value) -> Reply<T> {
 
 /// TYPE and PTTL of every key of the batch on one side.
 fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for key in keys {
-        pipe.cmd("TYPE").arg(key.as_bytes()).cmd("PTTL").arg(key.as_bytes());
-    }
-    let replies: Vec<Value> = pipe.query(conn.raw())?;
-    let mut replies = replies.into_iter();
+    let replies = conn.query(keys.len(), |u| Some(keys[u].as_bytes()), |pipe, u| {
+        pipe.cmd("TYPE").arg(keys[u].as_bytes()).cmd("PTTL").arg(keys[u].as_bytes());
+    })?;
+    let mut replies = replies.into_values().into_iter();
     Ok(keys
         .iter()
         .map(|_| {
@@ -284,11 +279,10 @@ fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> 
 
 /// Reads the whole values of `keys` (each of the type given with it) in one pipeline, normalised.
 fn values(conn: &mut Conn, keys: &[(&Key, &str)]) -> redis::RedisResult<Vec<Reply<Value>>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for (key, ty) in keys {
+    let replies = conn.query(keys.len(), |u| Some(keys[u].0.as_bytes()), |pipe, u| {
+        let (key, ty) = keys[u];
         let k = key.as_bytes();
-        match *ty {
+        match ty {
             "string" => pipe.cmd("GET").arg(k),
             "list" => pipe.cmd("LRANGE").arg(k).arg(0).arg(-1),
             "set" => pipe.cmd("SMEMBERS").arg(k),
@@ -298,8 +292,8 @@ fn values(conn: &mut Conn, keys: &[(&Key, &str)]) -> redis::RedisResult<Vec<Repl
             // Module types and others: their DUMP payload is the only common form.
             _ => pipe.cmd("DUMP").arg(k),
         };
-    }
-    let raw: Vec<Value> = pipe.query(conn.raw())?;
+    })?;
+    let raw = replies.into_values();
     let mut raw = raw.into_iter();
     let mut out = Vec::with_capacity(keys.len());
     for (_, ty) in keys {

@@ -28,7 +28,7 @@ impl Extra {
     /// The verdicts of the target keys of `keys` that are extra or could not be checked, with their
     /// index in the batch. `Err` only when a connection failed.
     pub fn batch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<(usize, Verdict)>> {
-        let on_source = exists(&mut self.source, keys.iter())?;
+        let on_source = exists(&mut self.source, &keys.iter().collect::<Vec<_>>())?;
         let mut out = Vec::new();
         let mut absent = Vec::new();
         for (i, reply) in on_source.into_iter().enumerate() {
@@ -47,7 +47,7 @@ impl Extra {
         if absent.is_empty() {
             return Ok(out);
         }
-        let on_target = exists(&mut self.target, absent.iter().map(|&i| &keys[i]))?;
+        let on_target = exists(&mut self.target, &absent.iter().map(|&i| &keys[i]).collect::<Vec<_>>())?;
         for (i, reply) in absent.into_iter().zip(on_target) {
             match reply {
                 Value::Int(0) => log::debug!("{}: gone from the target during the check", keys[i]),
@@ -68,13 +68,11 @@ impl Extra {
     }
 }
 
-fn exists<'k>(conn: &mut Conn, keys: impl Iterator<Item = &'k Key>) -> redis::RedisResult<Vec<Value>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for key in keys {
-        pipe.cmd("EXISTS").arg(key.as_bytes());
-    }
-    pipe.query(conn.raw())
+fn exists(conn: &mut Conn, keys: &[&Key]) -> redis::RedisResult<Vec<Value>> {
+    let replies = conn.query(keys.len(), |u| Some(keys[u].as_bytes()), |pipe, u| {
+        pipe.cmd("EXISTS").arg(keys[u].as_bytes());
+    })?;
+    Ok(replies.into_values())
 }
 
 /// The scan of the target: its own connection, checked to allow SCAN, with the filters of the main
@@ -84,7 +82,7 @@ pub fn target_scan(cfg: &VerifyConfig, mut conn: Conn) -> Result<KeyInput, Fatal
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
     };
     let probe: redis::RedisResult<(u64, Vec<Vec<u8>>)> =
-        redis::cmd("SCAN").arg(0).arg("COUNT").arg(1).query(conn.raw());
+        conn.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
     if let Err(e) = probe {
         let (code, message) = conn::classify(&e);
         return Err(Fatal::bad_input(format!(

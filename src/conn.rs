@@ -295,6 +295,9 @@ impl Conn {
                 }
             }
         }
+        if let Some(t) = topology.as_ref().filter(|t| t.uncovered() > 0) {
+            log::warn!("{} {}: {} slots are served by no primary", self.endpoint.role.name(), self.endpoint, t.uncovered());
+        }
         let Some(topology) = topology else {
             return Err(ConnectError {
                 role: self.endpoint.role.name(),

@@ -71,12 +71,13 @@ impl Outcome {
     }
 }
 
-/// Opens a connection and reads the server's facts; refuses a cluster (not supported yet).
+/// Opens a connection and reads the server's facts. A Redis Cluster (INFO `cluster_enabled:1`) is
+/// found by itself: the connection then reaches every primary, and a db other than 0 is refused.
 pub fn open_checked(
     endpoint: &Endpoint,
-    cfg_timeouts: crate::config::Timeouts,
+    timeouts: crate::config::Timeouts,
 ) -> Result<(Conn, ServerInfo), Fatal> {
-    let mut conn = Conn::open(endpoint, cfg_timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+    let mut conn = Conn::open(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
     let info = conn.server_info().map_err(|e| {
         let (code, message) = crate::conn::classify(&e);
         Fatal::bad_input(format!(
@@ -85,12 +86,31 @@ pub fn open_checked(
         ))
     })?;
     if info.cluster {
-        return Err(Fatal::bad_input(format!(
-            "{} {endpoint} is a Redis Cluster, which this version does not support yet",
-            endpoint.role.name()
-        )));
+        let role = endpoint.role.name();
+        if endpoint.db != 0 {
+            return Err(Fatal::bad_input(format!(
+                "--{role}-db {} (or the URL's /{}): {role} {endpoint} is a Redis Cluster, which has only db 0",
+                endpoint.db, endpoint.db
+            )));
+        }
+        conn = Conn::open_cluster(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+        log::info!(
+            "{role} {endpoint} is a Redis Cluster of {} primaries: {}",
+            conn.primaries().len(),
+            conn.primaries().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     Ok((conn, info))
+}
+
+/// Opens one more connection to a side whose kind preflight found: a standalone server, or every
+/// primary of a cluster.
+pub fn open_like(endpoint: &Endpoint, info: &ServerInfo, cfg_timeouts: crate::config::Timeouts) -> Result<Conn, Fatal> {
+    let conn = match info.cluster {
+        true => Conn::open_cluster(endpoint, cfg_timeouts),
+        false => Conn::open(endpoint, cfg_timeouts),
+    };
+    conn.map_err(|e| Fatal::bad_input(e.to_string()))
 }
 
 /// Opens `--keys-from` (`-` is standard input).
@@ -102,23 +122,39 @@ pub fn open_keys_file(path: &str) -> Result<Box<dyn BufRead + Send>, Fatal> {
     Ok(Box::new(BufReader::new(file)))
 }
 
-/// Builds the key input of the scan stage; checks that the source lets us SCAN.
-pub fn key_input(keys: &KeySource, mut conn: Conn) -> Result<KeyInput, Fatal> {
-    match keys {
-        KeySource::File(path) => Ok(KeyInput::Lines(open_keys_file(path)?)),
-        KeySource::Scan { patterns, types, count } => {
+/// Builds the key inputs of the scan stage: the lines of `--keys-from`, or one SCAN per server: the
+/// server itself, or each primary of a cluster on a connection of its own. Checks that each lets us
+/// SCAN.
+pub fn key_inputs(keys: &KeySource, conn: Conn, timeouts: crate::config::Timeouts) -> Result<Vec<KeyInput>, Fatal> {
+    let KeySource::Scan { patterns, types, count } = keys else {
+        let KeySource::File(path) = keys else { unreachable!("two kinds of key source") };
+        return Ok(vec![KeyInput::Lines(open_keys_file(path)?)]);
+    };
+    let nodes = match conn.is_cluster() {
+        false => vec![conn],
+        true => conn
+            .primaries()
+            .iter()
+            .map(|node| Conn::open(node, timeouts).map(|c| c.with_retry(conn.retry())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Fatal::bad_input(e.to_string()))?,
+    };
+    nodes
+        .into_iter()
+        .map(|mut node| {
             let probe: Result<(u64, Vec<Vec<u8>>), _> =
-                conn.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
+                node.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
             if let Err(e) = probe {
                 let (code, message) = crate::conn::classify(&e);
                 return Err(Fatal::bad_input(format!(
-                    "the source {} refuses SCAN: {code} {message}",
-                    conn.endpoint()
+                    "the {} {} refuses SCAN: {code} {message}",
+                    node.endpoint().role.name(),
+                    node.endpoint()
                 )));
             }
-            Ok(KeyInput::Server { conn, patterns: patterns.clone(), types: types.clone(), count: *count })
-        }
-    }
+            Ok(KeyInput::Server { conn: node, patterns: patterns.clone(), types: types.clone(), count: *count })
+        })
+        .collect()
 }
 
 /// Runs a copy. `stop` is the process-wide flag the Ctrl-C handler raises.
@@ -136,11 +172,16 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
     let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
     let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
-    let input = key_input(&cfg.keys, scan_conn)?;
+    if source_info.cluster && cfg.checkpoint.is_some() && matches!(cfg.keys, KeySource::Scan { .. }) {
+        return Err(Fatal::bad_input(format!(
+            "--checkpoint: the source {} is a Redis Cluster, whose scan cannot be resumed yet",
+            cfg.source
+        )));
+    }
+    let inputs = key_inputs(&cfg.keys, scan_conn, cfg.timeouts)?;
     let open = |endpoint: &Endpoint| {
-        Conn::open(endpoint, cfg.timeouts)
-            .map(|c| c.with_retry(cfg.retry))
-            .map_err(|e| Fatal::bad_input(e.to_string()))
+        let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
+        open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry))
     };
     // The typed threads' connections, one to each side per thread; the first pair also probes what
     // the servers refuse, for the plan, which also sets the default number of typed threads.
@@ -219,11 +260,15 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
 
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
-        let rep = reporter.clone();
         let (ledger, throttle) = (&ledger, &throttle);
-        stages.push(
-            s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))),
-        );
+        // One scanner per server scanned: each primary of a cluster source has its own.
+        for input in inputs {
+            let (rep, tx) = (reporter.clone(), scan_tx.clone());
+            stages.push(
+                s.spawn(move || scan::run(input, cfg.batch, resume.at, tx, rep, ledger, Some(throttle))),
+            );
+        }
+        drop(scan_tx);
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();

@@ -11,7 +11,7 @@ use redis::Value;
 use crate::config::{KeySource, VerifyConfig};
 use crate::conn::{self, Conn};
 use crate::key::Key;
-use crate::pipeline::Fatal;
+use crate::pipeline::{self, Fatal};
 use crate::stage::scan::KeyInput;
 
 use super::compare::{Kind, Verdict};
@@ -75,20 +75,13 @@ fn exists(conn: &mut Conn, keys: &[&Key]) -> redis::RedisResult<Vec<Value>> {
     Ok(replies.into_values())
 }
 
-/// The scan of the target: its own connection, checked to allow SCAN, with the filters of the main
-/// scan. `--keys-from` never gets here (config refuses it with `--check-extra`).
-pub fn target_scan(cfg: &VerifyConfig, mut conn: Conn) -> Result<KeyInput, Fatal> {
-    let KeySource::Scan { patterns, types, count } = &cfg.keys else {
+/// The scan of the target: its own connection (one per primary of a cluster), checked to allow SCAN,
+/// with the filters of the main scan. `--keys-from` never gets here (config refuses it with
+/// `--check-extra`).
+pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<Vec<KeyInput>, Fatal> {
+    if let KeySource::File(_) = &cfg.keys {
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
-    };
-    let probe: redis::RedisResult<(u64, Vec<Vec<u8>>)> =
-        conn.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
-    if let Err(e) = probe {
-        let (code, message) = conn::classify(&e);
-        return Err(Fatal::bad_input(format!(
-            "--check-extra: the target {} refuses SCAN: {code} {message}",
-            conn.endpoint()
-        )));
     }
-    Ok(KeyInput::Server { conn, patterns: patterns.clone(), types: types.clone(), count: *count })
+    pipeline::key_inputs(&cfg.keys, conn, cfg.timeouts)
+        .map_err(|e| Fatal::bad_input(format!("--check-extra: {}", e.message)))
 }

@@ -24,12 +24,13 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::checkpoint::{Ledger, Position};
 use crate::config::{Endpoint, VerifyConfig};
-use crate::conn::{self, Conn};
+use crate::conn;
 use crate::exit::Exit;
 use crate::key::Key;
 use crate::pipeline::{self, Fatal};
 use crate::report::{self, Counters, CsvFile, Reporter, Stop, StopReason};
-use crate::stage::{scan, Batch};
+use crate::stage::scan::{self, KeyInput};
+use crate::stage::Batch;
 
 use compare::{Comparer, Kind, Verdict};
 use extra::Extra;
@@ -155,11 +156,13 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
     if let Some(path) = &cfg.diff_path {
         report::check_writable("--diff", path).map_err(Fatal::bad_input)?;
     }
-    let (scan_conn, _) = pipeline::open_checked(&cfg.source, cfg.timeouts)?;
-    let (first_target, _) = pipeline::open_checked(&cfg.target, cfg.timeouts)?;
-    let input = pipeline::key_input(&cfg.keys, scan_conn)?;
-    let open =
-        |endpoint: &Endpoint| Conn::open(endpoint, cfg.timeouts).map_err(|e| Fatal::bad_input(e.to_string()));
+    let (scan_conn, source_info) = pipeline::open_checked(&cfg.source, cfg.timeouts)?;
+    let (first_target, target_info) = pipeline::open_checked(&cfg.target, cfg.timeouts)?;
+    let inputs = pipeline::key_inputs(&cfg.keys, scan_conn, cfg.timeouts)?;
+    let open = |endpoint: &Endpoint| {
+        let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
+        pipeline::open_like(endpoint, info, cfg.timeouts)
+    };
     let tolerance_ms = i64::try_from(cfg.ttl_tolerance.as_millis()).unwrap_or(i64::MAX);
     let mut comparers = Vec::new();
     let mut first_target = Some(first_target);
@@ -190,29 +193,25 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
             s.spawn(move || report::write_csv(diff_rx, file, stop, diff_row));
         }
         let (tx, rx) = bounded(2 * COMPARERS);
-        let rep = Reporter::new(&source_counters, stop, fail_tx.clone(), None);
-        // verify does not resume: its scanners' ledgers are never read.
-        s.spawn(move || {
-            scan::run(input, cfg.batch, Position::default(), tx, rep, &Ledger::new(Position::default()), None)
-        });
+        // One scanner per server scanned (each primary of a cluster). verify does not resume: its
+        // scanners' ledgers are never read.
+        let scanners = |inputs: Vec<KeyInput>, tx: Sender<Batch<Key>>, counters| {
+            for input in inputs {
+                let (tx, rep) = (tx.clone(), Reporter::new(counters, stop, fail_tx.clone(), None));
+                s.spawn(move || {
+                    let ledger = Ledger::new(Position::default());
+                    scan::run(input, cfg.batch, Position::default(), tx, rep, &ledger, None)
+                });
+            }
+        };
+        scanners(inputs, tx, &source_counters);
         for comparer in comparers {
             let (rx, rec) = (rx.clone(), recorder.clone());
             s.spawn(move || compare_thread(comparer, rx, rec, stop));
         }
         if let Some((input, extra)) = extra {
             let (tx, rx) = bounded(2);
-            let rep = Reporter::new(&target_counters, stop, fail_tx.clone(), None);
-            s.spawn(move || {
-                scan::run(
-                    input,
-                    cfg.batch,
-                    Position::default(),
-                    tx,
-                    rep,
-                    &Ledger::new(Position::default()),
-                    None,
-                )
-            });
+            scanners(input, tx, &target_counters);
             let rec = recorder.clone();
             s.spawn(move || extra_thread(extra, rx, rec, stop));
         }

@@ -29,6 +29,15 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key).unwrap_or(key)) % SLOTS as u16
 }
 
+/// The smallest decimal number whose slot is `slot` (every slot has one below 10^6): a key, or a hash
+/// tag, that lands in that slot.
+pub fn key_in_slot(slot: u16) -> Vec<u8> {
+    (0u32..)
+        .map(|n| n.to_string().into_bytes())
+        .find(|t| crc16(t) % SLOTS as u16 == slot)
+        .expect("every slot has a tag")
+}
+
 /// A node as CLUSTER NODES lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -48,6 +57,8 @@ pub struct Topology {
     pub primaries: Vec<Node>,
     /// For each slot, the index in `primaries` of the node serving it; `None` for a slot no one serves.
     pub slots: Vec<Option<u16>>,
+    /// How many slots are being migrated from one node to another right now.
+    pub migrating: usize,
 }
 
 impl Topology {
@@ -58,6 +69,7 @@ impl Topology {
     pub fn parse(text: &str, seed_host: &str) -> Result<Topology, String> {
         let mut primaries = Vec::new();
         let mut slots = vec![None; SLOTS];
+        let mut migrating = 0;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let fields: Vec<&str> = line.split(' ').collect();
             if fields.len() < 8 {
@@ -67,6 +79,7 @@ impl Topology {
             let usable = flags.contains(&"master")
                 && !flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake"));
             let ranges = &fields[8..];
+            migrating += ranges.iter().filter(|r| r.contains("->-")).count();
             if !usable || ranges.iter().all(|r| r.starts_with('[')) {
                 continue;
             }
@@ -86,7 +99,7 @@ impl Topology {
         if primaries.is_empty() {
             return Err("CLUSTER NODES lists no primary serving any slot".into());
         }
-        Ok(Topology { primaries, slots })
+        Ok(Topology { primaries, slots, migrating })
     }
 
     /// How many slots no primary serves.
@@ -160,6 +173,7 @@ dead 127.0.0.1:30005@40005 master,fail - 0 0 5 disconnected
         assert_eq!(t.slots[10923], Some(1));
         assert_eq!(t.slots[16383], Some(1));
         assert_eq!(t.uncovered(), 0);
+        assert_eq!(t.migrating, 1);
         assert!(Topology::parse("", "x").is_err());
     }
 

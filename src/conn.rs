@@ -82,6 +82,10 @@ pub fn is_transient(code: &str) -> bool {
 /// to its caller as a transient error.
 pub const MAX_HOPS: usize = 5;
 
+/// How many MOVED and ASK redirections the run's connections followed, for the log at the end.
+pub static REDIRECTIONS: [std::sync::atomic::AtomicU64; 2] =
+    [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
+
 /// One thread's connection to one side: a standalone server, or every primary of a Redis Cluster. It
 /// is able to re-establish itself.
 ///
@@ -242,7 +246,7 @@ impl Conn {
     /// moved or a node failed. Callers pace their attempts with [`Retry::pause`].
     pub fn ensure(&mut self) -> Result<(), ConnectError> {
         if self.slots.is_some() {
-            return if self.stale { self.refresh() } else { Ok(()) };
+            return if self.stale { self.refresh().map(|_| ()) } else { Ok(()) };
         }
         let timeouts = self.timeouts;
         let link = &mut self.links[0];
@@ -274,8 +278,9 @@ impl Conn {
     }
 
     /// Reads the cluster's slot map again, from the first node that answers (the seed last), and
-    /// keeps the connections to the primaries that are still primaries.
-    fn refresh(&mut self) -> Result<(), ConnectError> {
+    /// keeps the connections to the primaries that are still primaries. Returns how many slots are
+    /// being migrated.
+    fn refresh(&mut self) -> Result<usize, ConnectError> {
         let mut seed = Link { endpoint: self.endpoint.clone(), inner: None };
         let mut last = None;
         let mut topology = None;
@@ -296,7 +301,12 @@ impl Conn {
             }
         }
         if let Some(t) = topology.as_ref().filter(|t| t.uncovered() > 0) {
-            log::warn!("{} {}: {} slots are served by no primary", self.endpoint.role.name(), self.endpoint, t.uncovered());
+            log::warn!(
+                "{} {}: {} slots are served by no primary",
+                self.endpoint.role.name(),
+                self.endpoint,
+                t.uncovered()
+            );
         }
         let Some(topology) = topology else {
             return Err(ConnectError {
@@ -310,7 +320,8 @@ impl Conn {
             .primaries
             .iter()
             .map(|node| {
-                let kept = old.iter_mut().find(|l| l.endpoint.host == node.host && l.endpoint.port == node.port);
+                let kept =
+                    old.iter_mut().find(|l| l.endpoint.host == node.host && l.endpoint.port == node.port);
                 Link {
                     endpoint: Endpoint { host: node.host.clone(), port: node.port, ..self.endpoint.clone() },
                     inner: kept.and_then(|l| l.inner.take()),
@@ -319,7 +330,17 @@ impl Conn {
             .collect();
         self.slots = Some(topology.slots);
         self.stale = false;
-        Ok(())
+        Ok(topology.migrating)
+    }
+
+    /// A cluster's slot map read afresh: for each slot, the address of the primary serving it; and
+    /// how many slots are being migrated.
+    pub fn slot_owners(&mut self) -> Result<(Vec<Option<String>>, usize), ConnectError> {
+        let migrating = self.refresh()?;
+        let slots = self.slots.as_deref().unwrap_or_default();
+        let owners =
+            slots.iter().map(|s| s.map(|i| self.links[usize::from(i)].endpoint.to_string())).collect();
+        Ok((owners, migrating))
     }
 
     /// The index of the link to `host:port`, added (unconnected) if it is new.
@@ -415,8 +436,12 @@ impl Conn {
                         break;
                     }
                     if let Some(mask) = mask {
-                        let asked: Vec<Value> =
-                            replies.values.drain(start..).zip(mask).filter_map(|(v, k)| k.then_some(v)).collect();
+                        let asked: Vec<Value> = replies
+                            .values
+                            .drain(start..)
+                            .zip(mask)
+                            .filter_map(|(v, k)| k.then_some(v))
+                            .collect();
                         replies.values.extend(asked);
                     }
                     if hop < MAX_HOPS {
@@ -445,6 +470,7 @@ impl Conn {
             _ => None,
         })?;
         let (slot, host, port) = cluster::redirect_target(&details, &self.endpoint.host)?;
+        REDIRECTIONS[usize::from(!moved)].fetch_add(1, Ordering::Relaxed);
         let link = self.link_to(&host, port);
         if !moved {
             return Some(Some(link));
@@ -462,14 +488,27 @@ impl Conn {
     /// goes to the node serving its first argument (the key, for every keyed command redis-ferry sends
     /// this way), or to any node when it has none.
     pub fn call<T: FromRedisValue>(&mut self, cmd: &Cmd, give_up: impl Fn() -> bool) -> RedisResult<T> {
-        let key = first_arg(cmd);
+        self.call_routed(first_arg(cmd).as_deref(), cmd, give_up)
+    }
+
+    /// [`Conn::call`] sent, on a cluster, to the node serving `key` (any node for `None`).
+    pub fn call_routed<T: FromRedisValue>(
+        &mut self,
+        key: Option<&[u8]>,
+        cmd: &Cmd,
+        give_up: impl Fn() -> bool,
+    ) -> RedisResult<T> {
         let mut attempt = 0;
         loop {
             let result = match self.ensure() {
                 Ok(()) => {
-                    let (mut replies, error) = self.round(&[0], |_| key.as_deref(), |pipe, _| {
-                        pipe.add_command(cmd.clone());
-                    });
+                    let (mut replies, error) = self.round(
+                        &[0],
+                        |_| key,
+                        |pipe, _| {
+                            pipe.add_command(cmd.clone());
+                        },
+                    );
                     match replies.take::<1>(0) {
                         Some([value]) => value
                             .extract_error()

@@ -77,7 +77,9 @@ pub fn open_checked(
     endpoint: &Endpoint,
     timeouts: crate::config::Timeouts,
 ) -> Result<(Conn, ServerInfo), Fatal> {
-    let mut conn = Conn::open(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+    // db 0 first: a cluster refuses SELECT, and the db is checked below with a clearer message.
+    let first = Endpoint { db: 0, ..endpoint.clone() };
+    let mut conn = Conn::open(&first, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
     let info = conn.server_info().map_err(|e| {
         let (code, message) = crate::conn::classify(&e);
         Fatal::bad_input(format!(
@@ -89,8 +91,9 @@ pub fn open_checked(
         let role = endpoint.role.name();
         if endpoint.db != 0 {
             return Err(Fatal::bad_input(format!(
-                "--{role}-db {} (or the URL's /{}): {role} {endpoint} is a Redis Cluster, which has only db 0",
-                endpoint.db, endpoint.db
+                "--{role}-db {db} (or the URL's /{db}): the {role} {} is a Redis Cluster, which has only db 0",
+                first,
+                db = endpoint.db
             )));
         }
         conn = Conn::open_cluster(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
@@ -100,12 +103,19 @@ pub fn open_checked(
             conn.primaries().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
         );
     }
+    if endpoint.db != 0 {
+        conn = Conn::open(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+    }
     Ok((conn, info))
 }
 
 /// Opens one more connection to a side whose kind preflight found: a standalone server, or every
 /// primary of a cluster.
-pub fn open_like(endpoint: &Endpoint, info: &ServerInfo, cfg_timeouts: crate::config::Timeouts) -> Result<Conn, Fatal> {
+pub fn open_like(
+    endpoint: &Endpoint,
+    info: &ServerInfo,
+    cfg_timeouts: crate::config::Timeouts,
+) -> Result<Conn, Fatal> {
     let conn = match info.cluster {
         true => Conn::open_cluster(endpoint, cfg_timeouts),
         false => Conn::open(endpoint, cfg_timeouts),
@@ -122,39 +132,44 @@ pub fn open_keys_file(path: &str) -> Result<Box<dyn BufRead + Send>, Fatal> {
     Ok(Box::new(BufReader::new(file)))
 }
 
-/// Builds the key inputs of the scan stage: the lines of `--keys-from`, or one SCAN per server: the
-/// server itself, or each primary of a cluster on a connection of its own. Checks that each lets us
-/// SCAN.
-pub fn key_inputs(keys: &KeySource, conn: Conn, timeouts: crate::config::Timeouts) -> Result<Vec<KeyInput>, Fatal> {
-    let KeySource::Scan { patterns, types, count } = keys else {
-        let KeySource::File(path) = keys else { unreachable!("two kinds of key source") };
-        return Ok(vec![KeyInput::Lines(open_keys_file(path)?)]);
+/// Builds the key input of the scan stage: the lines of `--keys-from`, or a SCAN of the server; for
+/// a cluster, a SCAN of each primary on a connection of its own, plus `conn` itself to read the slots
+/// that move during the scan again. Checks that every server scanned lets us SCAN.
+pub fn key_input(
+    keys: &KeySource,
+    mut conn: Conn,
+    timeouts: crate::config::Timeouts,
+) -> Result<KeyInput, Fatal> {
+    let (patterns, types, count) = match keys {
+        KeySource::File(path) => return Ok(KeyInput::Lines(open_keys_file(path)?)),
+        KeySource::Scan { patterns, types, count } => (patterns, types, *count),
     };
-    let nodes = match conn.is_cluster() {
-        false => vec![conn],
-        true => conn
-            .primaries()
-            .iter()
-            .map(|node| Conn::open(node, timeouts).map(|c| c.with_retry(conn.retry())))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Fatal::bad_input(e.to_string()))?,
+    let scan = |mut node: Conn| {
+        let probe: Result<(u64, Vec<Vec<u8>>), _> =
+            node.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
+        if let Err(e) = probe {
+            let (code, message) = crate::conn::classify(&e);
+            let role = node.endpoint().role.name();
+            return Err(Fatal::bad_input(format!(
+                "the {role} {} refuses SCAN: {code} {message}",
+                node.endpoint()
+            )));
+        }
+        Ok(KeyInput::Server { conn: node, patterns: patterns.clone(), types: types.clone(), count })
     };
-    nodes
-        .into_iter()
-        .map(|mut node| {
-            let probe: Result<(u64, Vec<Vec<u8>>), _> =
-                node.call(redis::cmd("SCAN").arg(0).arg("COUNT").arg(1), || true);
-            if let Err(e) = probe {
-                let (code, message) = crate::conn::classify(&e);
-                return Err(Fatal::bad_input(format!(
-                    "the {} {} refuses SCAN: {code} {message}",
-                    node.endpoint().role.name(),
-                    node.endpoint()
-                )));
-            }
-            Ok(KeyInput::Server { conn: node, patterns: patterns.clone(), types: types.clone(), count: *count })
+    if !conn.is_cluster() {
+        return scan(conn);
+    }
+    let (owners, _) = conn.slot_owners().map_err(|e| Fatal::bad_input(e.to_string()))?;
+    let primaries = conn
+        .primaries()
+        .iter()
+        .map(|node| {
+            let node = Conn::open(node, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+            scan(node.with_retry(conn.retry()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KeyInput::Cluster { primaries, conn, owners })
 }
 
 /// Runs a copy. `stop` is the process-wide flag the Ctrl-C handler raises.
@@ -178,7 +193,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             cfg.source
         )));
     }
-    let inputs = key_inputs(&cfg.keys, scan_conn, cfg.timeouts)?;
+    let input = key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry))
@@ -260,15 +275,11 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
 
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
+        let rep = reporter.clone();
         let (ledger, throttle) = (&ledger, &throttle);
-        // One scanner per server scanned: each primary of a cluster source has its own.
-        for input in inputs {
-            let (rep, tx) = (reporter.clone(), scan_tx.clone());
-            stages.push(
-                s.spawn(move || scan::run(input, cfg.batch, resume.at, tx, rep, ledger, Some(throttle))),
-            );
-        }
-        drop(scan_tx);
+        stages.push(
+            s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))),
+        );
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();
@@ -317,6 +328,11 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let _ = csv.join();
     });
 
+    let [moved, ask] =
+        crate::conn::REDIRECTIONS.each_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    if moved + ask > 0 {
+        log::info!("followed {moved} MOVED and {ask} ASK redirections: cluster slots moved during the copy");
+    }
     let (big, dump_refused, restore_refused) = fallback.counts();
     if big + dump_refused + restore_refused > 0 {
         log::info!(

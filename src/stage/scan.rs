@@ -9,10 +9,14 @@
 //! drops its sender and lets the next stage drain.
 
 use std::io::{BufRead, Read};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use redis::Value;
+
 use crate::checkpoint::{Ledger, Position};
+use crate::cluster;
 use crate::config::KeyType;
 use crate::conn::{self, Conn};
 use crate::glob;
@@ -36,7 +40,23 @@ pub enum KeyInput {
     },
     /// Lines of a file or standard input, opened during preflight.
     Lines(Box<dyn BufRead + Send>),
+    /// Every primary of a cluster, each scanned by a thread of its own; then the slots that moved
+    /// while they were scanned are read again.
+    Cluster {
+        /// One `Server` input per primary, each with its own connection.
+        primaries: Vec<KeyInput>,
+        /// A connection to the whole cluster, to read the slot map and the keys of moved slots.
+        conn: Conn,
+        /// The primary serving each slot when the scan started (by address).
+        owners: Vec<Option<String>>,
+    },
 }
+
+/// How many times the slots that moved during a cluster scan are read again (a reshard that goes on
+/// longer than that is reported as a warning).
+const RESCANS: usize = 10;
+/// How long a cluster scan waits, at its end, for slots being migrated to settle.
+const SETTLE: Duration = Duration::from_secs(300);
 
 /// Batches keys and sends them on, counting them as scanned and opening them in the ledger.
 struct Batcher<'a> {
@@ -124,6 +144,28 @@ pub fn run(
         ledger,
         throttle,
     };
+    if let KeyInput::Cluster { primaries, conn, owners } = input {
+        let filter = match primaries.first() {
+            Some(KeyInput::Server { patterns, types, .. }) => (patterns.clone(), types.clone()),
+            _ => (vec![b"*".to_vec()], Vec::new()),
+        };
+        std::thread::scope(|s| {
+            for primary in primaries {
+                let (out, rep) = (batcher.out.clone(), rep.clone());
+                s.spawn(move || run(primary, batch, start, out, rep, ledger, throttle));
+            }
+        });
+        if rep.stop.stop_scanning() {
+            return;
+        }
+        match rescan_moved(conn, owners, &filter, &mut batcher) {
+            Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),
+            Ok(()) => {
+                batcher.flush();
+            }
+        }
+        return;
+    }
     match produce(input, start, &mut batcher) {
         Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),
         Ok(()) if !rep.stop.stop_scanning() => {
@@ -132,6 +174,90 @@ pub fn run(
         }
         Ok(()) => {}
     }
+}
+
+/// After the primaries of a cluster were scanned: the keys of every slot that changed hands since
+/// `owners` was read are read again from the slot's primary now (CLUSTER GETKEYSINSLOT), filtered like
+/// the scan, since a key that moved during the scan may have been missed by both primaries' SCANs.
+/// Slots being migrated are waited for first; then again for the slots that moved meanwhile. Keys
+/// found twice this way are counted twice (the second time as skipped, or copied again with
+/// `--on-conflict replace`).
+fn rescan_moved(
+    mut conn: Conn,
+    mut owners: Vec<Option<String>>,
+    (patterns, types): &(Vec<Vec<u8>>, Vec<KeyType>),
+    batcher: &mut Batcher,
+) -> Result<(), StageError> {
+    let stop = batcher.rep.stop;
+    let failed = |e: conn::ConnectError| StageError(format!("cannot read the slot map: {e}"));
+    for _ in 0..RESCANS {
+        let waited = Instant::now();
+        let now = loop {
+            let (now, migrating) = conn.slot_owners().map_err(failed)?;
+            if migrating == 0 || waited.elapsed() > SETTLE || stop.stop_scanning() {
+                if migrating > 0 {
+                    log::warn!(
+                        "{migrating} slots of the source are still being migrated; reading them as they are"
+                    );
+                }
+                break now;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let moved: Vec<u16> = (0..now.len()).filter(|&s| now[s] != owners[s]).map(|s| s as u16).collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        log::info!("{} slots of the source moved during the scan; reading their keys again", moved.len());
+        for slot in moved {
+            let route = cluster::key_in_slot(slot);
+            let failed = |what: &str, e: redis::RedisError| {
+                StageError(format!("CLUSTER {what} {slot} failed: {}", conn::classify(&e).1))
+            };
+            let count: u64 = conn
+                .call_routed(Some(&route), redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot), || {
+                    stop.discard()
+                })
+                .map_err(|e| failed("COUNTKEYSINSLOT", e))?;
+            if count == 0 {
+                continue;
+            }
+            let get = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(count).clone();
+            let keys: Vec<Vec<u8>> = conn
+                .call_routed(Some(&route), &get, || stop.discard())
+                .map_err(|e| failed("GETKEYSINSLOT", e))?;
+            let mut keys: Vec<Vec<u8>> =
+                keys.into_iter().filter(|k| patterns.iter().any(|p| glob::matches(p, k))).collect();
+            if !types.is_empty() && !keys.is_empty() {
+                let replies = conn
+                    .query(
+                        keys.len(),
+                        |i| Some(&keys[i][..]),
+                        |pipe, i| {
+                            pipe.cmd("TYPE").arg(&keys[i][..]);
+                        },
+                    )
+                    .map_err(|e| StageError(format!("TYPE failed: {}", conn::classify(&e).1)))?;
+                let kinds = replies.into_values();
+                let wanted = |v: &Value| match v {
+                    Value::SimpleString(t) => types.iter().any(|ty| ty.name() == t),
+                    _ => false,
+                };
+                let mut kinds = kinds.iter();
+                keys.retain(|_| kinds.next().is_some_and(wanted));
+            }
+            for key in keys {
+                if !batcher.push(Key(key)) {
+                    return Ok(());
+                }
+            }
+        }
+        owners = now;
+    }
+    log::warn!(
+        "the source's slots kept moving; keys moved after the last of {RESCANS} rereads may be missing"
+    );
+    Ok(())
 }
 
 /// Why the scan could not go on.
@@ -153,6 +279,7 @@ fn produce(input: KeyInput, start: Position, batcher: &mut Batcher) -> Result<()
             Ok(())
         }
         KeyInput::Lines(reader) => read_lines(reader, batcher),
+        KeyInput::Cluster { .. } => unreachable!("run() scans a cluster's primaries one by one"),
     }
 }
 

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Cmd, Pipeline, Value};
 
-use crate::cluster::{crc16, hash_tag, slot};
+use crate::cluster::{hash_tag, key_in_slot, slot};
 use crate::config::{CopyConfig, Mode, OnConflict};
 use crate::conn::{self, Conn, ServerInfo};
 use crate::key::Key;
@@ -292,9 +292,13 @@ pub fn plan(
 /// server's commandstats, and a dry run writes nothing. A connection failure says nothing (`None`):
 /// the keys then find out one by one.
 fn refused(conn: &mut Conn, probe: &[u8], cmd: &Cmd) -> Option<String> {
-    let (mut replies, broken) = conn.round(&[0], |_| Some(probe), |pipe, _| {
-        pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
-    });
+    let (mut replies, broken) = conn.round(
+        &[0],
+        |_| Some(probe),
+        |pipe, _| {
+            pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
+        },
+    );
     if broken.is_some() {
         return None;
     }
@@ -325,18 +329,10 @@ pub fn temp_name(key: &[u8]) -> Vec<u8> {
         None if !key.is_empty() && key.len() <= MAX_NAME_IN_TEMP && !key.contains(&b'}') => {
             name.extend_from_slice(key)
         }
-        None => name.extend_from_slice(&same_slot_tag(slot(key))),
+        None => name.extend_from_slice(&key_in_slot(slot(key))),
     }
     name.extend_from_slice(format!("}}:{:016x}", random()).as_bytes());
     name
-}
-
-/// The smallest decimal number whose slot is `slot` (every slot has one below 10^6).
-fn same_slot_tag(slot: u16) -> Vec<u8> {
-    (0u32..)
-        .map(|n| n.to_string().into_bytes())
-        .find(|t| crc16(t) % 16384 == slot)
-        .expect("every slot has a tag")
 }
 
 /// A number that differs between threads, calls and processes (xorshift seeded by the clock, the
@@ -408,8 +404,7 @@ pub fn run(
     servers: Servers,
     rep: Reporter,
 ) {
-    let mut copier =
-        Copier { src, dst, shared, servers, rep: &rep, units: 0, orphans: Vec::new() };
+    let mut copier = Copier { src, dst, shared, servers, rep: &rep, units: 0, orphans: Vec::new() };
     for Batch { id, items } in rx {
         let mut keys = items.into_iter();
         while let Some(key) = keys.next() {
@@ -1123,15 +1118,19 @@ impl<'a> Copier<'a> {
             let pending = &txs[done.len()..];
             // Every transaction of one key works on its temporary key, the first command's argument.
             let key = pending.first().and_then(|tx| tx.cmd_iter().next()).and_then(conn::first_arg);
-            let (mut replies, broken) = self.dst.round(&[0], |_| key.as_deref(), |pipe, _| {
-                for tx in pending {
-                    pipe.cmd("MULTI");
-                    for cmd in tx.cmd_iter() {
-                        pipe.add_command(cmd.clone());
+            let (mut replies, broken) = self.dst.round(
+                &[0],
+                |_| key.as_deref(),
+                |pipe, _| {
+                    for tx in pending {
+                        pipe.cmd("MULTI");
+                        for cmd in tx.cmd_iter() {
+                            pipe.add_command(cmd.clone());
+                        }
+                        pipe.cmd("EXEC");
                     }
-                    pipe.cmd("EXEC");
-                }
-            });
+                },
+            );
             let Some(unit) = replies.unit(0) else {
                 let (code, message) =
                     broken.as_ref().map_or_else(|| ("IO".into(), "no reply".into()), conn::classify);
@@ -1329,7 +1328,7 @@ mod tests {
     #[test]
     fn every_slot_has_a_small_tag() {
         for s in (0..16384).step_by(97) {
-            assert_eq!(crc16(&same_slot_tag(s)) % 16384, s);
+            assert_eq!(crate::cluster::slot(&key_in_slot(s)), s);
         }
     }
 

@@ -186,9 +186,13 @@ impl Comparer {
         }
         let exists = |conn: &mut Conn| -> redis::RedisResult<Vec<Value>> {
             let key = |u: usize| keys[suspects[u]].as_bytes();
-            let replies = conn.query(suspects.len(), |u| Some(key(u)), |pipe, u| {
-                pipe.cmd("EXISTS").arg(key(u));
-            })?;
+            let replies = conn.query(
+                suspects.len(),
+                |u| Some(key(u)),
+                |pipe, u| {
+                    pipe.cmd("EXISTS").arg(key(u));
+                },
+            )?;
             Ok(replies.into_values())
         };
         let on_source = exists(&mut self.source)?;
@@ -217,9 +221,13 @@ impl Comparer {
                 return Ok(Vec::new());
             }
             let key = |u: usize| keys[sized[u].0].as_bytes();
-            let replies = conn.query(sized.len(), |u| Some(key(u)), |pipe, u| {
-                pipe.cmd(size_command(sized[u].1)).arg(key(u));
-            })?;
+            let replies = conn.query(
+                sized.len(),
+                |u| Some(key(u)),
+                |pipe, u| {
+                    pipe.cmd(size_command(sized[u].1)).arg(key(u));
+                },
+            )?;
             Ok(replies.into_values())
         };
         let mut src = read(&mut self.source)?.into_iter();
@@ -263,9 +271,13 @@ fn parse<T: FromRedisValue>(value: Value) -> Reply<T> {
 
 /// TYPE and PTTL of every key of the batch on one side.
 fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> {
-    let replies = conn.query(keys.len(), |u| Some(keys[u].as_bytes()), |pipe, u| {
-        pipe.cmd("TYPE").arg(keys[u].as_bytes()).cmd("PTTL").arg(keys[u].as_bytes());
-    })?;
+    let replies = conn.query(
+        keys.len(),
+        |u| Some(keys[u].as_bytes()),
+        |pipe, u| {
+            pipe.cmd("TYPE").arg(keys[u].as_bytes()).cmd("PTTL").arg(keys[u].as_bytes());
+        },
+    )?;
     let mut replies = replies.into_values().into_iter();
     Ok(keys
         .iter()
@@ -279,20 +291,24 @@ fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> 
 
 /// Reads the whole values of `keys` (each of the type given with it) in one pipeline, normalised.
 fn values(conn: &mut Conn, keys: &[(&Key, &str)]) -> redis::RedisResult<Vec<Reply<Value>>> {
-    let replies = conn.query(keys.len(), |u| Some(keys[u].0.as_bytes()), |pipe, u| {
-        let (key, ty) = keys[u];
-        let k = key.as_bytes();
-        match ty {
-            "string" => pipe.cmd("GET").arg(k),
-            "list" => pipe.cmd("LRANGE").arg(k).arg(0).arg(-1),
-            "set" => pipe.cmd("SMEMBERS").arg(k),
-            "zset" => pipe.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES"),
-            "hash" => pipe.cmd("HGETALL").arg(k),
-            "stream" => pipe.cmd("XRANGE").arg(k).arg("-").arg("+").cmd("XINFO").arg("GROUPS").arg(k),
-            // Module types and others: their DUMP payload is the only common form.
-            _ => pipe.cmd("DUMP").arg(k),
-        };
-    })?;
+    let replies = conn.query(
+        keys.len(),
+        |u| Some(keys[u].0.as_bytes()),
+        |pipe, u| {
+            let (key, ty) = keys[u];
+            let k = key.as_bytes();
+            match ty {
+                "string" => pipe.cmd("GET").arg(k),
+                "list" => pipe.cmd("LRANGE").arg(k).arg(0).arg(-1),
+                "set" => pipe.cmd("SMEMBERS").arg(k),
+                "zset" => pipe.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES"),
+                "hash" => pipe.cmd("HGETALL").arg(k),
+                "stream" => pipe.cmd("XRANGE").arg(k).arg("-").arg("+").cmd("XINFO").arg("GROUPS").arg(k),
+                // Module types and others: their DUMP payload is the only common form.
+                _ => pipe.cmd("DUMP").arg(k),
+            };
+        },
+    )?;
     let raw = replies.into_values();
     let mut raw = raw.into_iter();
     let mut out = Vec::with_capacity(keys.len());

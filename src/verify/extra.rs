@@ -69,19 +69,23 @@ impl Extra {
 }
 
 fn exists(conn: &mut Conn, keys: &[&Key]) -> redis::RedisResult<Vec<Value>> {
-    let replies = conn.query(keys.len(), |u| Some(keys[u].as_bytes()), |pipe, u| {
-        pipe.cmd("EXISTS").arg(keys[u].as_bytes());
-    })?;
+    let replies = conn.query(
+        keys.len(),
+        |u| Some(keys[u].as_bytes()),
+        |pipe, u| {
+            pipe.cmd("EXISTS").arg(keys[u].as_bytes());
+        },
+    )?;
     Ok(replies.into_values())
 }
 
-/// The scan of the target: its own connection (one per primary of a cluster), checked to allow SCAN,
+/// The scan of the target: its own connection (and one per primary of a cluster), checked to allow SCAN,
 /// with the filters of the main scan. `--keys-from` never gets here (config refuses it with
 /// `--check-extra`).
-pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<Vec<KeyInput>, Fatal> {
+pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<KeyInput, Fatal> {
     if let KeySource::File(_) = &cfg.keys {
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
     }
-    pipeline::key_inputs(&cfg.keys, conn, cfg.timeouts)
+    pipeline::key_input(&cfg.keys, conn, cfg.timeouts)
         .map_err(|e| Fatal::bad_input(format!("--check-extra: {}", e.message)))
 }

@@ -158,7 +158,7 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
     }
     let (scan_conn, source_info) = pipeline::open_checked(&cfg.source, cfg.timeouts)?;
     let (first_target, target_info) = pipeline::open_checked(&cfg.target, cfg.timeouts)?;
-    let inputs = pipeline::key_inputs(&cfg.keys, scan_conn, cfg.timeouts)?;
+    let input = pipeline::key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         pipeline::open_like(endpoint, info, cfg.timeouts)
@@ -193,25 +193,22 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
             s.spawn(move || report::write_csv(diff_rx, file, stop, diff_row));
         }
         let (tx, rx) = bounded(2 * COMPARERS);
-        // One scanner per server scanned (each primary of a cluster). verify does not resume: its
-        // scanners' ledgers are never read.
-        let scanners = |inputs: Vec<KeyInput>, tx: Sender<Batch<Key>>, counters| {
-            for input in inputs {
-                let (tx, rep) = (tx.clone(), Reporter::new(counters, stop, fail_tx.clone(), None));
-                s.spawn(move || {
-                    let ledger = Ledger::new(Position::default());
-                    scan::run(input, cfg.batch, Position::default(), tx, rep, &ledger, None)
-                });
-            }
+        // verify does not resume: its scanners' ledgers are never read.
+        let scanner = |input: KeyInput, tx: Sender<Batch<Key>>, counters| {
+            let rep = Reporter::new(counters, stop, fail_tx.clone(), None);
+            s.spawn(move || {
+                let ledger = Ledger::new(Position::default());
+                scan::run(input, cfg.batch, Position::default(), tx, rep, &ledger, None)
+            });
         };
-        scanners(inputs, tx, &source_counters);
+        scanner(input, tx, &source_counters);
         for comparer in comparers {
             let (rx, rec) = (rx.clone(), recorder.clone());
             s.spawn(move || compare_thread(comparer, rx, rec, stop));
         }
         if let Some((input, extra)) = extra {
             let (tx, rx) = bounded(2);
-            scanners(input, tx, &target_counters);
+            scanner(input, tx, &target_counters);
             let rec = recorder.clone();
             s.spawn(move || extra_thread(extra, rx, rec, stop));
         }

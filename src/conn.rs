@@ -1,9 +1,12 @@
-//! Connecting to a server: address, login, db, TLS, timeouts; what the server is; how its errors read.
+//! Connecting to a side: address, login, db, TLS, timeouts; what the server is; how its errors read.
 //!
-//! Each pipeline thread owns one [`Conn`], made here; no connection is ever shared between threads.
-//! A `Conn` knows how to come back after a fault: it marks itself broken on an I/O error or timeout
-//! and is replaced (logged in, db selected) before its next use, paced by its [`Retry`] policy. This file also turns a `RedisError` or an error
-//! reply into the `error` / `message` pair of the error CSV. It knows nothing of keys or stages.
+//! Each pipeline thread owns one [`Conn`], made here; no connection is ever shared between threads. A
+//! `Conn` reaches one standalone server or every primary of a Redis Cluster, and sends everything in
+//! rounds of per-key units ([`Conn::round`]): on a cluster each unit goes to the primary of its key's
+//! slot, following MOVED and ASK. It knows how to come back after a fault: a connection that failed is
+//! made again (logged in, db selected) before its next use, and a cluster's slot map is read again,
+//! paced by its [`Retry`] policy. This file also turns a `RedisError` or an error reply into the
+//! `error` / `message` pair of the error CSV. It knows nothing of stages.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};

@@ -7,7 +7,8 @@
 //!   keys DUMP/RESTORE cannot move (fetch, write) ──Vec<Key>──> typed ×typed-threads
 //! ```
 //! With `--mode typed` (or when auto decides so up front) the checked keys go straight to the typed
-//! threads, and no fetch or write thread is started.
+//! threads, and no fetch or write thread is started. A cluster source is scanned by one thread per
+//! primary (inside the scan stage); every other connection to a cluster reaches all its primaries.
 //! Preflight opens every connection the run will use (so a wrong password or an unreachable host is
 //! exit 2 before anything is written), checks the CSV path and opens `--keys-from`. Stages end by
 //! draining their input and returning, which drops their senders: shutdown is by disconnection.

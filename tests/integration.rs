@@ -5,8 +5,9 @@
 //! the rate limit (a lower bound on time only), refusal of bad input, and that the source is only read.
 //!
 //! Ctrl-C is sent as a real SIGINT (`kill -INT`) to a running copy. `--lock` is checked with two real
-//! processes contending for one lock file. TLS is in tests/tls. Not covered here: clusters.
+//! processes contending for one lock file. TLS is in tests/tls, Redis Cluster in tests/cluster.
 
+mod cluster;
 mod faults;
 mod resume;
 mod support;

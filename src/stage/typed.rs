@@ -551,13 +551,9 @@ impl<'a> Copier<'a> {
         if self.orphans.is_empty() || self.dst.ensure().is_err() {
             return;
         }
-        let mut del = redis::cmd("DEL");
-        for tmp in &self.orphans {
-            del.arg(&tmp[..]);
-        }
-        if self.dst.call::<i64>(&del, || true).is_ok() {
-            self.orphans.clear();
-        }
+        // One DEL each: on a cluster they live in different slots.
+        let dst = &mut self.dst;
+        self.orphans.retain(|tmp| dst.call::<i64>(redis::cmd("DEL").arg(&tmp[..]), || true).is_err());
     }
 
     /// One attempt at a key.
@@ -1005,7 +1001,7 @@ impl<'a> Copier<'a> {
         let check = b.pages > 0;
         let tx = page_tx(&b.tmp, check, &writes);
         b.sent = true;
-        let mut results = self.transact(&[tx])?;
+        let mut results = self.transact(&b.tmp, &[tx])?;
         let results = results.pop().unwrap_or_default();
         check_page(&results, check, writes.len())?;
         b.pages += 1;
@@ -1049,13 +1045,13 @@ impl<'a> Copier<'a> {
         b.sent = true;
         let results = if together {
             let page = page_tx(&b.tmp, false, &[last.expect("together has a page")]);
-            let mut results = self.transact(&[page, final_tx])?;
+            let mut results = self.transact(&b.tmp, &[page, final_tx])?;
             let last = results.pop().unwrap_or_default();
             check_page(&results.pop().unwrap_or_default(), false, 1)?;
             b.pages += 1;
             last
         } else {
-            self.transact(&[final_tx])?.pop().unwrap_or_default()
+            self.transact(&b.tmp, &[final_tx])?.pop().unwrap_or_default()
         };
         // [PEXPIREAT | PERSIST, RENAME | RENAMENX, (DEL)]
         let answered = now_ms();
@@ -1103,11 +1099,12 @@ impl<'a> Copier<'a> {
         tx
     }
 
-    /// Sends transactions (MULTI/EXEC pipelines) to the target in one round trip and returns each
+    /// Sends transactions (MULTI/EXEC pipelines) on the temporary key `tmp` to the target in one round
+    /// trip (to the node of its slot) and returns each
     /// one's results. A transaction the server refused (an error while queueing, or from EXEC) was
     /// not applied: if the error is transient it is sent again, with those after it, after a pause;
     /// otherwise the key fails. A broken connection means the temporary key's state is unknown.
-    fn transact(&mut self, txs: &[Pipeline]) -> Result<Vec<Vec<Value>>, Fault> {
+    fn transact(&mut self, tmp: &[u8], txs: &[Pipeline]) -> Result<Vec<Vec<Value>>, Fault> {
         let retry = self.dst.retry();
         let mut done: Vec<Vec<Value>> = Vec::with_capacity(txs.len());
         let mut attempt = 0;
@@ -1116,11 +1113,10 @@ impl<'a> Copier<'a> {
                 return Err(Fault::Again(Stage::Write, "IO".into(), e.to_string()));
             }
             let pending = &txs[done.len()..];
-            // Every transaction of one key works on its temporary key, the first command's argument.
-            let key = pending.first().and_then(|tx| tx.cmd_iter().next()).and_then(conn::first_arg);
+            // Every transaction of one key works on its temporary key, in the key's slot.
             let (mut replies, broken) = self.dst.round(
                 &[0],
-                |_| key.as_deref(),
+                |_| Some(tmp),
                 |pipe, _| {
                     for tx in pending {
                         pipe.cmd("MULTI");

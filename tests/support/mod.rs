@@ -4,8 +4,13 @@
 //! type, and a type-aware comparison of one key between two servers.
 //!
 //! It does not mock anything: every helper talks to a real server, and every server started here is
-//! killed and reaped by its own `Child` handle when its `RedisServer` is dropped.
+//! killed and reaped by its own `Child` handle when its `RedisServer` is dropped. Redis Cluster
+//! (several such servers joined by `redis-cli --cluster create`) is in `cluster.rs`; the helpers that
+//! talk to servers take any `redis::ConnectionLike`, so they work on a cluster connection too.
 #![allow(dead_code)]
+
+mod cluster;
+pub use cluster::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -17,7 +22,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Value};
+use redis::{Connection, ConnectionLike, Value};
 
 /// The binary under test, built by cargo for this integration test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_redis-ferry");
@@ -66,6 +71,12 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
     pub fn with_args(extra: &[&str]) -> RedisServer {
+        RedisServer::with_args_on(extra, free_port)
+    }
+
+    /// Like [`with_args`](RedisServer::with_args), on a port from `pick_port` (asked again when the
+    /// port turns out to be taken), e.g. one whose cluster bus port (+10000) is free too.
+    pub fn with_args_on(extra: &[&str], mut pick_port: impl FnMut() -> u16) -> RedisServer {
         let password = extra
             .iter()
             .position(|a| *a == "--requirepass")
@@ -79,7 +90,7 @@ impl RedisServer {
         let mut server = RedisServer { child: None, port: 0, password, dir, extra: extra_owned };
         let mut last_log = String::new();
         for _ in 0..SPAWN_ATTEMPTS {
-            server.port = free_port();
+            server.port = pick_port();
             server.child = Some(spawn_server(server.port, server.dir.path(), extra));
             match server.wait_ready() {
                 Ok(()) => return server,
@@ -149,6 +160,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's log file (its stdout and stderr), for failure messages.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(LOG_FILE)
     }
 
     /// Shuts the server down (SHUTDOWN, so an AOF is flushed; a kill if it does not go) and starts it
@@ -740,7 +756,7 @@ pub fn unescape_key(s: &str) -> Vec<u8> {
 
 /// Runs one command given as byte arguments and converts the reply.
 #[track_caller]
-pub fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&[u8]]) -> T {
+pub fn q<T: redis::FromRedisValue>(con: &mut impl ConnectionLike, args: &[&[u8]]) -> T {
     let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for a in &args[1..] {
         cmd.arg(*a);
@@ -750,26 +766,26 @@ pub fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&[u8]]) -> T {
     })
 }
 
-pub fn dbsize(con: &mut Connection) -> i64 {
+pub fn dbsize(con: &mut impl ConnectionLike) -> i64 {
     q(con, &[b"DBSIZE"])
 }
 
 /// Every key of the current db (KEYS * is fine on test-sized dbs; it skips logically expired keys).
-pub fn all_keys(con: &mut Connection) -> BTreeSet<Vec<u8>> {
+pub fn all_keys(con: &mut impl ConnectionLike) -> BTreeSet<Vec<u8>> {
     q::<Vec<Vec<u8>>>(con, &[b"KEYS", b"*"]).into_iter().collect()
 }
 
-pub fn keys_matching(con: &mut Connection, pattern: &str) -> BTreeSet<Vec<u8>> {
+pub fn keys_matching(con: &mut impl ConnectionLike, pattern: &str) -> BTreeSet<Vec<u8>> {
     q::<Vec<Vec<u8>>>(con, &[b"KEYS", pattern.as_bytes()]).into_iter().collect()
 }
 
-pub fn pttl(con: &mut Connection, key: &[u8]) -> i64 {
+pub fn pttl(con: &mut impl ConnectionLike, key: &[u8]) -> i64 {
     q(con, &[b"PTTL", key])
 }
 
 /// How many times `command` (lower case, e.g. `dump`, `restore`) ran on the server, from INFO
 /// commandstats; 0 if it never ran.
-pub fn command_calls(con: &mut Connection, command: &str) -> u64 {
+pub fn command_calls(con: &mut impl ConnectionLike, command: &str) -> u64 {
     let stats: String = q(con, &[b"INFO", b"commandstats"]);
     let prefix = format!("cmdstat_{command}:calls=");
     stats
@@ -779,7 +795,7 @@ pub fn command_calls(con: &mut Connection, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn digest(con: &mut Connection) -> String {
+pub fn digest(con: &mut impl ConnectionLike) -> String {
     q(con, &[b"DEBUG", b"DIGEST"])
 }
 
@@ -794,6 +810,20 @@ pub fn fill_strings(con: &mut Connection, prefix: &str, n: usize) -> Vec<Vec<u8>
         p.exec(con).expect("fill strings");
     }
     keys
+}
+
+/// Runs a pipeline of single-key commands on any connection: as one pipeline where the connection
+/// pipelines (standalone), one command at a time where it does not (a `ClusterConnection`, which
+/// routes each command to its key's node).
+#[track_caller]
+pub fn exec_pipe(con: &mut impl ConnectionLike, p: &redis::Pipeline) {
+    if con.supports_pipelining() {
+        p.exec(con).expect("pipeline");
+        return;
+    }
+    for cmd in p.cmd_iter() {
+        cmd.exec(con).unwrap_or_else(|e| panic!("{cmd:?} failed: {e}"));
+    }
 }
 
 /// Deterministic bytes that do not compress (xorshift), so a big value really is big on the wire.
@@ -828,11 +858,11 @@ pub fn awkward_keys() -> Vec<Vec<u8>> {
 
 /// Fills `con` with every core type in several encodings, with and without TTLs, under awkward names.
 /// With `big`, adds a 10 MiB string. Returns every key written.
-pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
+pub fn fill_every_type(con: &mut impl ConnectionLike, big: bool) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
-    let run = |con: &mut Connection, args: &[&[u8]]| {
+    fn run(con: &mut impl ConnectionLike, args: &[&[u8]]) {
         let _: Value = q(con, args);
-    };
+    }
 
     // Strings: plain, empty, integer-encoded, all 256 byte values, with TTLs.
     let all_bytes: Vec<u8> = (0..=255u8).collect();
@@ -862,7 +892,7 @@ pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
     for i in 0..2000 {
         p.cmd("RPUSH").arg("list:big").arg(format!("element-{i}-{}", "x".repeat(i % 50))).ignore();
     }
-    p.exec(con).unwrap();
+    exec_pipe(con, &p);
     run(con, &[b"RPUSH", b"list:ttl", b"1", b"2", b"3"]);
     run(con, &[b"PEXPIRE", b"list:ttl", b"900000"]);
     keys.extend([b"list:small".to_vec(), b"list:big".to_vec(), b"list:ttl".to_vec()]);
@@ -874,7 +904,7 @@ pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
     for i in 0..1000 {
         p.cmd("SADD").arg("set:big").arg(format!("member-{i}")).ignore();
     }
-    p.exec(con).unwrap();
+    exec_pipe(con, &p);
     run(con, &[b"SADD", b"set:ttl", b"x"]);
     run(con, &[b"EXPIRE", b"set:ttl", b"7200"]);
     keys.extend([b"set:int".to_vec(), b"set:str".to_vec(), b"set:big".to_vec(), b"set:ttl".to_vec()]);
@@ -907,7 +937,7 @@ pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
     for i in 0..500 {
         p.cmd("ZADD").arg("zset:big").arg(i as f64 / 3.0).arg(format!("m{i}")).ignore();
     }
-    p.exec(con).unwrap();
+    exec_pipe(con, &p);
     run(con, &[b"ZADD", b"zset:ttl", b"1", b"one", b"2.5", b"two"]);
     run(con, &[b"PEXPIRE", b"zset:ttl", b"800000"]);
     keys.extend([b"zset:small".to_vec(), b"zset:big".to_vec(), b"zset:ttl".to_vec()]);
@@ -921,7 +951,7 @@ pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
     for i in 0..1000 {
         p.cmd("HSET").arg("hash:big").arg(format!("field-{i}")).arg(format!("value-{i}")).ignore();
     }
-    p.exec(con).unwrap();
+    exec_pipe(con, &p);
     run(con, &[b"HSET", b"hash:ttl", b"a", b"b"]);
     run(con, &[b"EXPIRE", b"hash:ttl", b"5000"]);
     keys.extend([b"hash:small".to_vec(), b"hash:big".to_vec(), b"hash:ttl".to_vec()]);
@@ -951,7 +981,7 @@ pub fn fill_every_type(con: &mut Connection, big: bool) -> Vec<Vec<u8>> {
 }
 
 /// A stream with `n` entries, group g1 (7 delivered to alice and bob, one acked) and group g2 at `$`.
-pub fn fill_stream(con: &mut Connection, key: &[u8], n: usize) {
+pub fn fill_stream(con: &mut impl ConnectionLike, key: &[u8], n: usize) {
     let mut ids: Vec<Vec<u8>> = Vec::new();
     for i in 0..n {
         let id: Vec<u8> = q(con, &[b"XADD", key, b"*", b"n", i.to_string().as_bytes(), b"bin", b"\xff\x00"]);
@@ -972,7 +1002,7 @@ pub fn fill_stream(con: &mut Connection, key: &[u8], n: usize) {
 /// may not be later than the source's by more than TTL_AHEAD_MS, nor earlier by more than
 /// TTL_BEHIND_MS; no TTL on the source means none on the target). Returns a description of the first
 /// difference found.
-pub fn diff_key(src: &mut Connection, dst: &mut Connection, key: &[u8]) -> Option<String> {
+pub fn diff_key(src: &mut impl ConnectionLike, dst: &mut impl ConnectionLike, key: &[u8]) -> Option<String> {
     // Source first, target second: with equal deadlines the target's PTTL can only be smaller.
     let sp = pttl(src, key);
     let tp = pttl(dst, key);
@@ -1030,7 +1060,7 @@ pub fn diff_key(src: &mut Connection, dst: &mut Connection, key: &[u8]) -> Optio
 }
 
 /// A canonical, comparable form of a key's value for its type.
-pub fn value_of(con: &mut Connection, key: &[u8], ty: &str) -> Value {
+pub fn value_of(con: &mut impl ConnectionLike, key: &[u8], ty: &str) -> Value {
     let sorted = |v: Vec<Vec<u8>>| {
         let mut v = v;
         v.sort();
@@ -1057,7 +1087,7 @@ pub fn value_of(con: &mut Connection, key: &[u8], ty: &str) -> Value {
 }
 
 /// XRANGE, then per group (sorted by name): name, pending, last-delivered-id and the XPENDING summary.
-fn stream_value(con: &mut Connection, key: &[u8]) -> Value {
+fn stream_value(con: &mut impl ConnectionLike, key: &[u8]) -> Value {
     let entries: Value = q(con, &[b"XRANGE", key, b"-", b"+"]);
     let groups: Vec<Value> = q(con, &[b"XINFO", b"GROUPS", key]);
     let mut per_group: Vec<(Vec<u8>, Value)> = Vec::new();
@@ -1102,7 +1132,7 @@ fn flat_map(v: &Value) -> BTreeMap<String, Value> {
 
 /// Asserts that every key in `keys` agrees between the two servers; lists every difference.
 #[track_caller]
-pub fn assert_same(src: &mut Connection, dst: &mut Connection, keys: &[Vec<u8>]) {
+pub fn assert_same(src: &mut impl ConnectionLike, dst: &mut impl ConnectionLike, keys: &[Vec<u8>]) {
     let diffs: Vec<String> = keys.iter().filter_map(|k| diff_key(src, dst, k)).collect();
     assert!(diffs.is_empty(), "{} key(s) differ:\n{}", diffs.len(), diffs.join("\n"));
 }

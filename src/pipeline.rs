@@ -243,11 +243,15 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let throttle = Throttle::new(cfg.rate, cfg.burst, cfg.sleep_after_batch);
     let budget = cfg.limit.map(CopyBudget::new);
     let ledger = Ledger::new(resume.at);
-    let fallback =
-        Fallback::new(cfg.big_key_bytes.unwrap_or(u64::MAX), plan.size_check && cfg.big_key_bytes.is_some());
+    let fallback = Fallback::new(
+        cfg.big_key_bytes.unwrap_or(u64::MAX),
+        plan.size_check && cfg.big_key_bytes.is_some(),
+        plan.strings,
+    );
     let shared = WriteShared {
         on_conflict: cfg.on_conflict,
         abs_ttl,
+        pxat: target_info.version >= (6, 2, 0),
         dry_run: cfg.dry_run,
         throttle: &throttle,
         budget: budget.as_ref(),

@@ -21,7 +21,7 @@ use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
 use crate::stage::typed::{self, Router, Why};
-use crate::stage::{exchange, forward, kind, Batch, Fetched};
+use crate::stage::{exchange, forward, kind, Batch, Fetched, Payload};
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -48,8 +48,15 @@ pub fn run(
         let (id, taken) = (batch.id, batch.len());
         let mut expired = 0;
         let mut routed = Vec::new();
+        let mut fetched = Vec::with_capacity(batch.len());
         let batch = match &route {
-            Some(route) if route.fallback.size_check() => {
+            Some(route) if route.fallback.strings() => {
+                strings(&mut conn, batch, route, ttl_cmd, &mut fetched, &mut expired, &rep)
+            }
+            _ => batch,
+        };
+        let batch = match &route {
+            Some(route) if route.fallback.size_check() && !batch.is_empty() => {
                 sizes(&mut conn, batch, route, &mut routed, &mut expired, &rep)
             }
             _ => batch,
@@ -65,7 +72,6 @@ pub fn run(
             Stage::Fetch,
             &rep,
         );
-        let mut fetched = Vec::with_capacity(batch.len());
         for (key, answer) in batch.items.into_iter().zip(answers) {
             let Some([dump, ttl]) = answer else { continue };
             match (dump, ttl) {
@@ -87,14 +93,8 @@ pub fn run(
                     routed.push(key);
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
-                    let expire_at_ms = match ttl {
-                        -1 => None,
-                        t if pexpiretime => Some(t),
-                        // PTTL is relative: anchor it at the moment the batch was sent, which errs
-                        // on the side of an earlier deadline, never a later one.
-                        t => Some(sent_at + t),
-                    };
-                    fetched.push(Fetched { key, payload, expire_at_ms });
+                    let expire_at_ms = deadline(ttl, pexpiretime, sent_at);
+                    fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
                 }
                 (dump, ttl) => rep.fail(
                     key,
@@ -111,6 +111,82 @@ pub fn run(
             route.send(id, routed, &rep);
         }
     }
+}
+
+/// The absolute deadline from a PEXPIRETIME or PTTL reply (not -2) to a command sent at `sent_at`;
+/// `None` for a key without TTL (-1).
+fn deadline(ttl: i64, pexpiretime: bool, sent_at: i64) -> Option<i64> {
+    match ttl {
+        -1 => None,
+        t if pexpiretime => Some(t),
+        // PTTL is relative: anchored at the moment the batch was sent, the deadline errs early, never late.
+        t => Some(sent_at + t),
+    }
+}
+
+/// Strings up to this many bytes are read by value (and longer ones DUMPed, or copied type-aware
+/// above `--big-key-bytes`): it bounds what one batch of them can hold (500 keys: 8 MiB).
+pub const STRING_BY_VALUE: u64 = 16 << 10;
+
+/// Reads every key of `batch` as a string: `GETRANGE key 0 <limit>` and its deadline, one pipeline,
+/// where the limit is [`STRING_BY_VALUE`] (or `--big-key-bytes` when smaller). A string up to the limit
+/// is then read whole and goes on to be written with SET: no DUMP serialization, checksum or
+/// compression attempt on the source, no RESTORE parsing on the target. Longer strings and the keys
+/// of other types (WRONGTYPE) come back for the size check and DUMP; a refused GETRANGE turns this
+/// path off.
+fn strings(
+    conn: &mut Conn,
+    batch: Batch<Key>,
+    route: &Router,
+    ttl_cmd: &str,
+    fetched: &mut Vec<Fetched>,
+    expired: &mut u64,
+    rep: &Reporter,
+) -> Batch<Key> {
+    let pexpiretime = ttl_cmd == "PEXPIRETIME";
+    // GETRANGE 0 <limit> returns one byte more than the limit for a longer string.
+    let limit = STRING_BY_VALUE.min(route.fallback.big_key_bytes);
+    let sent_at = now_ms();
+    let answers = exchange::<2>(
+        conn,
+        batch.len(),
+        |i| &batch[i],
+        |pipe, i| {
+            let k = batch[i].as_bytes();
+            pipe.cmd("GETRANGE").arg(k).arg(0).arg(limit).cmd(ttl_cmd).arg(k);
+        },
+        Stage::Fetch,
+        rep,
+    );
+    let Batch { id, items } = batch;
+    let mut rest = Vec::new();
+    for (key, answer) in items.into_iter().zip(answers) {
+        let Some([value, ttl]) = answer else { continue };
+        match (value, ttl) {
+            (_, Value::Int(-2)) => *expired += 1,
+            (Value::ServerError(err), _) if err.code() == "WRONGTYPE" => rest.push(key),
+            (Value::ServerError(err), _) if typed::command_denied(&err) => {
+                route.fallback.no_strings(&conn::classify_reply(&err).1);
+                rest.push(key);
+            }
+            (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
+                let (code, message) = conn::classify_reply(&err);
+                rep.fail(key, Stage::Fetch, code, message);
+            }
+            (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
+            (Value::BulkString(value), Value::Int(ttl)) => {
+                let expire_at_ms = deadline(ttl, pexpiretime, sent_at);
+                fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
+            }
+            (value, ttl) => rep.fail(
+                key,
+                Stage::Fetch,
+                "PROTOCOL".into(),
+                format!("unexpected GETRANGE/{ttl_cmd} replies: {} / {}", kind(&value), kind(&ttl)),
+            ),
+        }
+    }
+    Batch { id, items: rest }
 }
 
 /// Asks MEMORY USAGE for every key of `batch`: keys above `--big-key-bytes` go to `routed`, vanished

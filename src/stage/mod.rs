@@ -46,13 +46,23 @@ impl<T> IntoIterator for Batch<T> {
     }
 }
 
+/// What was read of a key, and so how the write stage makes it again.
+#[derive(Debug)]
+pub enum Payload {
+    /// Its DUMP payload, for RESTORE.
+    Dump(Vec<u8>),
+    /// The whole value of a string, for SET (`--mode auto`: no DUMP serialization on the source, no
+    /// checksum, no compression attempt, for what is most keys of most databases).
+    String(Vec<u8>),
+}
+
 /// A key read from the source, ready to be written.
 #[derive(Debug)]
 pub struct Fetched {
     /// The key.
     pub key: Key,
-    /// Its DUMP payload.
-    pub payload: Vec<u8>,
+    /// What the write stage sends.
+    pub payload: Payload,
     /// Absolute expiry in Unix milliseconds; `None` for a key without TTL.
     pub expire_at_ms: Option<i64>,
 }

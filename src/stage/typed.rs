@@ -94,6 +94,8 @@ pub struct Fallback {
     pub big_key_bytes: u64,
     /// MEMORY USAGE is pipelined before DUMP (turned off when the source refuses it).
     size_check: AtomicBool,
+    /// Strings are read by value (GETRANGE) and written with SET (turned off when a server refuses).
+    strings: AtomicBool,
     /// One flag per [`Why`]: the first key of that kind was logged.
     said: [AtomicBool; 3],
     /// Keys routed so far, per [`Why`].
@@ -101,11 +103,13 @@ pub struct Fallback {
 }
 
 impl Fallback {
-    /// A fallback for `--big-key-bytes` `big_key_bytes`; `size_check` says MEMORY USAGE may be used.
-    pub fn new(big_key_bytes: u64, size_check: bool) -> Fallback {
+    /// A fallback for `--big-key-bytes` `big_key_bytes`; `size_check` says MEMORY USAGE may be used,
+    /// `strings` that strings may be read by value and written with SET.
+    pub fn new(big_key_bytes: u64, size_check: bool, strings: bool) -> Fallback {
         Fallback {
             big_key_bytes,
             size_check: AtomicBool::new(size_check),
+            strings: AtomicBool::new(strings),
             said: Default::default(),
             routed: Default::default(),
         }
@@ -123,6 +127,18 @@ impl Fallback {
                 "the source refuses MEMORY USAGE ({why}): keys above --big-key-bytes are now found by their DUMP \
                  length, so each one is read whole once before it goes type-aware"
             );
+        }
+    }
+
+    /// True while strings are read by value first.
+    pub fn strings(&self) -> bool {
+        self.strings.load(Ordering::Relaxed)
+    }
+
+    /// A server refused GETRANGE: from now on strings are DUMPed like other keys.
+    pub fn no_strings(&self, why: &str) {
+        if self.strings.swap(false, Ordering::Relaxed) {
+            log::warn!("the source refuses GETRANGE ({why}): strings are now copied with DUMP/RESTORE too");
         }
     }
 
@@ -219,6 +235,8 @@ pub struct Plan {
     pub typed_threads: bool,
     /// MEMORY USAGE works on the source (auto only).
     pub size_check: bool,
+    /// Strings go by value: GETRANGE on the source, SET on the target (auto only).
+    pub strings: bool,
     /// The one log line saying which path the copy takes and why.
     pub why: String,
 }
@@ -239,16 +257,24 @@ pub fn plan(
             all_typed: false,
             typed_threads: false,
             size_check: false,
+            strings: false,
             why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
         },
         (Mode::Typed, _) => Plan {
             all_typed: true,
             typed_threads: true,
             size_check: false,
+            strings: false,
             why: "type-aware reads and writes for every key (--mode typed)".into(),
         },
         (Mode::Auto, Some((src, dst))) => {
-            let all = |why: String| Plan { all_typed: true, typed_threads: true, size_check: false, why };
+            let all = |why: String| Plan {
+                all_typed: true,
+                typed_threads: true,
+                size_check: false,
+                strings: false,
+                why,
+            };
             let (rs, rt) = (rdb_version(source.version), rdb_version(target.version));
             if let (Some(rs), Some(rt)) = (rs, rt) {
                 if rs > rt {
@@ -267,6 +293,10 @@ pub fn plan(
             }
             let size_check = cfg.big_key_bytes.is_some()
                 && refused(src, &probe, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
+            let set = redis::cmd("SET").arg(&probe[..]).arg(&b""[..]).clone();
+            let strings = refused(src, &probe, redis::cmd("GETRANGE").arg(&probe[..]).arg(0).arg(0))
+                .is_none()
+                && refused(dst, &probe, &set).is_none();
             let big = match cfg.big_key_bytes {
                 None => String::new(),
                 Some(n) if size_check => format!("keys above --big-key-bytes {n} (MEMORY USAGE) and "),
@@ -278,8 +308,10 @@ pub fn plan(
                 all_typed: false,
                 typed_threads: true,
                 size_check,
+                strings,
                 why: format!(
-                    "DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or RESTORE"
+                    "{}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or RESTORE",
+                    if strings { "strings by value (GETRANGE, SET), other keys " } else { "" }
                 ),
             }
         }

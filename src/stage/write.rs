@@ -26,7 +26,7 @@ use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, StopReason};
 use crate::stage::fetch::now_ms;
 use crate::stage::typed::{self, Router, Why};
-use crate::stage::{exchange, kind, Batch, Fetched};
+use crate::stage::{exchange, kind, Batch, Fetched, Payload};
 use crate::throttle::Throttle;
 
 /// What every writer thread shares.
@@ -35,6 +35,8 @@ pub struct WriteShared<'a> {
     pub on_conflict: OnConflict,
     /// The target understands RESTORE ... ABSTTL (Redis 5.0+).
     pub abs_ttl: bool,
+    /// The target understands SET ... PXAT (Redis 6.2+).
+    pub pxat: bool,
     /// Count, but send nothing.
     pub dry_run: bool,
     /// The post-batch pause.
@@ -150,19 +152,42 @@ fn write_batch(
             |i| &live[i].key,
             |pipe, i| {
                 let f = &live[i];
-                let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
-                match f.expire_at_ms {
-                    None => cmd.arg(0),
-                    Some(at) if shared.abs_ttl => cmd.arg(at),
-                    // Old targets only take a relative TTL: what is left of the deadline now, at least 1.
-                    Some(at) => cmd.arg((at - now_ms()).max(1)),
-                };
-                cmd.arg(&f.payload[..]);
-                if shared.on_conflict == OnConflict::Replace {
-                    cmd.arg("REPLACE");
-                }
-                if f.expire_at_ms.is_some() && shared.abs_ttl {
-                    cmd.arg("ABSTTL");
+                let replace = shared.on_conflict == OnConflict::Replace;
+                match &f.payload {
+                    Payload::Dump(payload) => {
+                        let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
+                        match f.expire_at_ms {
+                            None => cmd.arg(0),
+                            Some(at) if shared.abs_ttl => cmd.arg(at),
+                            // Old targets only take a relative TTL: what is left of the deadline now, at
+                            // least 1.
+                            Some(at) => cmd.arg((at - now_ms()).max(1)),
+                        };
+                        cmd.arg(&payload[..]);
+                        if replace {
+                            cmd.arg("REPLACE");
+                        }
+                        if f.expire_at_ms.is_some() && shared.abs_ttl {
+                            cmd.arg("ABSTTL");
+                        }
+                    }
+                    // SET replaces a key of any type, as RESTORE REPLACE does; NX is the skip policy's
+                    // atomic "only if absent", as RESTORE without REPLACE is.
+                    Payload::String(value) => {
+                        let cmd = pipe.cmd("SET").arg(f.key.as_bytes()).arg(&value[..]);
+                        match f.expire_at_ms {
+                            None => {}
+                            Some(at) if shared.pxat => {
+                                cmd.arg("PXAT").arg(at);
+                            }
+                            Some(at) => {
+                                cmd.arg("PX").arg((at - now_ms()).max(1));
+                            }
+                        }
+                        if !replace {
+                            cmd.arg("NX");
+                        }
+                    }
                 }
             },
             Stage::Write,
@@ -181,8 +206,14 @@ fn write_batch(
                         copied += 1;
                     }
                 }
+                // RESTORE's BUSYKEY, SET NX's nil: the key exists on the target.
                 Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
-                Value::ServerError(err) if route.is_some() && typed::restore_refused(&err) => {
+                Value::Nil if matches!(f.payload, Payload::String(_)) => skipped += 1,
+                Value::ServerError(err)
+                    if route.is_some()
+                        && matches!(f.payload, Payload::Dump(_))
+                        && typed::restore_refused(&err) =>
+                {
                     let (_, message) = conn::classify_reply(&err);
                     route.expect("checked").fallback.note(Why::RestoreRefused, &f.key, &message);
                     routed.push(f.key);
@@ -195,7 +226,7 @@ fn write_batch(
                     f.key,
                     Stage::Write,
                     "PROTOCOL".into(),
-                    format!("unexpected RESTORE reply: {}", kind(&other)),
+                    format!("unexpected RESTORE or SET reply: {}", kind(&other)),
                 ),
             }
         }

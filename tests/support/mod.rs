@@ -786,13 +786,31 @@ pub fn pttl(con: &mut impl ConnectionLike, key: &[u8]) -> i64 {
 /// How many times `command` (lower case, e.g. `dump`, `restore`) ran on the server, from INFO
 /// commandstats; 0 if it never ran.
 pub fn command_calls(con: &mut impl ConnectionLike, command: &str) -> u64 {
+    command_stat(con, command, "calls")
+}
+
+/// One field (`calls`, `failed_calls`, `rejected_calls`) of `command`'s line in INFO commandstats; 0 if
+/// it never ran.
+pub fn command_stat(con: &mut impl ConnectionLike, command: &str, field: &str) -> u64 {
     let stats: String = q(con, &[b"INFO", b"commandstats"]);
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(|rest| rest.split(',').next().unwrap().parse().expect("calls=N in INFO commandstats"))
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = stats.lines().find_map(|l| l.strip_prefix(prefix.as_str())) else { return 0 };
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix(field).and_then(|v| v.strip_prefix('=')))
+        .map(|v| v.parse().expect("a number in INFO commandstats"))
         .unwrap_or(0)
+}
+
+/// Keys a copy read whole from a source: its DUMPs, plus the GETRANGEs that found a string (`--mode
+/// auto` reads short strings by value; a GETRANGE on another type fails with WRONGTYPE).
+pub fn keys_read(con: &mut impl ConnectionLike) -> u64 {
+    command_calls(con, "dump") + command_calls(con, "getrange")
+        - command_stat(con, "getrange", "failed_calls")
+}
+
+/// Keys a copy wrote to a target: its RESTOREs plus its SETs (short strings go by value).
+pub fn keys_written(con: &mut impl ConnectionLike) -> u64 {
+    command_calls(con, "restore") + command_calls(con, "set")
 }
 
 pub fn digest(con: &mut impl ConnectionLike) -> String {

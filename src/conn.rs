@@ -919,6 +919,36 @@ mod tests {
     }
 
     #[test]
+    fn asking_goes_before_each_command_and_once_before_a_transaction() {
+        let mut pipe = redis::pipe();
+        let keep = with_asking(&mut pipe, |p| {
+            p.cmd("GET").arg("k").cmd("MULTI").cmd("SET").arg("k").arg("v").cmd("EXEC").cmd("PTTL").arg("k");
+        });
+        let names: Vec<String> = pipe
+            .cmd_iter()
+            .map(|c| match c.args_iter().next() {
+                Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(names, ["ASKING", "GET", "ASKING", "MULTI", "SET", "EXEC", "ASKING", "PTTL"]);
+        assert_eq!(keep, [false, true, false, true, true, true, false, true]);
+    }
+
+    #[test]
+    fn replies_are_taken_unit_by_unit() {
+        let mut r = Replies {
+            values: vec![Value::Int(1), Value::Int(2), Value::Okay, Value::Int(3)],
+            spans: vec![Some((3, 1)), None, Some((0, 2))],
+        };
+        assert_eq!(r.take::<2>(2), Some([Value::Int(1), Value::Int(2)]));
+        assert!(r.take::<2>(0).is_none(), "unit 0 has one reply");
+        assert!(r.unit(1).is_none());
+        let r = Replies { values: vec![Value::Int(1), Value::Okay], spans: vec![Some((1, 1)), Some((0, 1))] };
+        assert_eq!(r.into_values(), [Value::Okay, Value::Int(1)]);
+    }
+
+    #[test]
     fn messages_are_one_line() {
         assert_eq!(one_line("a\nb\r\n  c"), "a b c");
     }

@@ -408,22 +408,6 @@ fn cluster_skip_policy_leaves_keys_already_on_the_cluster_target() {
     assert_eq!(dst.digests(), digests, "a run that skipped every key changed the target");
 }
 
-/// Asserts a refused run: exit 2, one stderr line naming one of `needles`, nothing on stdout.
-#[track_caller]
-fn assert_refused_naming(out: &Output, needles: &[&str]) {
-    assert_exit(out, 2);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected exactly one line on stderr\n{}", dump(out));
-    assert!(!stderr.contains("panicked"), "a panic is not an error message\n{}", dump(out));
-    assert!(
-        needles.iter().any(|n| lines[0].contains(n)),
-        "stderr should name one of {needles:?}\n{}",
-        dump(out)
-    );
-    assert!(out.stdout.is_empty(), "a refused run printed a summary\n{}", dump(out));
-}
-
 /// True when INFO keyspace lists no db at all (nothing written to any db).
 fn keyspace_empty(con: &mut Connection) -> bool {
     let info: String = q(con, &[b"INFO", b"keyspace"]);

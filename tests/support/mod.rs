@@ -1159,3 +1159,19 @@ pub fn assert_same(src: &mut impl ConnectionLike, dst: &mut impl ConnectionLike,
 pub fn show_keys<'a>(keys: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<String> {
     keys.into_iter().map(|k| escape_key(k)).collect()
 }
+
+/// Asserts a refused run: exit 2, one stderr line naming one of `needles`, nothing on stdout.
+#[track_caller]
+pub fn assert_refused_naming(out: &Output, needles: &[&str]) {
+    assert_exit(out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected exactly one line on stderr\n{}", dump(out));
+    assert!(!stderr.contains("panicked"), "a panic is not an error message\n{}", dump(out));
+    assert!(
+        needles.iter().any(|n| lines[0].contains(n)),
+        "stderr should name one of {needles:?}\n{}",
+        dump(out)
+    );
+    assert!(out.stdout.is_empty(), "a refused run printed a summary\n{}", dump(out));
+}

@@ -144,30 +144,14 @@ pub fn run(
         ledger,
         throttle,
     };
-    if let KeyInput::Cluster { primaries, conn, owners } = input {
-        let filter = match primaries.first() {
-            Some(KeyInput::Server { patterns, types, .. }) => (patterns.clone(), types.clone()),
-            _ => (vec![b"*".to_vec()], Vec::new()),
-        };
-        std::thread::scope(|s| {
-            for primary in primaries {
-                let (out, rep) = (batcher.out.clone(), rep.clone());
-                s.spawn(move || run(primary, batch, start, out, rep, ledger, throttle));
-            }
-        });
-        if rep.stop.stop_scanning() {
-            return;
+    let scanned = match input {
+        KeyInput::Cluster { primaries, conn, owners } => {
+            cluster(primaries, conn, owners, start, &mut batcher)
         }
-        match rescan_moved(conn, owners, &filter, &mut batcher) {
-            Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),
-            Ok(()) => {
-                batcher.flush();
-            }
-        }
-        return;
-    }
-    match produce(input, start, &mut batcher) {
-        Err(StageError(message)) => rep.stop.fatal(format!("scan stage: {message}")),
+        input => produce(input, start, &mut batcher),
+    };
+    match scanned {
+        Err(StageError(message, _)) => rep.stop.fatal(format!("scan stage: {message}")),
         Ok(()) if !rep.stop.stop_scanning() => {
             batcher.flush();
             ledger.finish();
@@ -176,11 +160,69 @@ pub fn run(
     }
 }
 
+/// Scans a cluster: each primary in a thread of its own, with a batcher of its own; then the slots
+/// that changed hands meanwhile are read again ([`rescan_moved`]). A primary lost during its scan (a
+/// connection that could not be made again: it failed, and a replica may be taking over) does not end
+/// the run: its slots count as moved, so they are read from whichever primary serves them at the end.
+fn cluster(
+    primaries: Vec<KeyInput>,
+    conn: Conn,
+    mut owners: Vec<Option<String>>,
+    start: Position,
+    batcher: &mut Batcher,
+) -> Result<(), StageError> {
+    let filter = match primaries.first() {
+        Some(KeyInput::Server { patterns, types, .. }) => (patterns.clone(), types.clone()),
+        _ => (vec![b"*".to_vec()], Vec::new()),
+    };
+    let parent = &*batcher;
+    let results: Vec<(String, Result<(), StageError>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = primaries
+            .into_iter()
+            .map(|primary| {
+                let node = match &primary {
+                    KeyInput::Server { conn, .. } => conn.endpoint().to_string(),
+                    _ => String::new(),
+                };
+                let mut own =
+                    Batcher { keys: Vec::with_capacity(parent.size), out: parent.out.clone(), ..*parent };
+                s.spawn(move || {
+                    let scanned = produce(primary, start, &mut own);
+                    if scanned.is_ok() && !own.rep.stop.stop_scanning() {
+                        own.flush();
+                    }
+                    (node, scanned)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a scanner panicked")).collect()
+    });
+    for (node, scanned) in results {
+        match scanned {
+            Ok(()) => {}
+            Err(StageError(message, true)) => {
+                log::warn!(
+                    "source primary {node} was lost during its scan ({message}); its slots will be read from \
+                     the primaries that serve them once the scans are done"
+                );
+                owners.iter_mut().filter(|o| o.as_deref() == Some(node.as_str())).for_each(|o| *o = None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if batcher.rep.stop.stop_scanning() {
+        return Ok(());
+    }
+    rescan_moved(conn, owners, &filter, batcher)
+}
+
 /// After the primaries of a cluster were scanned: the keys of every slot that changed hands since
-/// `owners` was read are read again from the slot's primary now (CLUSTER GETKEYSINSLOT), filtered like
-/// the scan, since a key that moved during the scan may have been missed by both primaries' SCANs.
-/// Slots being migrated are waited for first; then again for the slots that moved meanwhile. Keys
-/// found twice this way are counted twice (the second time as skipped, or copied again with
+/// `owners` was read (moved by a reshard, or taken over by a replica after its primary was lost) are
+/// read again from the slot's primary now (CLUSTER GETKEYSINSLOT), filtered like the scan, since a key
+/// that moved during the scan may have been missed by both primaries' SCANs. Slots being migrated, or
+/// without a primary (a failover under way), are waited for first, up to [`SETTLE`]; a slot still
+/// without a primary then ends the scan with an error. Then again for the slots that moved meanwhile.
+/// Keys found twice this way are counted twice (the second time as skipped, or copied again with
 /// `--on-conflict replace`).
 fn rescan_moved(
     mut conn: Conn,
@@ -189,12 +231,13 @@ fn rescan_moved(
     batcher: &mut Batcher,
 ) -> Result<(), StageError> {
     let stop = batcher.rep.stop;
-    let failed = |e: conn::ConnectError| StageError(format!("cannot read the slot map: {e}"));
+    let failed = |e: conn::ConnectError| StageError::new(format!("cannot read the slot map: {e}"));
     for _ in 0..RESCANS {
         let waited = Instant::now();
         let now = loop {
             let (now, migrating) = conn.slot_owners().map_err(failed)?;
-            if migrating == 0 || waited.elapsed() > SETTLE || stop.stop_scanning() {
+            let uncovered = now.iter().filter(|o| o.is_none()).count();
+            if (migrating == 0 && uncovered == 0) || waited.elapsed() > SETTLE || stop.stop_scanning() {
                 if migrating > 0 {
                     log::warn!(
                         "{migrating} slots of the source are still being migrated; reading them as they are"
@@ -208,11 +251,19 @@ fn rescan_moved(
         if moved.is_empty() {
             return Ok(());
         }
-        log::info!("{} slots of the source moved during the scan; reading their keys again", moved.len());
+        log::info!(
+            "{} slots of the source changed primary during the scan (a reshard or a failover); reading their keys again",
+            moved.len()
+        );
+        if let Some(&slot) = moved.iter().find(|&&s| now[usize::from(s)].is_none()) {
+            return Err(StageError::new(format!(
+                "slot {slot} of the source is served by no primary: its keys cannot be read"
+            )));
+        }
         for slot in moved {
             let route = cluster::key_in_slot(slot);
             let failed = |what: &str, e: redis::RedisError| {
-                StageError(format!("CLUSTER {what} {slot} failed: {}", conn::classify(&e).1))
+                StageError::new(format!("CLUSTER {what} {slot} failed: {}", conn::classify(&e).1))
             };
             let count: u64 = conn
                 .call_routed(Some(&route), redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot), || {
@@ -237,7 +288,7 @@ fn rescan_moved(
                             pipe.cmd("TYPE").arg(&keys[i][..]);
                         },
                     )
-                    .map_err(|e| StageError(format!("TYPE failed: {}", conn::classify(&e).1)))?;
+                    .map_err(|e| StageError::new(format!("TYPE failed: {}", conn::classify(&e).1)))?;
                 let kinds = replies.into_values();
                 let wanted = |v: &Value| match v {
                     Value::SimpleString(t) => types.iter().any(|ty| ty.name() == t),
@@ -260,8 +311,16 @@ fn rescan_moved(
     Ok(())
 }
 
-/// Why the scan could not go on.
-struct StageError(String);
+/// Why the scan could not go on: a message, and whether it was the server that went away (a
+/// connection that could not be made again), rather than a refusal.
+struct StageError(String, bool);
+
+impl StageError {
+    /// A failure that is not a lost server.
+    fn new(message: String) -> StageError {
+        StageError(message, false)
+    }
+}
 
 fn produce(input: KeyInput, start: Position, batcher: &mut Batcher) -> Result<(), StageError> {
     match input {
@@ -320,7 +379,8 @@ fn scan_pass(
             // The source refused to scan, or stayed unreachable: no more keys can be found.
             Err(err) => {
                 let (code, message) = conn::classify(&err);
-                return Err(StageError(format!("SCAN {cursor} failed: {code} {message}")));
+                let lost = conn::is_connection_error(&err);
+                return Err(StageError(format!("SCAN {cursor} failed: {code} {message}"), lost));
             }
         };
         batcher.page = Position { pass: pass.index, cursor };
@@ -349,7 +409,7 @@ fn scan_pass(
 /// header, else one key per line taken literally.
 fn read_lines(mut reader: Box<dyn BufRead + Send>, batcher: &mut Batcher) -> Result<(), StageError> {
     let rep = batcher.rep;
-    let unreadable = |e: &dyn std::fmt::Display| StageError(format!("cannot read --keys-from: {e}"));
+    let unreadable = |e: &dyn std::fmt::Display| StageError::new(format!("cannot read --keys-from: {e}"));
     let mut first = Vec::new();
     if reader.read_until(b'\n', &mut first).map_err(|e| unreadable(&e))? == 0 {
         return Ok(());

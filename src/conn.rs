@@ -108,6 +108,8 @@ pub struct Conn {
     slots: Option<Vec<Option<u16>>>,
     /// Cluster only: read the slot map again before the next round (a slot moved, a node failed).
     stale: bool,
+    /// The node whose connection failed last, for messages.
+    failed: Option<String>,
     /// How transient failures are retried.
     retry: Retry,
 }
@@ -207,6 +209,7 @@ impl Conn {
             links: vec![Link { endpoint: endpoint.clone(), inner: Some(inner) }],
             slots: None,
             stale: false,
+            failed: None,
             retry: Retry::DEFAULT,
         })
     }
@@ -414,6 +417,7 @@ impl Conn {
                     Ok(()) => sent.push((link, layout)),
                     Err(e) => {
                         self.stale = self.slots.is_some();
+                        self.failed = Some(self.links[link].endpoint.to_string());
                         error.get_or_insert(e);
                     }
                 }
@@ -435,6 +439,7 @@ impl Conn {
                         // This unit and the rest of this server's units stay unanswered.
                         replies.values.truncate(start);
                         self.stale = self.slots.is_some();
+                        self.failed = Some(self.links[link].endpoint.to_string());
                         error.get_or_insert(e);
                         break;
                     }
@@ -567,6 +572,16 @@ impl Conn {
     /// The endpoint this connection goes to (the one the user gave, for a cluster).
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Where the last connection failure happened, for messages: `source 10.0.0.5:6379`, or for a
+    /// cluster `target node 10.1.0.12:7001`.
+    pub fn failed_at(&self) -> String {
+        let role = self.endpoint.role.name();
+        match (&self.slots, &self.failed) {
+            (Some(_), Some(node)) => format!("{role} node {node}"),
+            _ => format!("{role} {}", self.endpoint),
+        }
     }
 
     /// Reads what redis-ferry needs to know about the server (INFO server + cluster); on a cluster,

@@ -101,12 +101,7 @@ pub fn exchange<'k, const K: usize>(
             Ok(()) => {
                 let (mut replies, broken) = conn.round(&pending, |i| Some(key(i).as_bytes()), &build);
                 if let Some(err) = &broken {
-                    log::warn!(
-                        "{} {}: {}",
-                        conn.endpoint().role.name(),
-                        conn.endpoint(),
-                        conn::one_line(&err.to_string())
-                    );
+                    log::warn!("{}: {}", conn.failed_at(), conn::one_line(&err.to_string()));
                     last_error = Some(conn::classify(err));
                 }
                 for (p, &i) in pending.iter().enumerate() {

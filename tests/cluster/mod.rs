@@ -6,8 +6,9 @@
 //! refusal of a db other than 0 on a cluster side, and nothing lost while the target or the source
 //! cluster is resharded during a copy. The source is only read.
 //!
-//! Not here: failover, replicas, clusters with passwords or TLS. One test checks the harness itself
-//! (start, fill, reshard), without the binary, so a harness fault is not mistaken for a product one.
+//! Not here: failover, replicas, clusters with passwords (a TLS cluster is in tests/tls). One test checks
+//! the harness itself (start, fill, reshard), without the binary, so a harness fault is not mistaken for
+//! a product one.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -315,7 +315,8 @@ impl ReshardPlan {
 
 /// Runs `redis-cli ARGS` (stdout and stderr drained by threads: a reshard prints a line per slot) with
 /// a hard time limit; killed when `cancel` is set. Err holds the reason and everything it printed.
-fn redis_cli(args: &[String], cancel: Option<&AtomicBool>) -> Result<String, String> {
+/// Also used for clusters started elsewhere (tests/tls: `redis-cli --tls ... --cluster create`).
+pub fn redis_cli(args: &[String], cancel: Option<&AtomicBool>) -> Result<String, String> {
     let mut child = Command::new("redis-cli")
         .args(args)
         .stdin(Stdio::null())

@@ -8,16 +8,31 @@
 //! port behind `redis://`) refused at preflight with exit 2, one readable line and nothing written;
 //! `--*-tls-insecure`, which works against the untrusted server and warns once per side; and the TLS
 //! flags' own checks.
+//!
+//! A TLS cluster (`tls_cluster_*`): three primaries with no plain port at all (`--port 0 --tls-port P
+//! --tls-cluster yes`), joined with `redis-cli --tls --cluster create` (tests/support/cluster.rs runs
+//! it) and checked over TLS by the redis crate, so every node redis-ferry finds in CLUSTER NODES can
+//! only be reached with the TLS settings of the URL it was given. Covered: plain standalone into the
+//! cluster and the cluster back into a plain server, each checked with `verify`; the wrong CA on either
+//! side refused at preflight; and one node's certificate failing verification while the seed's passes.
 
+use std::fs::File;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Connection, TlsCertificates};
+
 use crate::support::*;
+use crate::{buckets, set_of};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -388,4 +403,341 @@ fn tls_flags_are_checked_before_connecting() {
             assert!(!err.contains("cannot connect"), "{full:?} got as far as connecting\n{err}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A Redis Cluster that speaks only TLS
+// ---------------------------------------------------------------------------------------------------
+
+/// How long a TLS node may take to answer after spawning, and a TLS cluster to settle after
+/// `--cluster create`.
+const TLS_NODE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The redis crate's rustls needs a crypto provider; ring, as in the binary (an error only means one
+/// is installed already).
+fn install_crypto_provider() {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Trust exactly the CA `ca` (PEM), no client certificate.
+fn trusting(ca: &[u8]) -> TlsCertificates {
+    TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) }
+}
+
+/// A TLS connection to `rediss://127.0.0.1:PORT` that trusts the CA `ca` (PEM), with timeouts.
+fn tls_conn(port: u16, ca: &[u8]) -> redis::RedisResult<Connection> {
+    install_crypto_provider();
+    let client = redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), trusting(ca))?;
+    let con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    con.set_read_timeout(Some(Duration::from_secs(30)))?;
+    con.set_write_timeout(Some(Duration::from_secs(30)))?;
+    Ok(con)
+}
+
+/// One cluster node with no plain port at all (`--port 0`): clients on its TLS port, and the cluster
+/// bus over TLS too (`--tls-cluster yes`, on the TLS port + 10000). It serves server.pem (valid for
+/// 127.0.0.1) and does not ask clients for certificates; the bus always does, so the bus connections it
+/// opens present client.pem. Killed and reaped on drop.
+struct TlsNode {
+    /// The server process; `None` only while dropping.
+    child: Option<Child>,
+    /// Its TLS port, the only one it listens on for clients.
+    port: u16,
+    /// Its `--dir` (nodes.conf) and log file; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+impl TlsNode {
+    /// Starts a node on a port whose bus port is free too, trying other ports when one was taken
+    /// between picking and spawning.
+    fn start(pki: &Pki, ca: &[u8]) -> TlsNode {
+        let dir = tempfile::Builder::new().prefix("ferry-tls-node-").tempdir().unwrap();
+        let mut node = TlsNode { child: None, port: 0, dir };
+        let mut last_log = String::new();
+        for _ in 0..8 {
+            node.port = free_cluster_port();
+            node.child = Some(node.spawn(pki));
+            match node.wait_ready(ca) {
+                Ok(()) => return node,
+                Err(log) => {
+                    node.kill();
+                    last_log = log;
+                }
+            }
+        }
+        panic!("TLS cluster node did not start after 8 attempts; last log:\n{last_log}");
+    }
+
+    fn spawn(&self, pki: &Pki) -> Child {
+        let log = File::create(self.log_path()).unwrap();
+        let log2 = log.try_clone().unwrap();
+        let tls = [
+            ("--tls-cert-file", pki.path("server.pem")),
+            ("--tls-key-file", pki.path("server-key.pem")),
+            ("--tls-ca-cert-file", pki.path("ca.pem")),
+            ("--tls-client-cert-file", pki.path("client.pem")),
+            ("--tls-client-key-file", pki.path("client-key.pem")),
+        ];
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
+            .arg(self.dir.path())
+            .args(tls.iter().flat_map(|(flag, path)| [*flag, path.as_str()]))
+            .args(["--tls-auth-clients", "no", "--tls-cluster", "yes", "--tls-replication", "yes"])
+            .args(CLUSTER_NODE_ARGS)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn redis-server")
+    }
+
+    /// Polls over TLS until this node (checked by its process id) answers; Err with its log when the
+    /// port was taken.
+    fn wait_ready(&mut self, ca: &[u8]) -> Result<(), String> {
+        let deadline = Instant::now() + TLS_NODE_TIMEOUT;
+        loop {
+            let child = self.child.as_mut().expect("child present");
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    return Err(log);
+                }
+                panic!("TLS cluster node exited at start ({status}); its log:\n{log}");
+            }
+            let pid = child.id();
+            let answered = tls_conn(self.port, ca).and_then(|mut con| {
+                let info: String = redis::cmd("INFO").arg("server").query(&mut con)?;
+                Ok(info.lines().find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok()))
+            });
+            match answered {
+                Ok(Some(p)) if p == pid => return Ok(()),
+                Ok(other) => {
+                    return Err(format!("another server ({other:?}) answered on port {}", self.port))
+                }
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    panic!("TLS node on port {} did not answer: {e}; its log:\n{log}", self.port);
+                }
+            }
+        }
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three TLS-only primaries joined with `redis-cli --tls --cacert ca.pem --cluster create`; every node
+/// killed on drop.
+struct TlsCluster {
+    /// The primaries in creation order (node 0 has the first third of the slots, and so on).
+    nodes: Vec<TlsNode>,
+    /// ca.pem's bytes, for the test's own TLS connections.
+    ca: Vec<u8>,
+}
+
+impl TlsCluster {
+    fn start(pki: &Pki) -> TlsCluster {
+        let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+        let nodes: Vec<TlsNode> = (0..3).map(|_| TlsNode::start(pki, &ca)).collect();
+        let cluster = TlsCluster { nodes, ca };
+        let mut args: Vec<String> = vec!["--tls".into(), "--cacert".into(), pki.path("ca.pem")];
+        args.extend(["--cluster", "create"].map(String::from));
+        args.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        if let Err(e) = redis_cli(&args, None) {
+            panic!("redis-cli --tls --cluster create failed: {e}\n{}", cluster.logs());
+        }
+        let deadline = Instant::now() + TLS_NODE_TIMEOUT;
+        while let Err(reason) = cluster.check_ok() {
+            if Instant::now() > deadline {
+                panic!("TLS cluster did not settle: {reason}\n{}", cluster.logs());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        cluster
+    }
+
+    /// Every node, asked over TLS, says `cluster_state:ok` with all slots and all 3 nodes, and lists
+    /// every node by its TLS port (the only port there is).
+    fn check_ok(&self) -> Result<(), String> {
+        for node in &self.nodes {
+            let port = node.port;
+            let mut con = tls_conn(port, &self.ca).map_err(|e| format!("connect to {port}: {e}"))?;
+            let info: String =
+                redis::cmd("CLUSTER").arg("INFO").query(&mut con).map_err(|e| e.to_string())?;
+            let slots = format!("cluster_slots_ok:{CLUSTER_SLOTS}");
+            for want in ["cluster_state:ok", &slots, "cluster_known_nodes:3"] {
+                if !info.lines().any(|l| l.trim() == want) {
+                    return Err(format!("node {port}: no {want} in CLUSTER INFO:\n{info}"));
+                }
+            }
+            let view: String =
+                redis::cmd("CLUSTER").arg("NODES").query(&mut con).map_err(|e| e.to_string())?;
+            if let Some(other) =
+                self.nodes.iter().find(|n| !view.contains(&format!(" 127.0.0.1:{}@", n.port)))
+            {
+                return Err(format!("node {port} does not list 127.0.0.1:{}:\n{view}", other.port));
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s TLS port.
+    fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// `rediss://127.0.0.1:PORT` of node `i`: SOURCE / TARGET.
+    fn url_of(&self, i: usize) -> String {
+        format!("rediss://127.0.0.1:{}", self.port(i))
+    }
+
+    /// A TLS connection to node `i` only.
+    fn node_conn(&self, i: usize) -> Connection {
+        tls_conn(self.port(i), &self.ca).unwrap_or_else(|e| panic!("connect to node {}: {e}", self.port(i)))
+    }
+
+    /// A TLS cluster connection (routes by key, follows MOVED / ASK), independent of redis-ferry.
+    fn conn(&self) -> ClusterConnection {
+        install_crypto_provider();
+        let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url_of(i)).collect();
+        ClusterClient::builder(urls)
+            .certs(trusting(&self.ca))
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(30))
+            .build()
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("TLS cluster connection: {e}"))
+    }
+
+    /// DBSIZE of each primary, in creation order.
+    fn dbsizes(&self) -> Vec<i64> {
+        (0..self.nodes.len()).map(|i| dbsize(&mut self.node_conn(i))).collect()
+    }
+
+    /// The tail of each node's log, for failure messages.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(n.log_path()).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("--- log of TLS node {} ---\n{tail}", n.port)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[test]
+fn tls_cluster_nodes_are_reached_over_tls_in_both_directions() {
+    let pki = Pki::new();
+    let cluster = TlsCluster::start(&pki);
+    let src = RedisServer::new();
+    let back = RedisServer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.csv");
+    let (ca, wrong_ca) = (pki.path("ca.pem"), pki.path("other-ca.pem"));
+    let mut keys = fill_every_type(&mut src.conn(), false);
+    keys.extend(fill_strings(&mut src.conn(), "tls-cluster:", 400));
+    let n = keys.len() as u64;
+    // SOURCE / TARGET name node 1 (of 0, 1, 2); the others are found through its CLUSTER NODES.
+    let seed = cluster.url_of(1);
+    let errors_arg = csv(dir.path());
+    let copy = |from: &str, to: &str, tls: &[&str]| {
+        let mut args = vec!["copy", from, to, "--errors", &errors_arg];
+        args.extend(tls);
+        ferry(args)
+    };
+
+    // A CA that did not sign the nodes' certificates: refused at preflight, nothing written.
+    let out = copy(&src.addr(), &seed, &["--target-tls-ca", &wrong_ca]);
+    assert_exit(&out, 2);
+    let line = error_line(&out);
+    let p1 = cluster.port(1);
+    assert!(line.starts_with(&format!("error: cannot connect to target 127.0.0.1:{p1}: TLS: ")), "{line}");
+    assert!(line.contains("unknown issuer") && line.contains("--target-tls-ca"), "{line}");
+    assert_eq!(cluster.dbsizes(), [0, 0, 0], "a refused run wrote to the cluster");
+    assert!(!errors.exists());
+
+    // Plain standalone source into the TLS cluster: every primary (TLS only, no plain port) gets its
+    // share, checked with the redis crate's own TLS cluster client, then with verify.
+    let out = copy(&src.addr(), &seed, &["--target-tls-ca", &ca]);
+    assert_exit(&out, 0);
+    let s = summary(&out);
+    assert_eq!(buckets(&s), (n, n, 0, 0, 0), "{}", s.line);
+    let sizes = cluster.dbsizes();
+    assert!(sizes.iter().all(|&k| k > 0), "some primary got no keys: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<i64>(), n as i64, "{sizes:?}");
+    assert_same(&mut src.conn(), &mut cluster.conn(), &keys);
+    let out = ferry(["verify", &src.addr(), &seed, "--target-tls-ca", &ca]);
+    assert_exit(&out, 0);
+    assert_eq!(verify_summary(&out).matched, n, "{}", dump(&out));
+    assert!(!errors.exists(), "no key failed, so no CSV");
+
+    // The TLS cluster as SOURCE: the wrong CA first (nothing written), then back into a fresh server.
+    let seed = cluster.url_of(2);
+    let out = copy(&seed, &back.addr(), &["--source-tls-ca", &wrong_ca]);
+    assert_exit(&out, 2);
+    let line = error_line(&out);
+    let p2 = cluster.port(2);
+    assert!(line.starts_with(&format!("error: cannot connect to source 127.0.0.1:{p2}: TLS: ")), "{line}");
+    assert!(line.contains("unknown issuer") && line.contains("--source-tls-ca"), "{line}");
+    assert_eq!(dbsize(&mut back.conn()), 0);
+    let out = copy(&seed, &back.addr(), &["--source-tls-ca", &ca]);
+    assert_exit(&out, 0);
+    let s = summary(&out);
+    assert_eq!(buckets(&s), (n, n, 0, 0, 0), "{}", s.line);
+    assert_eq!(show_keys(&all_keys(&mut back.conn())), show_keys(&set_of(&keys)));
+    assert_same(&mut src.conn(), &mut back.conn(), &keys);
+    let out = ferry(["verify", &seed, &back.addr(), "--source-tls-ca", &ca]);
+    assert_exit(&out, 0);
+    assert_eq!(verify_summary(&out).matched, n, "{}", dump(&out));
+    assert!(!errors.exists(), "no key failed, so no CSV");
+
+    // Each node's certificate is verified, not only the seed's: node 2 now serves one for another
+    // name (same CA, which the cluster bus accepts), so a copy seeded at node 0 stops at preflight.
+    // The connection made before the change stays usable, to change it back.
+    let mut node2 = cluster.node_conn(2);
+    let serve = |con: &mut Connection, cert: &str| {
+        let (cert, key) = (pki.path(&format!("{cert}.pem")), pki.path(&format!("{cert}-key.pem")));
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("tls-cert-file")
+            .arg(cert)
+            .arg("tls-key-file")
+            .arg(key)
+            .query(con)
+            .unwrap();
+    };
+    serve(&mut node2, "elsewhere");
+    let _: () = redis::cmd("SET").arg("tls-cluster:late").arg("v").query(&mut src.conn()).unwrap();
+    let out = copy(&src.addr(), &cluster.url_of(0), &["--target-tls-ca", &ca]);
+    serve(&mut node2, "server");
+    assert_exit(&out, 2);
+    let line = error_line(&out);
+    assert!(line.starts_with(&format!("error: cannot connect to target 127.0.0.1:{p2}: TLS: ")), "{line}");
+    assert!(line.contains("redis.elsewhere.test"), "{line}");
+    assert_eq!(cluster.dbsizes().iter().sum::<i64>(), n as i64, "a refused run wrote to the cluster");
+    assert!(!errors.exists());
 }

@@ -28,7 +28,7 @@ use crate::config::{
 use crate::conn::{Conn, ServerInfo};
 use crate::exit::Exit;
 use crate::report::{self, Counters, Reporter, Stop, StopReason, Summary};
-use crate::stage::scan::KeyInput;
+use crate::stage::scan::{KeyInput, Scan};
 use crate::stage::typed::{self, Fallback, Router};
 use crate::stage::write::{CopyBudget, WriteShared};
 use crate::stage::{check, fetch, scan, write};
@@ -156,10 +156,10 @@ pub fn key_input(
                 node.endpoint()
             )));
         }
-        Ok(KeyInput::Server { conn: node, patterns: patterns.clone(), types: types.clone(), count })
+        Ok(Scan { conn: node, patterns: patterns.clone(), types: types.clone(), count })
     };
     if !conn.is_cluster() {
-        return scan(conn);
+        return scan(conn).map(KeyInput::Server);
     }
     let (owners, _) = conn.slot_owners().map_err(|e| Fatal::bad_input(e.to_string()))?;
     let primaries = conn

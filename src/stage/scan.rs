@@ -28,28 +28,31 @@ use crate::throttle::Throttle;
 /// Where the scan stage gets its keys.
 pub enum KeyInput {
     /// SCAN a server.
-    Server {
-        /// Its own connection to the source.
-        conn: Conn,
-        /// MATCH patterns (at least one).
-        patterns: Vec<Vec<u8>>,
-        /// TYPE filters; empty is every type.
-        types: Vec<KeyType>,
-        /// COUNT hint.
-        count: u64,
-    },
+    Server(Scan),
     /// Lines of a file or standard input, opened during preflight.
     Lines(Box<dyn BufRead + Send>),
     /// Every primary of a cluster, each scanned by a thread of its own; then the slots that moved
     /// while they were scanned are read again.
     Cluster {
-        /// One `Server` input per primary, each with its own connection.
-        primaries: Vec<KeyInput>,
+        /// One scan per primary, each with its own connection.
+        primaries: Vec<Scan>,
         /// A connection to the whole cluster, to read the slot map and the keys of moved slots.
         conn: Conn,
         /// The primary serving each slot when the scan started (by address).
         owners: Vec<Option<String>>,
     },
+}
+
+/// The SCAN of one server.
+pub struct Scan {
+    /// Its own connection to the server.
+    pub conn: Conn,
+    /// MATCH patterns (at least one).
+    pub patterns: Vec<Vec<u8>>,
+    /// TYPE filters; empty is every type.
+    pub types: Vec<KeyType>,
+    /// COUNT hint.
+    pub count: u64,
 }
 
 /// How many times the slots that moved during a cluster scan are read again (a reshard that goes on
@@ -148,7 +151,8 @@ pub fn run(
         KeyInput::Cluster { primaries, conn, owners } => {
             cluster(primaries, conn, owners, start, &mut batcher)
         }
-        input => produce(input, start, &mut batcher),
+        KeyInput::Server(scan) => scan_server(scan, start, &mut batcher),
+        KeyInput::Lines(reader) => read_lines(reader, &mut batcher),
     };
     match scanned {
         Err(StageError(message, _)) => rep.stop.fatal(format!("scan stage: {message}")),
@@ -165,29 +169,26 @@ pub fn run(
 /// connection that could not be made again: it failed, and a replica may be taking over) does not end
 /// the run: its slots count as moved, so they are read from whichever primary serves them at the end.
 fn cluster(
-    primaries: Vec<KeyInput>,
+    primaries: Vec<Scan>,
     conn: Conn,
     mut owners: Vec<Option<String>>,
     start: Position,
     batcher: &mut Batcher,
 ) -> Result<(), StageError> {
     let filter = match primaries.first() {
-        Some(KeyInput::Server { patterns, types, .. }) => (patterns.clone(), types.clone()),
-        _ => (vec![b"*".to_vec()], Vec::new()),
+        Some(scan) => (scan.patterns.clone(), scan.types.clone()),
+        None => return Ok(()),
     };
     let parent = &*batcher;
     let results: Vec<(String, Result<(), StageError>)> = std::thread::scope(|s| {
         let threads: Vec<_> = primaries
             .into_iter()
             .map(|primary| {
-                let node = match &primary {
-                    KeyInput::Server { conn, .. } => conn.endpoint().to_string(),
-                    _ => String::new(),
-                };
+                let node = primary.conn.endpoint().to_string();
                 let mut own =
                     Batcher { keys: Vec::with_capacity(parent.size), out: parent.out.clone(), ..*parent };
                 s.spawn(move || {
-                    let scanned = produce(primary, start, &mut own);
+                    let scanned = scan_server(primary, start, &mut own);
                     if scanned.is_ok() && !own.rep.stop.stop_scanning() {
                         own.flush();
                     }
@@ -322,24 +323,20 @@ impl StageError {
     }
 }
 
-fn produce(input: KeyInput, start: Position, batcher: &mut Batcher) -> Result<(), StageError> {
-    match input {
-        KeyInput::Server { mut conn, patterns, types, count } => {
-            let types: Vec<Option<KeyType>> =
-                if types.is_empty() { vec![None] } else { types.into_iter().map(Some).collect() };
-            let passes = types.iter().flat_map(|ty| (0..patterns.len()).map(move |i| (*ty, i)));
-            for (pass, (ty, i)) in passes.enumerate().skip(start.pass) {
-                let cursor = if pass == start.pass { start.cursor } else { 0 };
-                let pass = Pass { pattern: &patterns[i], earlier: &patterns[..i], ty, count, index: pass };
-                if !scan_pass(&mut conn, &pass, cursor, batcher)? {
-                    return Ok(());
-                }
-            }
-            Ok(())
+/// Scans one server: one pass per type and pattern, from `start`.
+fn scan_server(scan: Scan, start: Position, batcher: &mut Batcher) -> Result<(), StageError> {
+    let Scan { mut conn, patterns, types, count } = scan;
+    let types: Vec<Option<KeyType>> =
+        if types.is_empty() { vec![None] } else { types.into_iter().map(Some).collect() };
+    let passes = types.iter().flat_map(|ty| (0..patterns.len()).map(move |i| (*ty, i)));
+    for (pass, (ty, i)) in passes.enumerate().skip(start.pass) {
+        let cursor = if pass == start.pass { start.cursor } else { 0 };
+        let pass = Pass { pattern: &patterns[i], earlier: &patterns[..i], ty, count, index: pass };
+        if !scan_pass(&mut conn, &pass, cursor, batcher)? {
+            return Ok(());
         }
-        KeyInput::Lines(reader) => read_lines(reader, batcher),
-        KeyInput::Cluster { .. } => unreachable!("run() scans a cluster's primaries one by one"),
     }
+    Ok(())
 }
 
 /// One SCAN pass: a pattern, maybe a type.

@@ -29,13 +29,26 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key).unwrap_or(key)) % SLOTS as u16
 }
 
-/// The smallest decimal number whose slot is `slot` (every slot has one below 10^6): a key, or a hash
-/// tag, that lands in that slot.
+/// The smallest decimal number whose slot is `slot`: a key, or a hash tag, that lands in that slot.
+/// The numbers of all slots are found once per process (every slot has one below 10^6).
 pub fn key_in_slot(slot: u16) -> Vec<u8> {
-    (0u32..)
-        .map(|n| n.to_string().into_bytes())
-        .find(|t| crc16(t) % SLOTS as u16 == slot)
-        .expect("every slot has a tag")
+    static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = vec![u32::MAX; SLOTS];
+        let mut missing = SLOTS;
+        for n in 0u32.. {
+            let s = usize::from(crc16(n.to_string().as_bytes()) % SLOTS as u16);
+            if table[s] == u32::MAX {
+                table[s] = n;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        table
+    });
+    table[usize::from(slot) % SLOTS].to_string().into_bytes()
 }
 
 /// A node as CLUSTER NODES lists it.
@@ -175,6 +188,14 @@ dead 127.0.0.1:30005@40005 master,fail - 0 0 5 disconnected
         assert_eq!(t.uncovered(), 0);
         assert_eq!(t.migrating, 1);
         assert!(Topology::parse("", "x").is_err());
+    }
+
+    #[test]
+    fn every_slot_has_a_key() {
+        for s in [0, 1, 12182, 16383] {
+            assert_eq!(slot(&key_in_slot(s)), s);
+        }
+        assert!((0..SLOTS as u16).all(|s| slot(&key_in_slot(s)) == s));
     }
 
     #[test]

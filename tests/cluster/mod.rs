@@ -4,11 +4,13 @@
 //! with its TTL, binary and hash-tag keys, thousands of keys over all slots, summary buckets, `verify`
 //! agreeing and finding a missing and a changed key, the skip policy, `--mode typed`, `--keys-from`,
 //! refusal of a db other than 0 on a cluster side, and nothing lost while the target or the source
-//! cluster is resharded during a copy. The source is only read.
+//! cluster is resharded during a copy, or while a primary of the target or of the source fails over to
+//! its replica (clusters of three primaries with a replica each). The source is only read.
 //!
-//! Not here: failover, replicas, clusters with passwords (a TLS cluster is in tests/tls). One test checks
-//! the harness itself (start, fill, reshard), without the binary, so a harness fault is not mistaken for
-//! a product one.
+//! Not here: clusters with passwords (a TLS cluster is in tests/tls), a slot left without any primary.
+//! One test checks the harness itself (start, fill, reshard), without the binary, so a harness fault is
+//! not mistaken for a product one; the failover tests check the harness's failover on the way (the
+//! replica is the primary afterwards, the source cluster still holds every key).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -504,13 +506,23 @@ const RESHARD_MOVES: [(usize, usize, usize); 2] = [(0, 1, 2000), (2, 0, 1000)];
 
 /// Waits until `target_size()` is above 0 (the copy is writing) and hands the run back; panics with
 /// its output if it ends first.
-fn wait_until_writing(mut run: FerryProcess, mut target_size: impl FnMut() -> i64) -> FerryProcess {
+fn wait_until_writing(run: FerryProcess, target_size: impl FnMut() -> i64) -> FerryProcess {
+    wait_until_written(run, 1, target_size)
+}
+
+/// Waits until `target_size()` is at least `keys` and hands the run back; panics with its output if
+/// it ends first.
+fn wait_until_written(
+    mut run: FerryProcess,
+    keys: i64,
+    mut target_size: impl FnMut() -> i64,
+) -> FerryProcess {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while target_size() == 0 {
+    while target_size() < keys {
         if !run.running() {
-            panic!("redis-ferry exited before writing anything\n{}", dump(&run.wait()));
+            panic!("redis-ferry exited before writing {keys} keys\n{}", dump(&run.wait()));
         }
-        assert!(Instant::now() < deadline, "redis-ferry wrote nothing within 30 s");
+        assert!(Instant::now() < deadline, "redis-ferry wrote fewer than {keys} keys within 30 s");
         thread::sleep(Duration::from_millis(10));
     }
     run
@@ -604,6 +616,123 @@ fn cluster_reshard_of_the_source_during_a_copy_loses_nothing() {
     assert_eq!(v.matched, n, "{}", v.line);
     // A key may be seen twice while its slot moves (the second time it is skipped), but each is
     // created on the target once, by this run: copied counts every key, and none failed.
+    assert_eq!((sum.copied, sum.failed), (n, 0), "{}", sum.line);
+    assert!(sum.scanned >= n, "{}", sum.line);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A primary failing over to its replica during a copy
+// ---------------------------------------------------------------------------------------------------
+
+/// Keys in the failover tests: with [`FAILOVER_RATE`] the copy takes at least 5 s, so it is still
+/// writing when the primary is stopped (after [`FAILOVER_KILL_AT`] keys, about 0.5 s in).
+const FAILOVER_KEYS: usize = 100_000;
+/// `--rate` for those copies.
+const FAILOVER_RATE: &str = "20000";
+/// Keys on the target when the primary is stopped: the copy is well under way (the scan of the
+/// primary stopped on a source is part done), with most of the keys still to come.
+const FAILOVER_KILL_AT: i64 = 10_000;
+
+/// Picks two primaries of `c`: the node given to redis-ferry (which stays up) and the one to stop;
+/// returns them with the stopped one's replica.
+fn failover_roles(c: &RedisCluster) -> (usize, usize, usize) {
+    let primaries = c.primaries();
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    let (entry, victim) = (primaries[0], primaries[1]);
+    let replicas = c.replicas_of(victim);
+    assert_eq!(replicas.len(), 1, "replicas of node {victim}: {replicas:?}");
+    (entry, victim, replicas[0])
+}
+
+/// Stops primary `victim` of `c` (SIGTERM) while `run` copies, asserts that the copy is still running
+/// once the node is gone (else the test proves nothing), waits for the failover and checks that
+/// `heir`, the replica, is a primary now.
+fn fail_over_during(run: &mut FerryProcess, c: &mut RedisCluster, victim: usize, heir: usize) {
+    let port = c.node(victim).port();
+    c.kill_node(victim);
+    let running = run.running();
+    eprintln!("primary {port} stopped; copy still running: {running}");
+    assert!(
+        running,
+        "the copy ended before the primary was stopped: the test proves nothing; lower FAILOVER_RATE"
+    );
+    let took = c.wait_failover();
+    // For the record: was the copy still running when the replica had taken over?
+    eprintln!("failover took {took:?}; copy still running at its end: {}", run.running());
+    assert!(c.primaries().contains(&heir), "replica {heir} did not take over: primaries {:?}", c.primaries());
+}
+
+#[test]
+fn cluster_failover_of_a_target_primary_during_a_copy_loses_nothing() {
+    let src = RedisServer::new();
+    let mut dst = RedisCluster::with_replicas(3, 1);
+    let mut s = src.conn();
+    let keys = fill_strings(&mut s, "fo:", FAILOVER_KEYS);
+    let n = keys.len() as u64;
+    let (entry, victim, heir) = failover_roles(&dst);
+    let target = dst.addr_of(entry);
+    let dir = tempfile::tempdir().unwrap();
+
+    let run = spawn_ferry(copy_args(&src.addr(), &target, &dir, &["--rate", FAILOVER_RATE]));
+    let mut run = wait_until_written(run, FAILOVER_KILL_AT, || dst.cluster_dbsize());
+    fail_over_during(&mut run, &mut dst, victim, heir);
+    let out = run.wait();
+    assert_copy_exit(&out, &dir, 0);
+    let sum = summary(&out);
+    // On SIGTERM a Redis 7 primary pauses writes and waits for its replica to acknowledge everything
+    // before it exits (SHUTDOWN semantics): no acknowledged write is lost with it, and the writes it
+    // held back were never run, so they reach the new primary as new keys. (A SIGKILL could lose
+    // acknowledged writes, or leave a write run but unanswered, counted as skipped when resent.)
+    let on_target = dst.cluster_keys();
+    assert_holds_all(&on_target, &keys);
+    assert_eq!(on_target, set_of(&keys), "the target holds other keys than the source");
+    assert_eq!(dst.cluster_dbsize(), n as i64);
+    assert_eq!((sum.copied, sum.failed), (n, 0), "{}", sum.line);
+    assert!(sum.scanned >= n, "{}", sum.line);
+    assert_same(&mut s, &mut dst.conn(), &sample(&keys));
+    assert!(!errors_csv(&dir).exists(), "error CSV created although nothing failed");
+    let v = assert_verified(&src.addr(), &target);
+    assert_eq!(v.matched, n, "{}", v.line);
+}
+
+#[test]
+fn cluster_failover_of_a_source_primary_during_a_copy_loses_nothing() {
+    let mut src = RedisCluster::with_replicas(3, 1);
+    let dst = RedisServer::new();
+    let keys = src.fill_strings("fo:", FAILOVER_KEYS);
+    let n = keys.len() as u64;
+    // Every key on a replica too, so the failover itself loses none (replication is asynchronous).
+    src.wait_replicated();
+    let (entry, victim, heir) = failover_roles(&src);
+    let source = src.addr_of(entry);
+    let mut d = dst.conn();
+    let dir = tempfile::tempdir().unwrap();
+
+    let run = spawn_ferry(copy_args(&source, &dst.url(), &dir, &["--rate", FAILOVER_RATE]));
+    let mut run = wait_until_written(run, FAILOVER_KILL_AT, || dbsize(&mut d));
+    fail_over_during(&mut run, &mut src, victim, heir);
+    let out = run.wait();
+    assert_copy_exit(&out, &dir, 0);
+    let sum = summary(&out);
+    assert_eq!(src.cluster_dbsize(), n as i64, "the failover lost source keys");
+    // The scan of the stopped primary was given up and its slots read again from the replica.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lost = format!("source primary 127.0.0.1:{} was lost during its scan", src.node(victim).port());
+    assert!(stderr.contains(&lost), "no warning {lost:?}\n{}", dump(&out));
+    assert!(
+        stderr.contains("slots of the source changed primary during the scan"),
+        "no re-read\n{}",
+        dump(&out)
+    );
+    let on_target = all_keys(&mut d);
+    assert_holds_all(&on_target, &keys);
+    assert_eq!(on_target, set_of(&keys), "the target holds other keys than the source");
+    assert_same(&mut src.conn(), &mut d, &sample(&keys));
+    assert!(!errors_csv(&dir).exists(), "error CSV created although nothing failed");
+    let v = assert_verified(&source, &dst.addr());
+    assert_eq!(v.matched, n, "{}", v.line);
+    // Keys of the stopped primary scanned before it went are read again from its replica (and
+    // skipped then), but each is created on the target once, by this run.
     assert_eq!((sum.copied, sum.failed), (n, 0), "{}", sum.line);
     assert!(sum.scanned >= n, "{}", sum.line);
 }

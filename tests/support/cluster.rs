@@ -1,15 +1,19 @@
-//! A real Redis Cluster for the integration tests: N primaries (no replicas), each a `redis-server
-//! --cluster-enabled yes` started by [`RedisServer`] in its own temp dir, on a port whose cluster bus
-//! port (+10000) is free too, joined with `redis-cli --cluster create`. Startup and every reshard end
-//! with a poll until each node reports `cluster_state:ok`, all 16384 slots and all N nodes, and all
+//! A real Redis Cluster for the integration tests: N primaries, optionally with replicas, each a
+//! `redis-server --cluster-enabled yes` started by [`RedisServer`] in its own temp dir, on a port whose
+//! cluster bus port (+10000) is free too, joined with `redis-cli --cluster create`. Startup, every
+//! reshard and every failover end with a poll until each live node reports `cluster_state:ok`, all 16384
+//! slots and all nodes known, every replica's link to its primary is up, no slot is open, and all live
 //! nodes agree on who owns which slot, so no test sleeps for a fixed time.
 //!
 //! Also here: a cluster client for the tests (`redis::cluster::ClusterConnection`, which follows
 //! MOVED/ASK), per-node helpers (keys, DBSIZE, DEBUG DIGEST summed or collected over the primaries),
-//! fast filling through a cluster pipeline, and resharding with `redis-cli --cluster reshard`, in the
-//! foreground or in a background thread while a copy runs. It does not fail over, add or remove nodes.
-//! Every server is killed by its own `RedisServer` on drop; a background reshard is cancelled (its
-//! `redis-cli` killed by its own `Child`) and joined on drop.
+//! fast filling through a cluster pipeline, resharding with `redis-cli --cluster reshard`, in the
+//! foreground or in a background thread while a copy runs, and, for a cluster with replicas, which node
+//! is a primary now and which are its replicas (INFO replication), waiting until the replicas hold all
+//! the data, and stopping a primary (SIGTERM) and waiting for a replica to take over. It does not add,
+//! remove or restart nodes. Every server is killed by its own `RedisServer` on drop (a stopped one is
+//! already reaped); a background reshard is cancelled (its `redis-cli` killed by its own `Child`) and
+//! joined on drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -27,11 +31,17 @@ use super::{reader, RedisServer};
 /// The arguments that make a `redis-server` a cluster node; `nodes.conf` lands in its own `--dir`.
 pub const CLUSTER_NODE_ARGS: [&str; 6] =
     ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"];
+/// `--cluster-node-timeout` (ms) of a cluster with replicas: a primary that stops answering is flagged
+/// failed after about this long and a replica takes over a second or two later. Clusters without
+/// replicas keep the 5000 of [`CLUSTER_NODE_ARGS`] (they cannot fail over; a short timeout would only
+/// risk a node flagged failed on a busy machine).
+pub const FAILOVER_NODE_TIMEOUT_MS: &str = "1000";
 /// Slots in a Redis Cluster.
 pub const CLUSTER_SLOTS: usize = 16384;
 /// The cluster bus listens on the client port plus this.
 const BUS_PORT_OFFSET: u16 = 10_000;
-/// How long the nodes may take to agree after `--cluster create` or a reshard.
+/// How long the nodes may take to agree after `--cluster create`, a reshard or a failover, and the
+/// replicas to catch up with their primaries.
 const CLUSTER_STABLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Hard limit for one `redis-cli --cluster` run (a reshard of a few thousand slots takes seconds).
 const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,10 +62,13 @@ pub fn free_cluster_port() -> u16 {
     }
 }
 
-/// A Redis Cluster of N primaries on 127.0.0.1, no replicas; every node killed on drop.
+/// A Redis Cluster on 127.0.0.1: N primaries, each with R replicas (R may be 0); every node killed on
+/// drop. Node indices are creation order; which of them is a primary is asked
+/// ([`primaries`](RedisCluster::primaries)), since a failover changes it.
 pub struct RedisCluster {
-    /// The primaries, in the order given to `redis-cli --cluster create` (which gives node 0 the
-    /// first third of the slots, and so on).
+    /// Every node, in the order given to `redis-cli --cluster create` (without replicas it gives node
+    /// 0 the first third of the slots, and so on). A node stopped by
+    /// [`kill_node`](RedisCluster::kill_node) stays here, stopped.
     nodes: Vec<RedisServer>,
     /// Each node's id (CLUSTER MYID), in the same order.
     ids: Vec<String>,
@@ -79,17 +92,37 @@ impl RedisCluster {
 
     /// `n` primaries (at least 3, which `redis-cli --cluster create` requires), slots split evenly.
     pub fn with_primaries(n: usize) -> RedisCluster {
-        assert!(n >= 3, "redis-cli --cluster create needs at least 3 primaries, got {n}");
+        RedisCluster::create(n, 0, &CLUSTER_NODE_ARGS)
+    }
+
+    /// `primaries` primaries (at least 3) with `replicas` replicas each (at least 1), every node with
+    /// a `--cluster-node-timeout` of [`FAILOVER_NODE_TIMEOUT_MS`], so a failover takes a few seconds.
+    /// Returns once every replica is linked to its primary (see [`primaries`](RedisCluster::primaries)
+    /// and [`replicas_of`](RedisCluster::replicas_of) for who is who).
+    pub fn with_replicas(primaries: usize, replicas: usize) -> RedisCluster {
+        assert!(replicas >= 1, "a cluster with replicas needs at least 1 per primary, got {replicas}");
+        let mut args = CLUSTER_NODE_ARGS;
+        let timeout = args.iter().position(|a| *a == "--cluster-node-timeout").expect("node timeout arg");
+        args[timeout + 1] = FAILOVER_NODE_TIMEOUT_MS;
+        RedisCluster::create(primaries, replicas, &args)
+    }
+
+    /// Starts `primaries * (1 + replicas)` nodes with `node_args`, joins them with `redis-cli --cluster
+    /// create --cluster-replicas REPLICAS` and waits until they agree and every replica is linked.
+    fn create(primaries: usize, replicas: usize, node_args: &[&str]) -> RedisCluster {
+        assert!(primaries >= 3, "redis-cli --cluster create needs at least 3 primaries, got {primaries}");
+        let total = primaries * (1 + replicas);
         let nodes: Vec<RedisServer> =
-            (0..n).map(|_| RedisServer::with_args_on(&CLUSTER_NODE_ARGS, free_cluster_port)).collect();
+            (0..total).map(|_| RedisServer::with_args_on(node_args, free_cluster_port)).collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(RedisServer::addr));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        args.extend(["--cluster-replicas".to_string(), replicas.to_string(), "--cluster-yes".to_string()]);
         if let Err(e) = redis_cli(&args, None) {
             panic!("redis-cli --cluster create failed: {e}\n{}", node_logs(&nodes));
         }
         let ports: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
-        if let Err(e) = wait_stable(&ports, None) {
+        let expect = Expect { known: total, replicas: Some(primaries * replicas), gone: &[] };
+        if let Err(e) = wait_stable(&ports, &expect, None) {
             panic!("cluster did not settle: {e}\n{}", node_logs(&nodes));
         }
         let ids = nodes
@@ -123,9 +156,96 @@ impl RedisCluster {
         self.nodes[i].url()
     }
 
-    /// Every node's client port, in creation order.
+    /// Every node's client port, in creation order (stopped nodes included).
     pub fn nodes(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// The indices of the nodes not stopped by [`kill_node`](RedisCluster::kill_node).
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| !self.nodes[i].is_stopped()).collect()
+    }
+
+    /// The client ports of the live nodes.
+    fn live_ports(&self) -> Vec<u16> {
+        self.live().into_iter().map(|i| self.nodes[i].port()).collect()
+    }
+
+    /// INFO replication of live node `i`.
+    fn replication(&self, i: usize) -> String {
+        replication_info(self.nodes[i].port()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The live nodes that are primaries now (INFO replication `role:master`), in creation order.
+    /// Without replicas: every node.
+    pub fn primaries(&self) -> Vec<usize> {
+        self.live().into_iter().filter(|&i| info_field(&self.replication(i), "role") == "master").collect()
+    }
+
+    /// The live nodes that replicate node `i` now (`role:slave`, `master_port` = node `i`'s port).
+    pub fn replicas_of(&self, i: usize) -> Vec<usize> {
+        let port = self.nodes[i].port().to_string();
+        self.live()
+            .into_iter()
+            .filter(|&r| {
+                let info = self.replication(r);
+                info_field(&info, "role") == "slave" && info_field(&info, "master_port") == port
+            })
+            .collect()
+    }
+
+    /// Polls until every replica has applied everything its primary had written when this was
+    /// called (`slave_repl_offset` >= the primary's `master_repl_offset`, link up), so a failover
+    /// afterwards loses no key: Redis replicates asynchronously, and a key a primary acknowledged but
+    /// had not yet passed on would go down with it. Returns at once without replicas.
+    pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + CLUSTER_STABLE_TIMEOUT;
+        for p in self.primaries() {
+            let offset: u64 = info_field(&self.replication(p), "master_repl_offset").parse().expect("offset");
+            for r in self.replicas_of(p) {
+                loop {
+                    let info = self.replication(r);
+                    let applied: u64 = info_field(&info, "slave_repl_offset").parse().unwrap_or(0);
+                    if applied >= offset && info_field(&info, "master_link_status") == "up" {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        panic!(
+                            "replica {} of {} at offset {applied} (want {offset}) after {CLUSTER_STABLE_TIMEOUT:?}\n{info}",
+                            self.nodes[r].port(),
+                            self.nodes[p].port()
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Stops node `i` for good with SIGTERM ([`RedisServer::terminate`]: a primary first lets its
+    /// replicas catch up, then exits) and returns once it has exited. The other nodes notice after the
+    /// node timeout; see [`wait_failover`](RedisCluster::wait_failover). The stopped node is then
+    /// left out of every helper that talks to the cluster, except [`slots_of`](RedisCluster::slots_of)
+    /// and [`node`](RedisCluster::node)`(i).conn()`, which need it live.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].terminate();
+    }
+
+    /// Polls until the live nodes have replaced every stopped node: each stopped node owns no slot in
+    /// any live node's view (a replica took over), and the cluster is stable again (`cluster_state:ok`,
+    /// all slots served, every live replica linked, all agreeing). Returns how long that took.
+    pub fn wait_failover(&self) -> Duration {
+        let started = Instant::now();
+        let gone: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_stopped())
+            .map(|i| self.ids[i].clone())
+            .collect();
+        assert!(!gone.is_empty(), "wait_failover without a stopped node");
+        let expect = Expect { known: self.nodes.len(), replicas: None, gone: &gone };
+        if let Err(e) = wait_stable(&self.live_ports(), &expect, None) {
+            panic!("no failover: {e}\n{}", node_logs(&self.nodes));
+        }
+        started.elapsed()
     }
 
     /// Node `i` as a server (for a plain connection to that node only).
@@ -139,9 +259,9 @@ impl RedisCluster {
     }
 
     /// A cluster connection (routes each command to its key's node, follows MOVED and ASK, fans
-    /// KEYS / DBSIZE out to all primaries), with timeouts.
+    /// KEYS / DBSIZE out to all primaries), with timeouts; seeded with the live nodes.
     pub fn conn(&self) -> ClusterConnection {
-        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        let urls: Vec<String> = self.live().into_iter().map(|i| self.nodes[i].url()).collect();
         let client = ClusterClient::builder(urls)
             .connection_timeout(Duration::from_secs(5))
             .response_timeout(Duration::from_secs(30))
@@ -150,9 +270,10 @@ impl RedisCluster {
         client.get_connection().unwrap_or_else(|e| panic!("connect to cluster at {}: {e}", self.addr()))
     }
 
-    /// One plain connection per primary, in creation order.
+    /// One plain connection per primary now ([`primaries`](RedisCluster::primaries)), in creation
+    /// order; without replicas, one per node.
     pub fn node_conns(&self) -> Vec<Connection> {
-        self.nodes.iter().map(RedisServer::conn).collect()
+        self.primaries().into_iter().map(|i| self.nodes[i].conn()).collect()
     }
 
     /// The union of `KEYS *` over the primaries (logically expired keys left out).
@@ -170,7 +291,7 @@ impl RedisCluster {
         self.node_dbsizes().iter().sum()
     }
 
-    /// DBSIZE of each primary, in creation order.
+    /// DBSIZE of each primary, in creation order (of [`primaries`](RedisCluster::primaries)).
     pub fn node_dbsizes(&self) -> Vec<i64> {
         self.node_conns().iter_mut().map(|con| redis::cmd("DBSIZE").query(con).expect("DBSIZE")).collect()
     }
@@ -225,9 +346,10 @@ impl RedisCluster {
         Resharding { handle: Some(handle), cancel }
     }
 
-    /// Polls until the nodes agree again (see the module doc).
+    /// Polls until the live nodes agree again (see the module doc).
     pub fn wait_stable(&self) {
-        if let Err(e) = wait_stable(&self.nodes(), None) {
+        let expect = Expect { known: self.nodes.len(), replicas: None, gone: &[] };
+        if let Err(e) = wait_stable(&self.live_ports(), &expect, None) {
             panic!("cluster did not settle: {e}\n{}", node_logs(&self.nodes));
         }
     }
@@ -238,7 +360,8 @@ impl RedisCluster {
             assert!(slots > 0, "a reshard of 0 slots does nothing");
         }
         ReshardPlan {
-            ports: self.nodes(),
+            ports: self.live_ports(),
+            known: self.nodes.len(),
             moves: moves.iter().map(|&(f, t, n)| (self.ids[f].clone(), self.ids[t].clone(), n)).collect(),
         }
     }
@@ -283,8 +406,10 @@ impl Drop for Resharding {
 
 /// What a reshard needs, owned, so it can run on another thread.
 struct ReshardPlan {
-    /// Every node's port (the first is the one redis-cli talks to).
+    /// Every live node's port (the first is the one redis-cli talks to).
     ports: Vec<u16>,
+    /// `cluster_known_nodes` to wait for: every node, stopped ones included.
+    known: usize,
     /// (from id, to id, slots), in order.
     moves: Vec<(String, String, usize)>,
 }
@@ -307,7 +432,7 @@ impl ReshardPlan {
             ]
             .map(String::from);
             redis_cli(&args, cancel).map_err(|e| format!("reshard of {slots} slots {from} -> {to}: {e}"))?;
-            wait_stable(&self.ports, cancel)?;
+            wait_stable(&self.ports, &Expect { known: self.known, replicas: None, gone: &[] }, cancel)?;
         }
         Ok(())
     }
@@ -367,12 +492,24 @@ fn tail(s: &str) -> &str {
     &s[start..]
 }
 
-/// Polls every node until [`check_stable`] passes (at most [`CLUSTER_STABLE_TIMEOUT`]); Err with the
-/// last reason otherwise, or when `cancel` is set.
-fn wait_stable(ports: &[u16], cancel: Option<&AtomicBool>) -> Result<(), String> {
+/// What the polled nodes must report, besides agreeing, for [`check_stable`] to pass.
+struct Expect<'a> {
+    /// `cluster_known_nodes` on each node: every node ever joined (a stopped node stays known, flagged
+    /// `fail`).
+    known: usize,
+    /// How many of the polled nodes are replicas, when that is known; every replica's link to its
+    /// primary must be up in any case.
+    replicas: Option<usize>,
+    /// Ids of stopped nodes: they must own no slot in any view (a replica took over).
+    gone: &'a [String],
+}
+
+/// Polls every node in `ports` until [`check_stable`] passes (at most [`CLUSTER_STABLE_TIMEOUT`]); Err
+/// with the last reason otherwise, or when `cancel` is set.
+fn wait_stable(ports: &[u16], expect: &Expect, cancel: Option<&AtomicBool>) -> Result<(), String> {
     let deadline = Instant::now() + CLUSTER_STABLE_TIMEOUT;
     loop {
-        let reason = match check_stable(ports) {
+        let reason = match check_stable(ports, expect) {
             Ok(()) => return Ok(()),
             Err(reason) => reason,
         };
@@ -386,32 +523,42 @@ fn wait_stable(ports: &[u16], cancel: Option<&AtomicBool>) -> Result<(), String>
     }
 }
 
-/// Every node says `cluster_state:ok`, `cluster_slots_ok:16384` and `cluster_known_nodes:N`, no slot
-/// is open (migrating / importing), and all nodes agree on which node owns which slots.
-fn check_stable(ports: &[u16]) -> Result<(), String> {
+/// Every node in `ports` says `cluster_state:ok`, `cluster_slots_ok:16384` and `cluster_known_nodes`
+/// as expected, every replica among them has its link to its primary up (and there are as many
+/// replicas as expected), no slot is open (migrating / importing), no stopped node owns a slot, and all
+/// nodes agree on which node owns which slots.
+fn check_stable(ports: &[u16], expect: &Expect) -> Result<(), String> {
     let mut first: Option<(u16, BTreeMap<String, Vec<String>>)> = None;
+    let mut replicas = 0;
     for &port in ports {
         let mut con = node_conn(port)?;
         let info: String = redis::cmd("CLUSTER")
             .arg("INFO")
             .query(&mut con)
             .map_err(|e| format!("CLUSTER INFO on {port}: {e}"))?;
-        let field = |name: &str| {
-            info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("?")
-        };
         let want = [
             ("cluster_state", "ok".to_string()),
             ("cluster_slots_ok", CLUSTER_SLOTS.to_string()),
-            ("cluster_known_nodes", ports.len().to_string()),
+            ("cluster_known_nodes", expect.known.to_string()),
         ];
         for (name, value) in want {
-            if field(name) != value {
-                return Err(format!("node {port}: {name}:{} (want {value})", field(name)));
+            if info_field(&info, name) != value {
+                return Err(format!("node {port}: {name}:{} (want {value})", info_field(&info, name)));
             }
+        }
+        let replication = replication_info(port)?;
+        if info_field(&replication, "role") == "slave" {
+            if info_field(&replication, "master_link_status") != "up" {
+                return Err(format!("replica {port}: link to its primary not up:\n{replication}"));
+            }
+            replicas += 1;
         }
         let view = slot_view(port)?;
         if view.values().flatten().any(|r| r.starts_with('[')) {
             return Err(format!("node {port} has an open slot: {view:?}"));
+        }
+        if let Some(id) = expect.gone.iter().find(|id| view.get(*id).is_some_and(|slots| !slots.is_empty())) {
+            return Err(format!("node {port} still sees slots on the stopped node {id}: {view:?}"));
         }
         match &first {
             None => first = Some((port, view)),
@@ -421,7 +568,23 @@ fn check_stable(ports: &[u16]) -> Result<(), String> {
             Some(_) => {}
         }
     }
-    Ok(())
+    match expect.replicas {
+        Some(want) if want != replicas => Err(format!("{replicas} linked replicas (want {want})")),
+        _ => Ok(()),
+    }
+}
+
+/// The value of `name` in an INFO-style `name:value` text, or `?`.
+fn info_field<'a>(info: &'a str, name: &str) -> &'a str {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("?")
+}
+
+/// INFO replication of the node on `port`.
+fn replication_info(port: u16) -> Result<String, String> {
+    redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut node_conn(port)?)
+        .map_err(|e| format!("INFO replication on {port}: {e}"))
 }
 
 /// Node id -> its slot fields (`0-5460`, `[93->-id]`, ...) as one node sees the cluster.

@@ -31,6 +31,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_redis-ferry");
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// The server's stdout/stderr (its log) inside its own dir.
 const LOG_FILE: &str = "redis.log";
+/// How long [`RedisServer::terminate`] waits for the exit after SIGTERM before it kills: more than the
+/// 10 s a primary may spend letting its replicas catch up.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often to pick a new port when another process took ours between bind-and-drop and spawn.
 const SPAWN_ATTEMPTS: usize = 8;
 /// Hard limit for one `redis-ferry` run, so a hung binary fails its test instead of hanging the suite.
@@ -156,6 +159,34 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server for good with SIGTERM (`kill -TERM PID`, as a supervisor would), waits for it
+    /// to exit (SIGKILL after [`TERMINATE_TIMEOUT`]) and reaps it; its drop then does nothing. Redis 7
+    /// answers SIGTERM like SHUTDOWN: a primary first pauses writes and lets its replicas catch up
+    /// (up to its `shutdown-timeout`, 10 s). Does nothing if the server is already stopped.
+    pub fn terminate(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        if child.try_wait().expect("try_wait redis-server").is_none() {
+            let status =
+                Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
+            assert!(
+                status.success(),
+                "kill -TERM {} (redis-server on port {}) failed",
+                child.id(),
+                self.port
+            );
+            let deadline = Instant::now() + TERMINATE_TIMEOUT;
+            while child.try_wait().expect("try_wait redis-server").is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
+    }
+
+    /// True once [`terminate`](RedisServer::terminate) has stopped the server.
+    pub fn is_stopped(&self) -> bool {
+        self.child.is_none()
     }
 
     pub fn port(&self) -> u16 {

@@ -216,7 +216,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         typed_conns.push((open(&cfg.source)?, open(&cfg.target)?));
     }
     typed_conns.truncate(typed_threads);
-    let (n_readers, n_writers) = if plan.all_typed { (0, 0) } else { (cfg.readers, cfg.writers) };
+    // The fetch and write threads run unless every key goes type-aware, one by one.
+    let batched = !plan.all_typed || plan.strings;
+    let (n_readers, n_writers) = if batched { (cfg.readers, cfg.writers) } else { (0, 0) };
     let readers = (0..n_readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
     let writers = (0..n_writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
     // --max-latency's probe PINGs on a connection of its own, with a timeout scaled to the limit.
@@ -247,6 +249,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         cfg.big_key_bytes.unwrap_or(u64::MAX),
         plan.size_check && cfg.big_key_bytes.is_some(),
         plan.strings,
+        !plan.all_typed,
     );
     let shared = WriteShared {
         on_conflict: cfg.on_conflict,
@@ -297,9 +300,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let (write_tx, write_rx) = bounded(2 * cfg.writers);
         let pexpiretime = source_info.has_pexpiretime();
         // The typed threads read the checked keys themselves when every key goes their way; else the
-        // fetch and write threads send them the keys DUMP/RESTORE cannot move (their senders, dropped
-        // when they return, are the only ones: the typed threads end after the writers).
-        let (typed_tx, typed_rx) = if plan.all_typed {
+        // fetch and write threads send them the keys they do not move themselves (their senders,
+        // dropped when they return, are the only ones: the typed threads end after the writers).
+        let (typed_tx, typed_rx) = if !batched {
             (None, fetch_rx.clone())
         } else {
             let (tx, rx) = bounded(2 * typed_threads.max(1));

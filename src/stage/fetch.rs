@@ -55,6 +55,14 @@ pub fn run(
             }
             _ => batch,
         };
+        // Without DUMP/RESTORE, every key not read by value goes type-aware.
+        let batch = match &route {
+            Some(route) if !route.fallback.dump => {
+                routed.extend(batch.items);
+                Batch { id, items: Vec::new() }
+            }
+            _ => batch,
+        };
         let batch = match &route {
             Some(route) if route.fallback.size_check() && !batch.is_empty() => {
                 sizes(&mut conn, batch, route, &mut routed, &mut expired, &rep)

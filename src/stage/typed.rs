@@ -96,6 +96,8 @@ pub struct Fallback {
     size_check: AtomicBool,
     /// Strings are read by value (GETRANGE) and written with SET (turned off when a server refuses).
     strings: AtomicBool,
+    /// Keys that are not read by value go by DUMP/RESTORE; when false, they all go type-aware.
+    pub dump: bool,
     /// One flag per [`Why`]: the first key of that kind was logged.
     said: [AtomicBool; 3],
     /// Keys routed so far, per [`Why`].
@@ -104,12 +106,14 @@ pub struct Fallback {
 
 impl Fallback {
     /// A fallback for `--big-key-bytes` `big_key_bytes`; `size_check` says MEMORY USAGE may be used,
-    /// `strings` that strings may be read by value and written with SET.
-    pub fn new(big_key_bytes: u64, size_check: bool, strings: bool) -> Fallback {
+    /// `strings` that strings may be read by value and written with SET, `dump` that the other keys go
+    /// by DUMP/RESTORE (else all of them go type-aware).
+    pub fn new(big_key_bytes: u64, size_check: bool, strings: bool, dump: bool) -> Fallback {
         Fallback {
             big_key_bytes,
             size_check: AtomicBool::new(size_check),
             strings: AtomicBool::new(strings),
+            dump,
             said: Default::default(),
             routed: Default::default(),
         }
@@ -229,13 +233,14 @@ pub fn rdb_version(version: (u32, u32, u32)) -> Option<u32> {
 /// How a copy moves its keys, decided up front.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Every key goes type-aware; the fetch and write stages are not started.
+    /// No key goes by DUMP/RESTORE: every key goes type-aware, but for short strings when `strings` is
+    /// set (then the fetch and write stages run for them alone; else they are not started).
     pub all_typed: bool,
     /// Typed threads are started (`--mode auto` or `typed`).
     pub typed_threads: bool,
     /// MEMORY USAGE works on the source (auto only).
     pub size_check: bool,
-    /// Strings go by value: GETRANGE on the source, SET on the target (auto only).
+    /// Short strings go by value, in batches: GETRANGE on the source, SET on the target (auto, typed).
     pub strings: bool,
     /// The one log line saying which path the copy takes and why.
     pub why: String,
@@ -252,69 +257,66 @@ pub fn plan(
     target: &ServerInfo,
 ) -> Plan {
     let probe = probe_name();
-    match (cfg.mode, conns) {
-        (Mode::Dump, _) | (_, None) => Plan {
-            all_typed: false,
-            typed_threads: false,
-            size_check: false,
-            strings: false,
-            why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
-        },
-        (Mode::Typed, _) => Plan {
-            all_typed: true,
-            typed_threads: true,
-            size_check: false,
-            strings: false,
-            why: "type-aware reads and writes for every key (--mode typed)".into(),
-        },
-        (Mode::Auto, Some((src, dst))) => {
-            let all = |why: String| Plan {
-                all_typed: true,
-                typed_threads: true,
+    let (src, dst) = match (cfg.mode, conns) {
+        (Mode::Dump, _) | (_, None) => {
+            return Plan {
+                all_typed: false,
+                typed_threads: false,
                 size_check: false,
                 strings: false,
-                why,
-            };
-            let (rs, rt) = (rdb_version(source.version), rdb_version(target.version));
-            if let (Some(rs), Some(rt)) = (rs, rt) {
-                if rs > rt {
-                    return all(format!(
-                        "type-aware for every key: the source writes RDB version {rs} DUMP payloads, which \
-                         the target (RDB version {rt}) cannot RESTORE"
-                    ));
-                }
-            }
-            if let Some(why) = refused(src, &probe, redis::cmd("DUMP").arg(&probe[..])) {
-                return all(format!("type-aware for every key: the source refuses DUMP ({why})"));
-            }
-            let restore = redis::cmd("RESTORE").arg(&probe[..]).arg(0).arg(&b"not a payload"[..]).clone();
-            if let Some(why) = refused(dst, &probe, &restore) {
-                return all(format!("type-aware for every key: the target refuses RESTORE ({why})"));
-            }
-            let size_check = cfg.big_key_bytes.is_some()
-                && refused(src, &probe, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
-            let set = redis::cmd("SET").arg(&probe[..]).arg(&b""[..]).clone();
-            let strings = refused(src, &probe, redis::cmd("GETRANGE").arg(&probe[..]).arg(0).arg(0))
-                .is_none()
-                && refused(dst, &probe, &set).is_none();
-            let big = match cfg.big_key_bytes {
-                None => String::new(),
-                Some(n) if size_check => format!("keys above --big-key-bytes {n} (MEMORY USAGE) and "),
-                Some(n) => format!(
-                    "keys above --big-key-bytes {n} (by DUMP length: the source refuses MEMORY USAGE) and "
-                ),
-            };
-            Plan {
-                all_typed: false,
-                typed_threads: true,
-                size_check,
-                strings,
-                why: format!(
-                    "{}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or RESTORE",
-                    if strings { "strings by value (GETRANGE, SET), other keys " } else { "" }
-                ),
+                why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
             }
         }
+        (_, Some(conns)) => conns,
+    };
+    let set = redis::cmd("SET").arg(&probe[..]).arg(&b""[..]).clone();
+    let strings = refused(src, &probe, redis::cmd("GETRANGE").arg(&probe[..]).arg(0).arg(0)).is_none()
+        && refused(dst, &probe, &set).is_none();
+    let by_value = if strings { "strings up to 16 KiB by value (GETRANGE, SET), " } else { "" };
+    let all = |why: String| Plan {
+        all_typed: true,
+        typed_threads: true,
+        size_check: false,
+        strings,
+        why: format!("{by_value}{why}"),
+    };
+    if cfg.mode == Mode::Typed {
+        return all("type-aware reads and writes for every other key (--mode typed)".into());
+    }
+    let (rs, rt) = (rdb_version(source.version), rdb_version(target.version));
+    if let (Some(rs), Some(rt)) = (rs, rt) {
+        if rs > rt {
+            return all(format!(
+                "type-aware for every other key: the source writes RDB version {rs} DUMP payloads, \
+                 which the target (RDB version {rt}) cannot RESTORE"
+            ));
+        }
+    }
+    if let Some(why) = refused(src, &probe, redis::cmd("DUMP").arg(&probe[..])) {
+        return all(format!("type-aware for every other key: the source refuses DUMP ({why})"));
+    }
+    let restore = redis::cmd("RESTORE").arg(&probe[..]).arg(0).arg(&b"not a payload"[..]).clone();
+    if let Some(why) = refused(dst, &probe, &restore) {
+        return all(format!("type-aware for every other key: the target refuses RESTORE ({why})"));
+    }
+    let size_check = cfg.big_key_bytes.is_some()
+        && refused(src, &probe, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
+    let big = match cfg.big_key_bytes {
+        None => String::new(),
+        Some(n) if size_check => format!("keys above --big-key-bytes {n} (MEMORY USAGE) and "),
+        Some(n) => {
+            format!("keys above --big-key-bytes {n} (by DUMP length: the source refuses MEMORY USAGE) and ")
+        }
+    };
+    Plan {
+        all_typed: false,
+        typed_threads: true,
+        size_check,
+        strings,
+        why: format!(
+            "{by_value}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or \
+             RESTORE"
+        ),
     }
 }
 

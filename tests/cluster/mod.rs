@@ -531,6 +531,16 @@ fn wait_until_written(
 /// Starts [`RESHARD_MOVES`] on `c` in the background and waits until the first slot has moved (node
 /// `to` of the first move owns more slots); asserts that the copy is still running then, so the
 /// reshard really happens during the copy.
+/// Runs a copy with `args`, starts a reshard of `c` once the copy is writing (`target_size` counts the
+/// keys on the target) and returns the copy's output once both are done.
+fn copy_while_resharding(args: Vec<String>, target_size: impl FnMut() -> i64, c: &RedisCluster) -> Output {
+    let mut run = wait_until_writing(spawn_ferry(args), target_size);
+    let took = reshard_during(&mut run, c).wait();
+    // For the record: did the copy outlast the whole reshard?
+    eprintln!("reshard took {took:?}; copy still running at its end: {}", run.running());
+    run.wait()
+}
+
 fn reshard_during(run: &mut FerryProcess, c: &RedisCluster) -> Resharding {
     let to = RESHARD_MOVES[0].1;
     let owned = c.slots_of(to);
@@ -564,13 +574,8 @@ fn cluster_reshard_of_the_target_during_a_copy_loses_nothing() {
     let slots_before: Vec<usize> = (0..3).map(|i| dst.slots_of(i)).collect();
     let dir = tempfile::tempdir().unwrap();
 
-    let run = spawn_ferry(copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]));
-    let mut run = wait_until_writing(run, || dst.cluster_dbsize());
-    let reshard = reshard_during(&mut run, &dst);
-    let took = reshard.wait();
-    // For the record: did the copy outlast the whole reshard?
-    eprintln!("reshard took {took:?}; copy still running at its end: {}", run.running());
-    let out = run.wait();
+    let args = copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]);
+    let out = copy_while_resharding(args, || dst.cluster_dbsize(), &dst);
     assert_copy_exit(&out, &dir, 0);
     let sum = summary(&out);
     let on_target = dst.cluster_keys();
@@ -598,13 +603,8 @@ fn cluster_reshard_of_the_source_during_a_copy_loses_nothing() {
     let mut d = dst.conn();
     let dir = tempfile::tempdir().unwrap();
 
-    let run = spawn_ferry(copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]));
-    let mut run = wait_until_writing(run, || dbsize(&mut d));
-    let reshard = reshard_during(&mut run, &src);
-    let took = reshard.wait();
-    // For the record: did the copy outlast the whole reshard?
-    eprintln!("reshard took {took:?}; copy still running at its end: {}", run.running());
-    let out = run.wait();
+    let args = copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]);
+    let out = copy_while_resharding(args, || dbsize(&mut d), &src);
     assert_copy_exit(&out, &dir, 0);
     let sum = summary(&out);
     assert_eq!(src.cluster_dbsize(), n as i64, "the reshard lost source keys");

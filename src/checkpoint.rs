@@ -1,17 +1,31 @@
 //! Resuming: the ledger that knows how far the copy has safely got, and the `--checkpoint` file that
 //! keeps it across runs.
 //!
-//! The scan stage numbers its batches and records, for each, the [`Position`] (SCAN pass and the cursor
-//! of the page) of its first key. Every stage tells the [`Ledger`] how many keys of a batch reached a
-//! bucket; a batch is closed when all of its keys have. The resume point is the position of the oldest
-//! batch still open, or, when none is, where the scanner has got to. Restarting SCAN there re-reads at
-//! most a part of one page twice (those keys are then skipped, or rewritten with `replace`) and never
-//! misses a key. Keys dropped unprocessed after an abort keep their batch open, so they are scanned again.
+//! The ledger has one lane per scanner: a standalone source has one, a cluster source one per primary
+//! (in the order of their addresses). The scan stage numbers its batches and records, for each, its
+//! lane and the [`Position`] (SCAN pass and the cursor of the page) of its first key. Every stage tells
+//! the [`Ledger`] how many keys of a batch reached a bucket; a batch is closed when all of its keys
+//! have. A lane's resume point is the position of its oldest batch still open, or, when none is, where
+//! its scanner has got to, or nothing once it went through to the end. Restarting SCAN there re-reads
+//! at most a part of one page twice (those keys are then skipped, or rewritten with `replace`) and
+//! never misses a key. Keys dropped unprocessed after an abort keep their batch open, so they are
+//! scanned again.
 //!
-//! The checkpoint file (JSON, written atomically every few seconds and at exit) holds the resume point,
-//! the cumulative counters, and the identity of the copy (source, target, filters, conflict policy);
-//! a checkpoint made for another copy is refused. Cursors are opaque: a checkpoint is only valid for
-//! the same source server (a restart or a resize may still make SCAN repeat keys, never lose them).
+//! The keys of a cluster's slots that changed hands during the scan are read again afterwards
+//! (`CLUSTER GETKEYSINSLOT`); that reread has no cursor to resume. Its batches are in a lane of their
+//! own, [`REREAD`], and from the moment a reread is needed until it is over and its batches are closed,
+//! every lane's resume point is the beginning: a run resumed then starts the scan over (keys copied
+//! already are skipped), never claiming more than is true.
+//!
+//! The checkpoint file (JSON, written atomically every few seconds and at exit) holds the resume
+//! point(s), the cumulative counters, and the identity of the copy (source, target, filters, conflict
+//! policy); a checkpoint made for another copy is refused. For a standalone source it holds one resume
+//! point (`resume`), as it always did. For a cluster source it holds one per primary, by address, and a
+//! fingerprint of the slot map (which address serves each slot) taken when the run started: cursors
+//! are only meaningful on the server that gave them, and a key may move between primaries, so a run
+//! that finds another slot map or other primaries starts the scan over, with a warning. Cursors are
+//! opaque: a checkpoint is only valid for the same source servers (a restart or a resize may still
+//! make SCAN repeat keys, never lose them).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,7 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::{CopyConfig, KeySource};
 use crate::key::Key;
@@ -27,6 +41,10 @@ use crate::report::{self, Counters, Snapshot};
 
 /// How often the checkpoint file is rewritten during a run.
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// The lane of the batches of keys read again because their slot changed hands during a cluster scan:
+/// they have no position to resume from (see the module doc).
+pub const REREAD: usize = usize::MAX;
 
 /// A place in the scan: which pass (type x pattern, in order) and the SCAN cursor to send next.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +55,7 @@ pub struct Position {
     pub cursor: u64,
 }
 
-/// Which batches are still in flight, and where the scanner is.
+/// Which batches are still in flight, and where each scanner (lane) is.
 #[derive(Debug)]
 pub struct Ledger {
     /// Guarded state; touched once per batch per stage.
@@ -46,26 +64,47 @@ pub struct Ledger {
 
 #[derive(Debug)]
 struct LedgerState {
-    /// Id of the next batch.
+    /// Id of the next batch (over all lanes).
     next_id: u64,
-    /// Open batches: id -> (keys not yet in a bucket, position of the first key).
-    open: BTreeMap<u64, (usize, Position)>,
-    /// Every key before this position is in a batch already.
+    /// Open batches by id, so the first of a lane is its oldest.
+    open: BTreeMap<u64, OpenBatch>,
+    /// One per scanner.
+    lanes: Vec<Lane>,
+    /// Slots moved during a cluster scan and their keys are being read again: until the scan
+    /// finishes, a resumed run must start over.
+    rereading: bool,
+}
+
+/// A batch some of whose keys have not reached a bucket yet.
+#[derive(Debug)]
+struct OpenBatch {
+    /// Keys not yet in a bucket.
+    left: usize,
+    /// The lane it was opened in ([`REREAD`] for a reread).
+    lane: usize,
+    /// Where its first key was found.
+    first: Position,
+}
+
+/// Where one scanner has got to.
+#[derive(Debug)]
+struct Lane {
+    /// Every key of the lane before this position is in a batch already.
     scanned_to: Position,
-    /// The scan went through to the end.
+    /// The lane's scan went through to the end.
     finished: bool,
 }
 
 impl Ledger {
-    /// A ledger for a scan starting at `start`.
-    pub fn new(start: Position) -> Ledger {
+    /// A ledger with one lane per entry of `starts`: the position the lane's scan starts at, or `None`
+    /// for a lane that an earlier run took to its end.
+    pub fn new(starts: &[Option<Position>]) -> Ledger {
+        let lanes = starts
+            .iter()
+            .map(|s| Lane { scanned_to: s.unwrap_or_default(), finished: s.is_none() })
+            .collect();
         Ledger {
-            state: Mutex::new(LedgerState {
-                next_id: 0,
-                open: BTreeMap::new(),
-                scanned_to: start,
-                finished: false,
-            }),
+            state: Mutex::new(LedgerState { next_id: 0, open: BTreeMap::new(), lanes, rereading: false }),
         }
     }
 
@@ -73,13 +112,13 @@ impl Ledger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a batch of `len` keys whose first key was found at `first`; returns its id.
-    pub fn open(&self, len: usize, first: Position) -> u64 {
+    /// Opens a batch of `len` keys in `lane` whose first key was found at `first`; returns its id.
+    pub fn open(&self, lane: usize, len: usize, first: Position) -> u64 {
         let mut s = self.lock();
         let id = s.next_id;
         s.next_id += 1;
         if len > 0 {
-            s.open.insert(id, (len, first));
+            s.open.insert(id, OpenBatch { left: len, lane, first });
         }
         id
     }
@@ -90,32 +129,58 @@ impl Ledger {
             return;
         }
         let mut s = self.lock();
-        if let Some(entry) = s.open.get_mut(&id) {
-            entry.0 = entry.0.saturating_sub(n);
-            if entry.0 == 0 {
+        if let Some(batch) = s.open.get_mut(&id) {
+            batch.left = batch.left.saturating_sub(n);
+            if batch.left == 0 {
                 s.open.remove(&id);
             }
         }
     }
 
-    /// The scanner has put every key before `pos` into a batch.
-    pub fn scanned_to(&self, pos: Position) {
-        self.lock().scanned_to = pos;
-    }
-
-    /// The scanner went through every pass to its end.
-    pub fn finish(&self) {
-        self.lock().finished = true;
-    }
-
-    /// Where a new run must start so that no key is missed; `None` once everything is done.
-    pub fn resume_point(&self) -> Option<Position> {
-        let s = self.lock();
-        match s.open.values().next() {
-            Some((_, first)) => Some(*first),
-            None if s.finished => None,
-            None => Some(s.scanned_to),
+    /// The scanner of `lane` has put every key before `pos` into a batch.
+    pub fn scanned_to(&self, lane: usize, pos: Position) {
+        if let Some(lane) = self.lock().lanes.get_mut(lane) {
+            lane.scanned_to = pos;
         }
+    }
+
+    /// The scanner of `lane` went through every pass to its end.
+    pub fn finish_lane(&self, lane: usize) {
+        if let Some(lane) = self.lock().lanes.get_mut(lane) {
+            lane.finished = true;
+        }
+    }
+
+    /// Slots of a cluster source changed hands during the scan and their keys are read again: until
+    /// [`finish`](Ledger::finish), and while a batch of that reread is open, a resumed run starts over.
+    pub fn reread(&self) {
+        self.lock().rereading = true;
+    }
+
+    /// The whole scan went through to its end: every lane, and the reread of moved slots if any.
+    pub fn finish(&self) {
+        let mut s = self.lock();
+        s.lanes.iter_mut().for_each(|lane| lane.finished = true);
+        s.rereading = false;
+    }
+
+    /// Where a new run must start each lane so that no key is missed; `None` for a lane that is done.
+    /// Every lane starts over while a reread is needed or in flight.
+    pub fn resume_points(&self) -> Vec<Option<Position>> {
+        let s = self.lock();
+        if s.rereading || s.open.values().any(|b| b.lane == REREAD) {
+            return vec![Some(Position::default()); s.lanes.len()];
+        }
+        let oldest = |lane: usize| s.open.values().find(|b| b.lane == lane).map(|b| b.first);
+        s.lanes
+            .iter()
+            .enumerate()
+            .map(|(i, lane)| match oldest(i) {
+                Some(first) => Some(first),
+                None if lane.finished => None,
+                None => Some(lane.scanned_to),
+            })
+            .collect()
     }
 }
 
@@ -154,6 +219,31 @@ impl Identity {
     }
 }
 
+/// The primaries of a cluster source when a run started: the lanes of its scan, and which of them
+/// served each slot (as a fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    /// The primaries' addresses (`host:port`), in lane order.
+    pub primaries: Vec<String>,
+    /// A hash of the address serving each slot (FNV-1a, 64 bits, in hex).
+    pub fingerprint: String,
+}
+
+impl SlotMap {
+    /// The map of a cluster whose scan has a lane for each of `primaries`, and whose slot `s` is served
+    /// by `owners[s]` (`None`: by no primary).
+    pub fn new(primaries: Vec<String>, owners: &[Option<String>]) -> SlotMap {
+        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for owner in owners {
+            for &b in owner.as_deref().unwrap_or("-").as_bytes().iter().chain(b"\n") {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        SlotMap { primaries, fingerprint: format!("{hash:016x}") }
+    }
+}
+
 /// The checkpoint file's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -161,32 +251,68 @@ pub struct Checkpoint {
     pub version: u32,
     /// The copy this checkpoint belongs to.
     pub identity: Identity,
-    /// Where to resume; `null` when the copy went through to the end.
-    pub resume: Option<Position>,
+    /// A standalone source: where to resume, `null` when the copy went through to the end. The field
+    /// is absent (outer `None`) for a cluster source.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Option<Position>>,
+    /// A cluster source: where to resume each primary, and the slot map those positions belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterResume>,
     /// Counters over all runs of this copy so far.
     pub counts: Snapshot,
     /// When it was written (RFC 3339 UTC).
     pub saved_at: String,
 }
 
+/// A field that is present, even as `null`: `Some(None)`, so that an absent one stays `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Position>>, D::Error> {
+    Option::<Position>::deserialize(d).map(Some)
+}
+
+/// Where to resume the scan of a cluster source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterResume {
+    /// [`SlotMap::fingerprint`] when the run that wrote this started.
+    pub slot_map: String,
+    /// One per primary, in lane order (by address).
+    pub primaries: Vec<PrimaryResume>,
+}
+
+/// Where to resume the scan of one primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryResume {
+    /// Its address (`host:port`).
+    pub node: String,
+    /// Where to resume; `null` when its scan went through to the end.
+    pub resume: Option<Position>,
+}
+
 const VERSION: u32 = 1;
 
-/// What a run starts from: the resume position and the counters of the earlier runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a run starts from: each lane's resume position and the counters of the earlier runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Start {
-    /// Where to start scanning.
-    pub at: Position,
+    /// Where to start scanning each lane; `None` for a lane an earlier run took to its end.
+    pub at: Vec<Option<Position>>,
     /// Counters carried over from earlier runs.
     pub base: Snapshot,
 }
 
-/// Reads the checkpoint at `path` for the copy `identity`: a missing file, or one whose copy went
-/// through to the end, starts afresh. A file for another copy, or one that cannot be read, is an error
-/// for the user (exit 2).
-pub fn load(path: &str, identity: &Identity) -> Result<Start, String> {
+impl Start {
+    /// A scan from the beginning of every lane: one, or one per primary of the cluster `map`.
+    pub fn fresh(map: Option<&SlotMap>) -> Start {
+        let lanes = map.map_or(1, |m| m.primaries.len());
+        Start { at: vec![Some(Position::default()); lanes], base: Snapshot::default() }
+    }
+}
+
+/// Reads the checkpoint at `path` for the copy `identity`; `None` when there is no such file. A file
+/// for another copy, or one that cannot be read, is an error for the user (exit 2). Whether and where
+/// it resumes is for [`start`] to say, once the source's slot map is known.
+pub fn load(path: &str, identity: &Identity) -> Result<Option<Checkpoint>, String> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Start::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("--checkpoint {path}: cannot read it ({e})")),
     };
     let cp: Checkpoint = serde_json::from_str(&text)
@@ -201,32 +327,105 @@ pub fn load(path: &str, identity: &Identity) -> Result<Start, String> {
             cp.identity.source, cp.identity.target, cp.identity.patterns, cp.identity.types, cp.identity.on_conflict
         ));
     }
-    match cp.resume {
-        Some(at) => {
-            log::info!(
-                "resuming from --checkpoint {path} (saved {}): pass {} cursor {}; earlier runs: scanned={} copied={} skipped={} expired={} failed={}",
-                cp.saved_at, at.pass, at.cursor, cp.counts.scanned, cp.counts.copied, cp.counts.skipped, cp.counts.expired, cp.counts.failed
-            );
-            Ok(Start { at, base: cp.counts })
+    if cp.resume.is_none() && cp.cluster.is_none() {
+        return Err(format!("--checkpoint {path}: not a redis-ferry checkpoint (no resume point)"));
+    }
+    Ok(Some(cp))
+}
+
+/// Where a run of the copy starts, given the checkpoint `saved` (read from `path`) and the source's
+/// slot map now (`None`: a standalone source). No checkpoint, or one whose copy went through to the
+/// end, starts afresh. A cluster checkpoint resumes only on the same primaries serving the same slots;
+/// otherwise the scan starts over (logged as a warning), keeping the counters of the earlier runs.
+pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>) -> Start {
+    let Some(cp) = saved else { return Start::fresh(map) };
+    let over = |why: String| {
+        log::warn!(
+            "--checkpoint {path} (saved {}): {why}; scanning the source from the beginning (keys copied \
+             already count as skipped)",
+            cp.saved_at
+        );
+        Start { base: cp.counts, ..Start::fresh(map) }
+    };
+    let at: Vec<Option<Position>> = match (&cp.cluster, map) {
+        (None, None) => vec![cp.resume.flatten()],
+        (Some(saved), Some(now)) => {
+            let nodes: Vec<&String> = saved.primaries.iter().map(|p| &p.node).collect();
+            if nodes.iter().copied().ne(now.primaries.iter()) {
+                return over(format!(
+                    "the source's primaries are not those the checkpoint was made with ({} then, {} now)",
+                    nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                    now.primaries.join(", ")
+                ));
+            }
+            if saved.slot_map != now.fingerprint {
+                return over(
+                    "the source's slots are not served as when the checkpoint was made (slots moved, or a \
+                     failover)"
+                        .into(),
+                );
+            }
+            saved.primaries.iter().map(|p| p.resume).collect()
         }
-        None => {
-            log::info!("--checkpoint {path}: the previous copy went through to the end; starting afresh");
-            Ok(Start::default())
-        }
+        (None, Some(_)) => return over("it was made for a standalone source, which is a cluster now".into()),
+        (Some(_), None) => return over("it was made for a cluster source, which is standalone now".into()),
+    };
+    if at.iter().all(Option::is_none) {
+        log::info!("--checkpoint {path}: the previous copy went through to the end; starting afresh");
+        return Start::fresh(map);
+    }
+    let c = cp.counts;
+    log::info!(
+        "resuming from --checkpoint {path} (saved {}): {}; earlier runs: scanned={} copied={} skipped={} expired={} failed={}",
+        cp.saved_at, describe(&at, map), c.scanned, c.copied, c.skipped, c.expired, c.failed
+    );
+    Start { at, base: c }
+}
+
+/// The resume points for the log: `pass P cursor C`, or that per primary.
+fn describe(at: &[Option<Position>], map: Option<&SlotMap>) -> String {
+    let one = |p: &Option<Position>| match p {
+        Some(p) => format!("pass {} cursor {}", p.pass, p.cursor),
+        None => "done".to_string(),
+    };
+    match map {
+        None => at.iter().map(one).collect::<Vec<_>>().join(", "),
+        Some(m) => m
+            .primaries
+            .iter()
+            .zip(at)
+            .map(|(node, p)| format!("{node} {}", one(p)))
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
-/// Writes a checkpoint atomically.
+/// Writes a checkpoint atomically: `resume` holds each lane's resume point, for a standalone source
+/// (`map` is `None`, one lane) or for the primaries of a cluster source.
 pub fn save(
     path: &str,
     identity: &Identity,
-    resume: Option<Position>,
+    map: Option<&SlotMap>,
+    resume: &[Option<Position>],
     counts: Snapshot,
 ) -> Result<(), String> {
+    let (resume, cluster) = match map {
+        None => (Some(resume.first().copied().flatten()), None),
+        Some(m) => {
+            let primaries = m
+                .primaries
+                .iter()
+                .zip(resume)
+                .map(|(node, at)| PrimaryResume { node: node.clone(), resume: *at })
+                .collect();
+            (None, Some(ClusterResume { slot_map: m.fingerprint.clone(), primaries }))
+        }
+    };
     let cp = Checkpoint {
         version: VERSION,
         identity: identity.clone(),
         resume,
+        cluster,
         counts,
         saved_at: report::rfc3339(SystemTime::now()),
     };
@@ -238,6 +437,7 @@ pub fn save(
 pub fn keep_saving(
     path: &str,
     identity: &Identity,
+    map: Option<&SlotMap>,
     ledger: &Ledger,
     counters: &Counters,
     base: Snapshot,
@@ -246,7 +446,7 @@ pub fn keep_saving(
     let save_now = || {
         // Counters first: a key counted a moment after its batch closed only makes them run ahead.
         let counts = base.plus(counters.snapshot());
-        if let Err(e) = save(path, identity, ledger.resume_point(), counts) {
+        if let Err(e) = save(path, identity, map, &ledger.resume_points(), counts) {
             log::warn!("{e}");
         }
     };
@@ -264,19 +464,78 @@ mod tests {
 
     #[test]
     fn resume_point_is_the_oldest_open_batch() {
-        let l = Ledger::new(P(0, 0));
-        let a = l.open(3, P(0, 0));
-        let b = l.open(2, P(0, 40));
-        l.scanned_to(P(0, 77));
-        assert_eq!(l.resume_point(), Some(P(0, 0)));
+        let l = Ledger::new(&[Some(P(0, 0))]);
+        let a = l.open(0, 3, P(0, 0));
+        let b = l.open(0, 2, P(0, 40));
+        l.scanned_to(0, P(0, 77));
+        assert_eq!(l.resume_points(), [Some(P(0, 0))]);
         l.done(b, 2);
-        assert_eq!(l.resume_point(), Some(P(0, 0)));
+        assert_eq!(l.resume_points(), [Some(P(0, 0))]);
         l.done(a, 2);
-        assert_eq!(l.resume_point(), Some(P(0, 0)));
+        assert_eq!(l.resume_points(), [Some(P(0, 0))]);
         l.done(a, 1);
-        assert_eq!(l.resume_point(), Some(P(0, 77)));
+        assert_eq!(l.resume_points(), [Some(P(0, 77))]);
         l.finish();
-        assert_eq!(l.resume_point(), None);
+        assert_eq!(l.resume_points(), [None]);
+    }
+
+    #[test]
+    fn lanes_resume_each_from_their_own_oldest_batch() {
+        // Lane 2 was done in an earlier run; lanes 0 and 1 start where that run left them.
+        let l = Ledger::new(&[Some(P(0, 5)), Some(P(1, 0)), None]);
+        assert_eq!(l.resume_points(), [Some(P(0, 5)), Some(P(1, 0)), None]);
+        let a0 = l.open(0, 2, P(0, 5));
+        let b1 = l.open(1, 4, P(1, 0));
+        let c0 = l.open(0, 2, P(0, 9));
+        l.scanned_to(0, P(0, 12));
+        l.scanned_to(1, P(1, 30));
+        assert_eq!(l.resume_points(), [Some(P(0, 5)), Some(P(1, 0)), None]);
+        // A batch closed in one lane does not move another lane.
+        l.done(b1, 4);
+        assert_eq!(l.resume_points(), [Some(P(0, 5)), Some(P(1, 30)), None]);
+        l.done(a0, 2);
+        assert_eq!(l.resume_points(), [Some(P(0, 9)), Some(P(1, 30)), None]);
+        // A finished lane is done once its last batch closes.
+        l.finish_lane(0);
+        assert_eq!(l.resume_points(), [Some(P(0, 9)), Some(P(1, 30)), None]);
+        l.done(c0, 2);
+        assert_eq!(l.resume_points(), [None, Some(P(1, 30)), None]);
+        // Lanes out of range (a reread) are not positions.
+        l.scanned_to(REREAD, P(9, 9));
+        l.finish_lane(REREAD);
+        assert_eq!(l.resume_points(), [None, Some(P(1, 30)), None]);
+    }
+
+    #[test]
+    fn a_reread_starts_every_lane_over_until_its_batches_close() {
+        let l = Ledger::new(&[Some(P(0, 0)), Some(P(0, 0))]);
+        l.scanned_to(0, P(1, 0));
+        l.finish_lane(0);
+        l.finish_lane(1);
+        assert_eq!(l.resume_points(), [None, None]);
+        l.reread();
+        assert_eq!(l.resume_points(), [Some(P(0, 0)), Some(P(0, 0))]);
+        let r = l.open(REREAD, 3, P(0, 0));
+        l.finish();
+        // The scan is through, but the reread keys are not all in a bucket yet.
+        assert_eq!(l.resume_points(), [Some(P(0, 0)), Some(P(0, 0))]);
+        l.done(r, 3);
+        assert_eq!(l.resume_points(), [None, None]);
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            source: "a:1".into(),
+            target: "b:2".into(),
+            patterns: vec!["*".into()],
+            types: vec![],
+            on_conflict: "skip".into(),
+        }
+    }
+
+    /// `load` then `start`, as `copy` does.
+    fn resume(path: &str, id: &Identity, map: Option<&SlotMap>) -> Result<Start, String> {
+        load(path, id).map(|cp| start(cp, path, map))
     }
 
     #[test]
@@ -284,22 +543,97 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let path = path.to_str().unwrap();
-        let id = Identity {
-            source: "a:1".into(),
-            target: "b:2".into(),
-            patterns: vec!["*".into()],
-            types: vec![],
-            on_conflict: "skip".into(),
-        };
-        assert_eq!(load(path, &id).unwrap(), Start::default());
+        let id = identity();
+        assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         let counts = Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0 };
-        save(path, &id, Some(P(1, 99)), counts).unwrap();
-        assert_eq!(load(path, &id).unwrap(), Start { at: P(1, 99), base: counts });
+        save(path, &id, None, &[Some(P(1, 99))], counts).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("\"resume\": {") && !text.contains("cluster"), "{text}");
+        assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(1, 99))], base: counts });
         let other = Identity { target: "c:3".into(), ..id.clone() };
         assert!(load(path, &other).unwrap_err().contains("another copy"));
-        save(path, &id, None, counts).unwrap();
-        assert_eq!(load(path, &id).unwrap(), Start::default());
+        save(path, &id, None, &[None], counts).unwrap();
+        assert!(std::fs::read_to_string(path).unwrap().contains("\"resume\": null"));
+        assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         std::fs::write(path, "garbage").unwrap();
         assert!(load(path, &id).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_lanes_still_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let path = path.to_str().unwrap();
+        // Exactly what the version without lanes wrote.
+        let old = r#"{
+  "version": 1,
+  "identity": {"source": "a:1", "target": "b:2", "patterns": ["*"], "types": [], "on_conflict": "skip"},
+  "resume": {"pass": 0, "cursor": 4242},
+  "counts": {"scanned": 7, "copied": 7, "skipped": 0, "expired": 0, "failed": 0},
+  "saved_at": "2026-11-01T00:00:00Z"
+}"#;
+        std::fs::write(path, old).unwrap();
+        let start = resume(path, &identity(), None).unwrap();
+        assert_eq!(start.at, [Some(P(0, 4242))]);
+        assert_eq!(start.base.copied, 7);
+        std::fs::write(path, old.replace("\"version\": 1", "\"version\": 9")).unwrap();
+        assert!(load(path, &identity()).unwrap_err().contains("format version 9"));
+        // Neither a resume point nor a cluster: not a checkpoint.
+        std::fs::write(path, old.replace("\"resume\": {\"pass\": 0, \"cursor\": 4242},", "")).unwrap();
+        assert!(load(path, &identity()).unwrap_err().contains("no resume point"));
+    }
+
+    fn owners(split: usize) -> Vec<Option<String>> {
+        (0..16384).map(|s| Some(if s < split { "h:1" } else { "h:2" }.to_string())).collect()
+    }
+
+    #[test]
+    fn the_slot_map_fingerprint_changes_when_one_slot_moves() {
+        let nodes = || vec!["h:1".to_string(), "h:2".to_string()];
+        let a = SlotMap::new(nodes(), &owners(8000));
+        assert_eq!(a, SlotMap::new(nodes(), &owners(8000)));
+        assert_eq!(a.fingerprint.len(), 16);
+        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &owners(8001)).fingerprint);
+        let mut uncovered = owners(8000);
+        uncovered[3] = None;
+        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &uncovered).fingerprint);
+    }
+
+    #[test]
+    fn a_cluster_checkpoint_resumes_only_on_the_same_slot_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let path = path.to_str().unwrap();
+        let id = identity();
+        let nodes = || vec!["h:1".to_string(), "h:2".to_string()];
+        let map = SlotMap::new(nodes(), &owners(8000));
+        assert_eq!(resume(path, &id, Some(&map)).unwrap().at, [Some(P(0, 0)), Some(P(0, 0))]);
+        let counts = Snapshot { scanned: 9, copied: 9, skipped: 0, expired: 0, failed: 0 };
+        save(path, &id, Some(&map), &[Some(P(0, 300)), None], counts).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains(&map.fingerprint) && text.contains("\"node\": \"h:2\""), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(json.get("resume").is_none(), "a top-level resume point for a cluster: {text}");
+        let cp = load(path, &id).unwrap().unwrap();
+        assert_eq!((cp.resume, cp.cluster.as_ref().map(|c| c.primaries.len())), (None, Some(2)));
+        assert_eq!(
+            resume(path, &id, Some(&map)).unwrap(),
+            Start { at: vec![Some(P(0, 300)), None], base: counts }
+        );
+        // One slot served elsewhere: from the beginning, the earlier counters kept.
+        let moved = SlotMap::new(nodes(), &owners(8001));
+        let over = Start { at: vec![Some(P(0, 0)), Some(P(0, 0))], base: counts };
+        assert_eq!(resume(path, &id, Some(&moved)).unwrap(), over);
+        // Other primaries (here a third one), even with the same fingerprint: from the beginning.
+        let more = SlotMap { primaries: vec!["h:1".into(), "h:2".into(), "h:3".into()], ..map.clone() };
+        assert_eq!(resume(path, &id, Some(&more)).unwrap().at, [Some(P(0, 0)); 3]);
+        // The source is standalone now.
+        assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(0, 0))], base: counts });
+        // A standalone checkpoint for a cluster source.
+        save(path, &id, None, &[Some(P(0, 300))], counts).unwrap();
+        assert_eq!(resume(path, &id, Some(&map)).unwrap(), over);
+        // Every primary done: the copy went through; a fresh one starts.
+        save(path, &id, Some(&map), &[None, None], counts).unwrap();
+        assert_eq!(resume(path, &id, Some(&map)).unwrap(), Start::fresh(Some(&map)));
     }
 }

@@ -134,8 +134,9 @@ pub fn open_keys_file(path: &str) -> Result<Box<dyn BufRead + Send>, Fatal> {
 }
 
 /// Builds the key input of the scan stage: the lines of `--keys-from`, or a SCAN of the server; for
-/// a cluster, a SCAN of each primary on a connection of its own, plus `conn` itself to read the slots
-/// that move during the scan again. Checks that every server scanned lets us SCAN.
+/// a cluster, a SCAN of each primary on a connection of its own (in the order of their addresses, so
+/// `--checkpoint` finds each primary's position again), plus `conn` itself to read the slots that move
+/// during the scan again. Checks that every server scanned lets us SCAN.
 pub fn key_input(
     keys: &KeySource,
     mut conn: Conn,
@@ -162,8 +163,9 @@ pub fn key_input(
         return scan(conn).map(KeyInput::Server);
     }
     let (owners, _) = conn.slot_owners().map_err(|e| Fatal::bad_input(e.to_string()))?;
-    let primaries = conn
-        .primaries()
+    let mut nodes = conn.primaries();
+    nodes.sort_by_key(|node| node.to_string());
+    let primaries = nodes
         .iter()
         .map(|node| {
             let node = Conn::open(node, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
@@ -178,23 +180,23 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     // Preflight: everything that can refuse the run does so before anything is written.
     report::check_writable("--errors", &cfg.errors_path).map_err(Fatal::bad_input)?;
     let identity = checkpoint::Identity::of(cfg);
-    let resume = match &cfg.checkpoint {
+    let saved = match &cfg.checkpoint {
         Some(path) => {
             report::check_replaceable("--checkpoint", path).map_err(Fatal::bad_input)?;
             checkpoint::load(path, &identity).map_err(Fatal::bad_input)?
         }
-        None => checkpoint::Start::default(),
+        None => None,
     };
     let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
     let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
     let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
-    if source_info.cluster && cfg.checkpoint.is_some() && matches!(cfg.keys, KeySource::Scan { .. }) {
-        return Err(Fatal::bad_input(format!(
-            "--checkpoint: the source {} is a Redis Cluster, whose scan cannot be resumed yet",
-            cfg.source
-        )));
-    }
     let input = key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
+    // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
+    let slot_map = input.slot_map();
+    let resume = match &cfg.checkpoint {
+        Some(path) => checkpoint::start(saved, path, slot_map.as_ref()),
+        None => checkpoint::Start::fresh(slot_map.as_ref()),
+    };
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry))
@@ -244,7 +246,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let counters = Counters::default();
     let throttle = Throttle::new(cfg.rate, cfg.burst, cfg.sleep_after_batch);
     let budget = cfg.limit.map(CopyBudget::new);
-    let ledger = Ledger::new(resume.at);
+    let ledger = Ledger::new(&resume.at);
     let fallback = Fallback::new(
         cfg.big_key_bytes.unwrap_or(u64::MAX),
         plan.size_check && cfg.big_key_bytes.is_some(),
@@ -277,17 +279,18 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             s.spawn(move || throttle::watch(conn, throttle, limit, done_rx));
         }
         if let Some(path) = &cfg.checkpoint {
-            let (counters, ledger, identity) = (&counters, &ledger, &identity);
-            s.spawn(move || checkpoint::keep_saving(path, identity, ledger, counters, resume.base, done_rx));
+            let (counters, ledger, identity, map) = (&counters, &ledger, &identity, slot_map.as_ref());
+            s.spawn(move || {
+                checkpoint::keep_saving(path, identity, map, ledger, counters, resume.base, done_rx)
+            });
         }
 
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
-        let (ledger, throttle) = (&ledger, &throttle);
-        stages.push(
-            s.spawn(move || scan::run(input, cfg.batch, resume.at, scan_tx, rep, ledger, Some(throttle))),
-        );
+        let (ledger, throttle, starts) = (&ledger, &throttle, &resume.at);
+        stages
+            .push(s.spawn(move || scan::run(input, cfg.batch, starts, scan_tx, rep, ledger, Some(throttle))));
         let fetch_rx = if cfg.on_conflict == OnConflict::Skip {
             let (tx, rx) = bounded(2 * cfg.readers);
             let rep = reporter.clone();

@@ -7,6 +7,10 @@
 //! batch is sent on, after the batch took its tokens from the `--rate` bucket: this is the one point
 //! every key passes, so the rate meters keys processed, skipped ones included. The stage stops early when the stop flag is raised, and ends by returning, which
 //! drops its sender and lets the next stage drain.
+//!
+//! Each scanner opens its batches in a lane of its own of the `--checkpoint` ledger (a cluster source
+//! has one per primary, in the order of their addresses) and starts from that lane's resume point; the
+//! keys of a cluster's moved slots, read again at the end, go in the [`REREAD`] lane.
 
 use std::io::{BufRead, Read};
 use std::time::{Duration, Instant};
@@ -15,7 +19,7 @@ use crossbeam_channel::Sender;
 
 use redis::Value;
 
-use crate::checkpoint::{Ledger, Position};
+use crate::checkpoint::{Ledger, Position, SlotMap, REREAD};
 use crate::cluster;
 use crate::config::KeyType;
 use crate::conn::{self, Conn};
@@ -34,13 +38,35 @@ pub enum KeyInput {
     /// Every primary of a cluster, each scanned by a thread of its own; then the slots that moved
     /// while they were scanned are read again.
     Cluster {
-        /// One scan per primary, each with its own connection.
+        /// One scan per primary, each with its own connection, in the order of their addresses (the
+        /// lanes of the [`Ledger`]).
         primaries: Vec<Scan>,
         /// A connection to the whole cluster, to read the slot map and the keys of moved slots.
         conn: Conn,
         /// The primary serving each slot when the scan started (by address).
         owners: Vec<Option<String>>,
     },
+}
+
+impl KeyInput {
+    /// How many lanes its scan has in the [`Ledger`]: one per primary of a cluster, else one.
+    pub fn lanes(&self) -> usize {
+        match self {
+            KeyInput::Cluster { primaries, .. } => primaries.len(),
+            KeyInput::Server(_) | KeyInput::Lines(_) => 1,
+        }
+    }
+
+    /// For a cluster: its primaries (the lanes) and which served each slot when the scan was set up,
+    /// for `--checkpoint`.
+    pub fn slot_map(&self) -> Option<SlotMap> {
+        match self {
+            KeyInput::Cluster { primaries, owners, .. } => {
+                Some(SlotMap::new(primaries.iter().map(|p| p.conn.endpoint().to_string()).collect(), owners))
+            }
+            KeyInput::Server(_) | KeyInput::Lines(_) => None,
+        }
+    }
 }
 
 /// The SCAN of one server.
@@ -71,6 +97,8 @@ struct Batcher<'a> {
     page: Position,
     /// Keys per batch.
     size: usize,
+    /// Its lane in the ledger: the scanner's, or [`REREAD`].
+    lane: usize,
     /// The next stage.
     out: Sender<Batch<Key>>,
     /// For the scanned counter.
@@ -108,7 +136,7 @@ impl Batcher<'_> {
         let n = items.len();
         // Counted before sending, so that a downstream stage never accounts for a key not yet scanned.
         Counters::add(&self.rep.counters.scanned, n as u64);
-        let id = self.ledger.open(n, self.first);
+        let id = self.ledger.open(self.lane, n, self.first);
         match self.out.send(Batch { id, items }) {
             Ok(()) => true,
             Err(_) => {
@@ -121,27 +149,32 @@ impl Batcher<'_> {
     /// Tells the ledger that every key before `next` (the place after the current page) is batched,
     /// or, while some keys still wait in the batch being filled, every key before the first of them.
     fn mark(&self, next: Position) {
-        self.ledger.scanned_to(if self.keys.is_empty() { next } else { self.first });
+        self.ledger.scanned_to(self.lane, if self.keys.is_empty() { next } else { self.first });
     }
 }
 
 /// Runs the scan stage until every key was found, the stop flag is raised, or the connection is lost.
-/// A SCAN starts at `start` (from `--checkpoint`); `--keys-from` always reads from its beginning. With
-/// a `throttle` (copy's `--rate`), each batch waits for its tokens before it is sent on.
+/// A SCAN starts each lane (the server, or each primary of a cluster) at its entry of `start` (from
+/// `--checkpoint`; `None`: an earlier run scanned all of it); `--keys-from` always reads from its
+/// beginning. With a `throttle` (copy's `--rate`), each batch waits for its tokens before it is sent on.
 pub fn run(
     input: KeyInput,
     batch: usize,
-    start: Position,
+    start: &[Option<Position>],
     out: Sender<Batch<Key>>,
     rep: Reporter,
     ledger: &Ledger,
     throttle: Option<&Throttle>,
 ) {
+    let first = start.first().copied().flatten().unwrap_or_default();
+    // A cluster's own batcher only carries the keys of the slots read again.
+    let lane = if matches!(input, KeyInput::Cluster { .. }) { REREAD } else { 0 };
     let mut batcher = Batcher {
         keys: Vec::with_capacity(batch),
-        first: start,
-        page: start,
+        first,
+        page: first,
         size: batch,
+        lane,
         out,
         rep: &rep,
         ledger,
@@ -151,7 +184,10 @@ pub fn run(
         KeyInput::Cluster { primaries, conn, owners } => {
             cluster(primaries, conn, owners, start, &mut batcher)
         }
-        KeyInput::Server(scan) => scan_server(scan, start, &mut batcher),
+        KeyInput::Server(scan) => match start.first().copied().flatten() {
+            Some(at) => scan_server(scan, at, &mut batcher),
+            None => Ok(()),
+        },
         KeyInput::Lines(reader) => read_lines(reader, &mut batcher),
     };
     match scanned {
@@ -164,15 +200,17 @@ pub fn run(
     }
 }
 
-/// Scans a cluster: each primary in a thread of its own, with a batcher of its own; then the slots
-/// that changed hands meanwhile are read again ([`rescan_moved`]). A primary lost during its scan (a
-/// connection that could not be made again: it failed, and a replica may be taking over) does not end
-/// the run: its slots count as moved, so they are read from whichever primary serves them at the end.
+/// Scans a cluster: each primary in a thread of its own, with a batcher of its own in its own lane
+/// of the ledger, from its entry of `start` (a primary whose entry is `None` was scanned to its end by
+/// an earlier run); then the slots that changed hands meanwhile are read again ([`rescan_moved`]). A
+/// primary lost during its scan (a connection that could not be made again: it failed, and a replica
+/// may be taking over) does not end the run: its slots count as moved, so they are read from whichever
+/// primary serves them at the end.
 fn cluster(
     primaries: Vec<Scan>,
     conn: Conn,
     mut owners: Vec<Option<String>>,
-    start: Position,
+    start: &[Option<Position>],
     batcher: &mut Batcher,
 ) -> Result<(), StageError> {
     let filter = match primaries.first() {
@@ -183,14 +221,23 @@ fn cluster(
     let results: Vec<(String, Result<(), StageError>)> = std::thread::scope(|s| {
         let threads: Vec<_> = primaries
             .into_iter()
-            .map(|primary| {
+            .zip(start)
+            .enumerate()
+            .filter_map(|(lane, (primary, at))| Some((lane, primary, (*at)?)))
+            .map(|(lane, primary, at)| {
                 let node = primary.conn.endpoint().to_string();
-                let mut own =
-                    Batcher { keys: Vec::with_capacity(parent.size), out: parent.out.clone(), ..*parent };
+                let mut own = Batcher {
+                    keys: Vec::with_capacity(parent.size),
+                    first: at,
+                    page: at,
+                    lane,
+                    out: parent.out.clone(),
+                    ..*parent
+                };
                 s.spawn(move || {
-                    let scanned = scan_server(primary, start, &mut own);
-                    if scanned.is_ok() && !own.rep.stop.stop_scanning() {
-                        own.flush();
+                    let scanned = scan_server(primary, at, &mut own);
+                    if scanned.is_ok() && !own.rep.stop.stop_scanning() && own.flush() {
+                        own.ledger.finish_lane(lane);
                     }
                     (node, scanned)
                 })
@@ -224,7 +271,8 @@ fn cluster(
 /// without a primary (a failover under way), are waited for first, up to [`SETTLE`]; a slot still
 /// without a primary then ends the scan with an error. Then again for the slots that moved meanwhile.
 /// Keys found twice this way are counted twice (the second time as skipped, or copied again with
-/// `--on-conflict replace`).
+/// `--on-conflict replace`). These keys have no SCAN position: once slots have moved, the ledger is
+/// told ([`Ledger::reread`]), and until the scan is over a resumed run starts from the beginning.
 fn rescan_moved(
     mut conn: Conn,
     mut owners: Vec<Option<String>>,
@@ -252,6 +300,7 @@ fn rescan_moved(
         if moved.is_empty() {
             return Ok(());
         }
+        batcher.ledger.reread();
         log::info!(
             "{} slots of the source changed primary during the scan (a reshard or a failover); reading their keys again",
             moved.len()

@@ -197,8 +197,9 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         let scanner = |input: KeyInput, tx: Sender<Batch<Key>>, counters| {
             let rep = Reporter::new(counters, stop, fail_tx.clone(), None);
             s.spawn(move || {
-                let ledger = Ledger::new(Position::default());
-                scan::run(input, cfg.batch, Position::default(), tx, rep, &ledger, None)
+                let starts = vec![Some(Position::default()); input.lanes()];
+                let ledger = Ledger::new(&starts);
+                scan::run(input, cfg.batch, &starts, tx, rep, &ledger, None)
             });
         };
         scanner(input, tx, &source_counters);

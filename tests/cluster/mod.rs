@@ -5,7 +5,9 @@
 //! agreeing and finding a missing and a changed key, the skip policy, `--mode typed`, `--keys-from`,
 //! refusal of a db other than 0 on a cluster side, and nothing lost while the target or the source
 //! cluster is resharded during a copy, or while a primary of the target or of the source fails over to
-//! its replica (clusters of three primaries with a replica each). The source is only read.
+//! its replica (clusters of three primaries with a replica each), and `--checkpoint` from a cluster
+//! source: a copy interrupted with SIGINT resumes each primary where it stopped, and starts over when
+//! slots were resharded between the two runs. The source is only read.
 //!
 //! Not here: clusters with passwords (a TLS cluster is in tests/tls), a slot left without any primary.
 //! One test checks the harness itself (start, fill, reshard), without the binary, so a harness fault is
@@ -797,4 +799,133 @@ fn cluster_keys_from_a_file_copies_exactly_those_keys_between_clusters() {
     assert_eq!(buckets(&sum), (n + 1, n, 0, 1, 0), "{}", sum.line);
     assert_eq!(show_keys(&dst.cluster_keys()), show_keys(&set_of(&listed)));
     assert_same(&mut s, &mut dst.conn(), &listed);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// --checkpoint with a cluster source
+// ---------------------------------------------------------------------------------------------------
+
+/// Keys in the checkpoint tests: with [`CHECKPOINT_RATE`] a whole copy takes at least 7.5 s.
+const CHECKPOINT_KEYS: usize = 150_000;
+/// `--rate` for those copies.
+const CHECKPOINT_RATE: &str = "20000";
+/// Keys on the target when the first run is interrupted: every primary's scan is under way, most of
+/// the keys are still to come.
+const CHECKPOINT_STOP_AT: i64 = 30_000;
+
+/// A cluster source of [`CHECKPOINT_KEYS`] keys copied to a standalone server with `--checkpoint`,
+/// the copy interrupted (SIGINT) once [`CHECKPOINT_STOP_AT`] keys are on the target.
+struct Interrupted {
+    src: RedisCluster,
+    dst: RedisServer,
+    keys: Vec<Vec<u8>>,
+    dir: tempfile::TempDir,
+    /// The checkpoint file.
+    cp: String,
+    /// The arguments of the copy (the second run is the same command).
+    args: Vec<String>,
+    /// Keys on the target after the first run.
+    on_target: u64,
+}
+
+impl Interrupted {
+    fn new() -> Interrupted {
+        let src = RedisCluster::new();
+        let dst = RedisServer::new();
+        let keys = src.fill_strings("cp:", CHECKPOINT_KEYS);
+        assert_spread(&src);
+        let dir = tempfile::tempdir().unwrap();
+        let cp = path_str(&dir.path().join("checkpoint.json"));
+        let args =
+            copy_args(&src.addr(), &dst.addr(), &dir, &["--checkpoint", &cp, "--rate", CHECKPOINT_RATE]);
+        let mut d = dst.conn();
+        let mut first = wait_until_written(spawn_ferry(args.clone()), CHECKPOINT_STOP_AT, || dbsize(&mut d));
+        first.signal("INT");
+        let out = first.wait();
+        assert_copy_exit(&out, &dir, 130);
+        let on_target = dbsize(&mut d) as u64;
+        assert!(
+            on_target < CHECKPOINT_KEYS as u64,
+            "the first run copied everything: {}",
+            summary(&out).line
+        );
+        Interrupted { src, dst, keys, dir, cp, args, on_target }
+    }
+
+    /// The checkpoint file, parsed.
+    fn checkpoint(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.cp).expect("the checkpoint was written");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// Each primary's address and resume point in the checkpoint (`null`: done).
+    fn saved_primaries(&self) -> Vec<(String, serde_json::Value)> {
+        let cp = self.checkpoint();
+        assert!(cp.get("resume").is_none(), "a single resume point for a cluster source: {cp}");
+        let primaries = cp["cluster"]["primaries"].as_array().unwrap_or_else(|| panic!("no primaries: {cp}"));
+        primaries.iter().map(|p| (p["node"].as_str().unwrap().to_string(), p["resume"].clone())).collect()
+    }
+
+    /// Runs the same command again; asserts exit 0, a target equal to the source (by key, and by
+    /// `verify`), that every key not yet on the target was copied once, and a checkpoint saying done.
+    fn run_again(&self) -> (Summary, Output) {
+        let out = ferry(&self.args);
+        assert_copy_exit(&out, &self.dir, 0);
+        let sum = summary(&out);
+        let n = CHECKPOINT_KEYS as u64;
+        assert_eq!((sum.copied, sum.failed), (n - self.on_target, 0), "{}", sum.line);
+        let mut d = self.dst.conn();
+        assert_eq!(dbsize(&mut d), n as i64);
+        assert_eq!(all_keys(&mut d), set_of(&self.keys), "the target holds other keys than the source");
+        assert_same(&mut self.src.conn(), &mut d, &sample(&self.keys));
+        let v = assert_verified(&self.src.addr(), &self.dst.addr());
+        assert_eq!(v.matched, n, "{}", v.line);
+        let done = self.saved_primaries();
+        assert!(done.iter().all(|(_, at)| at.is_null()), "not every primary done: {done:?}");
+        (sum, out)
+    }
+}
+
+#[test]
+fn cluster_checkpoint_resumes_each_primary_where_it_stopped() {
+    let run = Interrupted::new();
+    let saved = run.saved_primaries();
+    let mut nodes: Vec<String> = run.src.nodes().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    nodes.sort();
+    assert_eq!(
+        saved.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        nodes,
+        "one lane per primary, by address"
+    );
+    assert!(saved.iter().any(|(_, at)| at.is_object()), "no primary left to resume: {saved:?}");
+
+    let (sum, out) = run.run_again();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resuming from --checkpoint"), "did not resume\n{}", dump(&out));
+    // Resumed, not restarted: what was left, plus at most a few pages per primary again.
+    let n = CHECKPOINT_KEYS as u64;
+    assert!(sum.scanned < n * 9 / 10, "scanned {} of {n} again: {}", sum.scanned, sum.line);
+    assert!(sum.scanned >= n - run.on_target, "{}", sum.line);
+}
+
+#[test]
+fn cluster_checkpoint_after_slots_moved_scans_everything_again() {
+    let run = Interrupted::new();
+    let before = run.checkpoint()["cluster"]["slot_map"].clone();
+    run.src.reshard(0, 1, 100);
+    assert_eq!(run.src.cluster_dbsize(), CHECKPOINT_KEYS as i64, "the reshard lost source keys");
+
+    let (sum, out) = run.run_again();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("slots are not served as when the checkpoint was made"),
+        "no warning about the moved slots\n{}",
+        dump(&out)
+    );
+    assert!(!stderr.contains("resuming from --checkpoint"), "resumed on another slot map\n{}", dump(&out));
+    // Started over: every key scanned again, the ones copied already skipped.
+    let n = CHECKPOINT_KEYS as u64;
+    assert!(sum.scanned >= n, "{}", sum.line);
+    assert!(sum.skipped >= run.on_target, "{}", sum.line);
+    assert_ne!(run.checkpoint()["cluster"]["slot_map"], before, "the checkpoint kept the old slot map");
 }

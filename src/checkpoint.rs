@@ -232,11 +232,18 @@ pub struct SlotMap {
 impl SlotMap {
     /// The map of a cluster whose scan has a lane for each of `primaries`, and whose slot `s` is served
     /// by `owners[s]` (`None`: by no primary).
-    pub fn new(primaries: Vec<String>, owners: &[Option<String>]) -> SlotMap {
+    /// The primaries' `run_ids` go into the fingerprint too: a restarted primary orders its keys anew,
+    /// and a SCAN cursor from before could skip some.
+    pub fn new<'a>(
+        primaries: Vec<String>,
+        owners: &'a [Option<String>],
+        run_ids: impl IntoIterator<Item = &'a str>,
+    ) -> SlotMap {
         // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for owner in owners {
-            for &b in owner.as_deref().unwrap_or("-").as_bytes().iter().chain(b"\n") {
+        let owners = owners.iter().map(|o| o.as_deref().unwrap_or("-"));
+        for text in owners.chain(run_ids) {
+            for &b in text.as_bytes().iter().chain(b"\n") {
                 hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
             }
         }
@@ -255,6 +262,10 @@ pub struct Checkpoint {
     /// is absent (outer `None`) for a cluster source.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub resume: Option<Option<Position>>,
+    /// A standalone source: its `run_id` when the run that wrote this started (absent in files written
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// A cluster source: where to resume each primary, and the slot map those positions belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterResume>,
@@ -337,7 +348,8 @@ pub fn load(path: &str, identity: &Identity) -> Result<Option<Checkpoint>, Strin
 /// slot map now (`None`: a standalone source). No checkpoint, or one whose copy went through to the
 /// end, starts afresh. A cluster checkpoint resumes only on the same primaries serving the same slots;
 /// otherwise the scan starts over (logged as a warning), keeping the counters of the earlier runs.
-pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>) -> Start {
+/// A standalone source resumes only on the same server process: `run_id` is its run id now.
+pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>, run_id: Option<&str>) -> Start {
     let Some(cp) = saved else { return Start::fresh(map) };
     let over = |why: String| {
         log::warn!(
@@ -348,7 +360,17 @@ pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>) -> St
         Start { base: cp.counts, ..Start::fresh(map) }
     };
     let at: Vec<Option<Position>> = match (&cp.cluster, map) {
-        (None, None) => vec![cp.resume.flatten()],
+        (None, None) => {
+            if let (Some(then), Some(now)) = (&cp.run_id, run_id) {
+                if then != now {
+                    return over(format!(
+                        "the source server restarted since it was made (run_id {then} then, {now} now), and a SCAN \
+                         cursor from before a restart may skip keys"
+                    ));
+                }
+            }
+            vec![cp.resume.flatten()]
+        }
         (Some(saved), Some(now)) => {
             let nodes: Vec<&String> = saved.primaries.iter().map(|p| &p.node).collect();
             if nodes.iter().copied().ne(now.primaries.iter()) {
@@ -360,8 +382,8 @@ pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>) -> St
             }
             if saved.slot_map != now.fingerprint {
                 return over(
-                    "the source's slots are not served as when the checkpoint was made (slots moved, or a \
-                     failover)"
+                    "the source's slots are not served as when the checkpoint was made (slots moved, a \
+                     failover, or a primary restarted)"
                         .into(),
                 );
             }
@@ -401,11 +423,12 @@ fn describe(at: &[Option<Position>], map: Option<&SlotMap>) -> String {
 }
 
 /// Writes a checkpoint atomically: `resume` holds each lane's resume point, for a standalone source
-/// (`map` is `None`, one lane) or for the primaries of a cluster source.
+/// (`map` is `None`, one lane, and `run_id` is the server's) or for the primaries of a cluster source.
 pub fn save(
     path: &str,
     identity: &Identity,
     map: Option<&SlotMap>,
+    run_id: Option<&str>,
     resume: &[Option<Position>],
     counts: Snapshot,
 ) -> Result<(), String> {
@@ -425,6 +448,7 @@ pub fn save(
         version: VERSION,
         identity: identity.clone(),
         resume,
+        run_id: run_id.filter(|_| map.is_none()).map(String::from),
         cluster,
         counts,
         saved_at: report::rfc3339(SystemTime::now()),
@@ -438,6 +462,7 @@ pub fn keep_saving(
     path: &str,
     identity: &Identity,
     map: Option<&SlotMap>,
+    run_id: Option<&str>,
     ledger: &Ledger,
     counters: &Counters,
     base: Snapshot,
@@ -446,7 +471,7 @@ pub fn keep_saving(
     let save_now = || {
         // Counters first: a key counted a moment after its batch closed only makes them run ahead.
         let counts = base.plus(counters.snapshot());
-        if let Err(e) = save(path, identity, map, &ledger.resume_points(), counts) {
+        if let Err(e) = save(path, identity, map, run_id, &ledger.resume_points(), counts) {
             log::warn!("{e}");
         }
     };
@@ -535,7 +560,25 @@ mod tests {
 
     /// `load` then `start`, as `copy` does.
     fn resume(path: &str, id: &Identity, map: Option<&SlotMap>) -> Result<Start, String> {
-        load(path, id).map(|cp| start(cp, path, map))
+        load(path, id).map(|cp| start(cp, path, map, Some("r1")))
+    }
+
+    #[test]
+    fn a_restarted_server_or_primary_starts_the_scan_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let path = path.to_str().unwrap();
+        let id = identity();
+        let counts = Snapshot { scanned: 5, copied: 5, skipped: 0, expired: 0, failed: 0 };
+        save(path, &id, None, Some("r1"), &[Some(P(0, 99))], counts).unwrap();
+        let same = start(load(path, &id).unwrap(), path, None, Some("r1"));
+        assert_eq!(same.at, [Some(P(0, 99))]);
+        let restarted = start(load(path, &id).unwrap(), path, None, Some("r2"));
+        assert_eq!((restarted.at, restarted.base), (vec![Some(P(0, 0))], counts));
+        // A cluster primary's run id is part of the slot map's fingerprint.
+        let owners = vec![Some("a:1".to_string()); crate::cluster::SLOTS];
+        let before = SlotMap::new(vec!["a:1".into()], &owners, ["r1"]);
+        assert_ne!(before.fingerprint, SlotMap::new(vec!["a:1".into()], &owners, ["r2"]).fingerprint);
     }
 
     #[test]
@@ -546,13 +589,13 @@ mod tests {
         let id = identity();
         assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         let counts = Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0 };
-        save(path, &id, None, &[Some(P(1, 99))], counts).unwrap();
+        save(path, &id, None, Some("r1"), &[Some(P(1, 99))], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains("\"resume\": {") && !text.contains("cluster"), "{text}");
         assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(1, 99))], base: counts });
         let other = Identity { target: "c:3".into(), ..id.clone() };
         assert!(load(path, &other).unwrap_err().contains("another copy"));
-        save(path, &id, None, &[None], counts).unwrap();
+        save(path, &id, None, Some("r1"), &[None], counts).unwrap();
         assert!(std::fs::read_to_string(path).unwrap().contains("\"resume\": null"));
         assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         std::fs::write(path, "garbage").unwrap();
@@ -590,13 +633,13 @@ mod tests {
     #[test]
     fn the_slot_map_fingerprint_changes_when_one_slot_moves() {
         let nodes = || vec!["h:1".to_string(), "h:2".to_string()];
-        let a = SlotMap::new(nodes(), &owners(8000));
-        assert_eq!(a, SlotMap::new(nodes(), &owners(8000)));
+        let a = SlotMap::new(nodes(), &owners(8000), []);
+        assert_eq!(a, SlotMap::new(nodes(), &owners(8000), []));
         assert_eq!(a.fingerprint.len(), 16);
-        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &owners(8001)).fingerprint);
+        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &owners(8001), []).fingerprint);
         let mut uncovered = owners(8000);
         uncovered[3] = None;
-        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &uncovered).fingerprint);
+        assert_ne!(a.fingerprint, SlotMap::new(nodes(), &uncovered, []).fingerprint);
     }
 
     #[test]
@@ -606,10 +649,10 @@ mod tests {
         let path = path.to_str().unwrap();
         let id = identity();
         let nodes = || vec!["h:1".to_string(), "h:2".to_string()];
-        let map = SlotMap::new(nodes(), &owners(8000));
+        let map = SlotMap::new(nodes(), &owners(8000), []);
         assert_eq!(resume(path, &id, Some(&map)).unwrap().at, [Some(P(0, 0)), Some(P(0, 0))]);
         let counts = Snapshot { scanned: 9, copied: 9, skipped: 0, expired: 0, failed: 0 };
-        save(path, &id, Some(&map), &[Some(P(0, 300)), None], counts).unwrap();
+        save(path, &id, Some(&map), None, &[Some(P(0, 300)), None], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(&map.fingerprint) && text.contains("\"node\": \"h:2\""), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -621,7 +664,7 @@ mod tests {
             Start { at: vec![Some(P(0, 300)), None], base: counts }
         );
         // One slot served elsewhere: from the beginning, the earlier counters kept.
-        let moved = SlotMap::new(nodes(), &owners(8001));
+        let moved = SlotMap::new(nodes(), &owners(8001), []);
         let over = Start { at: vec![Some(P(0, 0)), Some(P(0, 0))], base: counts };
         assert_eq!(resume(path, &id, Some(&moved)).unwrap(), over);
         // Other primaries (here a third one), even with the same fingerprint: from the beginning.
@@ -630,10 +673,10 @@ mod tests {
         // The source is standalone now.
         assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(0, 0))], base: counts });
         // A standalone checkpoint for a cluster source.
-        save(path, &id, None, &[Some(P(0, 300))], counts).unwrap();
+        save(path, &id, None, Some("r1"), &[Some(P(0, 300))], counts).unwrap();
         assert_eq!(resume(path, &id, Some(&map)).unwrap(), over);
         // Every primary done: the copy went through; a fresh one starts.
-        save(path, &id, Some(&map), &[None, None], counts).unwrap();
+        save(path, &id, Some(&map), None, &[None, None], counts).unwrap();
         assert_eq!(resume(path, &id, Some(&map)).unwrap(), Start::fresh(Some(&map)));
     }
 }

@@ -824,6 +824,8 @@ pub struct ServerInfo {
     pub version: (u32, u32, u32),
     /// `cluster_enabled:1`.
     pub cluster: bool,
+    /// `run_id`: changes with every start of the server (and with it the order SCAN cursors follow).
+    pub run_id: String,
 }
 
 impl ServerInfo {
@@ -837,6 +839,8 @@ impl ServerInfo {
                     (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
             } else if let Some(v) = line.strip_prefix("cluster_enabled:") {
                 info.cluster = v.trim() == "1";
+            } else if let Some(v) = line.strip_prefix("run_id:") {
+                info.run_id = v.trim().to_string();
             }
         }
         info
@@ -903,8 +907,10 @@ mod tests {
 
     #[test]
     fn parses_info() {
-        let info =
-            ServerInfo::parse("# Server\r\nredis_version:7.0.15\r\n# Cluster\r\ncluster_enabled:0\r\n");
+        let info = ServerInfo::parse(
+            "# Server\r\nredis_version:7.0.15\r\nrun_id:ab12\r\n# Cluster\r\ncluster_enabled:0\r\n",
+        );
+        assert_eq!(info.run_id, "ab12");
         assert_eq!(info.version, (7, 0, 15));
         assert!(!info.cluster);
         assert!(info.has_pexpiretime());

@@ -157,7 +157,8 @@ pub fn key_input(
                 node.endpoint()
             )));
         }
-        Ok(Scan { conn: node, patterns: patterns.clone(), types: types.clone(), count })
+        let run_id = node.server_info().map(|info| info.run_id).unwrap_or_default();
+        Ok(Scan { conn: node, patterns: patterns.clone(), types: types.clone(), count, run_id })
     };
     if !conn.is_cluster() {
         return scan(conn).map(KeyInput::Server);
@@ -192,9 +193,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
     let input = key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
-    let slot_map = input.slot_map();
+    let (slot_map, run_id) = (input.slot_map(), input.run_id().map(String::from));
     let resume = match &cfg.checkpoint {
-        Some(path) => checkpoint::start(saved, path, slot_map.as_ref()),
+        Some(path) => checkpoint::start(saved, path, slot_map.as_ref(), run_id.as_deref()),
         None => checkpoint::Start::fresh(slot_map.as_ref()),
     };
     let open = |endpoint: &Endpoint| {
@@ -280,8 +281,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         }
         if let Some(path) = &cfg.checkpoint {
             let (counters, ledger, identity, map) = (&counters, &ledger, &identity, slot_map.as_ref());
+            let run_id = run_id.as_deref();
             s.spawn(move || {
-                checkpoint::keep_saving(path, identity, map, ledger, counters, resume.base, done_rx)
+                checkpoint::keep_saving(path, identity, map, run_id, ledger, counters, resume.base, done_rx)
             });
         }
 

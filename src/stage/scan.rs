@@ -57,14 +57,24 @@ impl KeyInput {
         }
     }
 
-    /// For a cluster: its primaries (the lanes) and which served each slot when the scan was set up,
-    /// for `--checkpoint`.
+    /// For a cluster: its primaries (the lanes), which served each slot when the scan was set up, and
+    /// their run ids, for `--checkpoint`.
     pub fn slot_map(&self) -> Option<SlotMap> {
         match self {
-            KeyInput::Cluster { primaries, owners, .. } => {
-                Some(SlotMap::new(primaries.iter().map(|p| p.conn.endpoint().to_string()).collect(), owners))
-            }
+            KeyInput::Cluster { primaries, owners, .. } => Some(SlotMap::new(
+                primaries.iter().map(|p| p.conn.endpoint().to_string()).collect(),
+                owners,
+                primaries.iter().map(|p| p.run_id.as_str()),
+            )),
             KeyInput::Server(_) | KeyInput::Lines(_) => None,
+        }
+    }
+
+    /// For a standalone server: its run id when the scan was set up, for `--checkpoint`.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            KeyInput::Server(scan) => Some(&scan.run_id),
+            KeyInput::Cluster { .. } | KeyInput::Lines(_) => None,
         }
     }
 }
@@ -79,6 +89,8 @@ pub struct Scan {
     pub types: Vec<KeyType>,
     /// COUNT hint.
     pub count: u64,
+    /// The server's `run_id` when the scan was set up: a SCAN cursor means nothing after a restart.
+    pub run_id: String,
 }
 
 /// How many times the slots that moved during a cluster scan are read again (a reshard that goes on
@@ -374,7 +386,7 @@ impl StageError {
 
 /// Scans one server: one pass per type and pattern, from `start`.
 fn scan_server(scan: Scan, start: Position, batcher: &mut Batcher) -> Result<(), StageError> {
-    let Scan { mut conn, patterns, types, count } = scan;
+    let Scan { mut conn, patterns, types, count, .. } = scan;
     let types: Vec<Option<KeyType>> =
         if types.is_empty() { vec![None] } else { types.into_iter().map(Some).collect() };
     let passes = types.iter().flat_map(|ty| (0..patterns.len()).map(move |i| (*ty, i)));

@@ -533,6 +533,15 @@ fn wait_until_written(
 /// Starts [`RESHARD_MOVES`] on `c` in the background and waits until the first slot has moved (node
 /// `to` of the first move owns more slots); asserts that the copy is still running then, so the
 /// reshard really happens during the copy.
+/// Asserts that the cluster `dst` holds exactly `keys`, and no other key.
+#[track_caller]
+fn assert_cluster_holds_exactly(dst: &RedisCluster, keys: &[Vec<u8>]) {
+    let on_target = dst.cluster_keys();
+    assert_holds_all(&on_target, keys);
+    assert_eq!(on_target, set_of(keys), "the target holds other keys than the source");
+    assert_eq!(dst.cluster_dbsize(), keys.len() as i64);
+}
+
 /// Runs a copy with `args`, starts a reshard of `c` once the copy is writing (`target_size` counts the
 /// keys on the target) and returns the copy's output once both are done.
 fn copy_while_resharding(args: Vec<String>, target_size: impl FnMut() -> i64, c: &RedisCluster) -> Output {
@@ -580,10 +589,7 @@ fn cluster_reshard_of_the_target_during_a_copy_loses_nothing() {
     let out = copy_while_resharding(args, || dst.cluster_dbsize(), &dst);
     assert_copy_exit(&out, &dir, 0);
     let sum = summary(&out);
-    let on_target = dst.cluster_keys();
-    assert_holds_all(&on_target, &keys);
-    assert_eq!(on_target, set_of(&keys), "the target holds other keys than the source");
-    assert_eq!(dst.cluster_dbsize(), n as i64);
+    assert_cluster_holds_exactly(&dst, &keys);
     assert_eq!(buckets(&sum), (n, n, 0, 0, 0), "{}", sum.line);
     assert_eq!(
         (0..3).map(|i| dst.slots_of(i)).collect::<Vec<_>>(),
@@ -685,10 +691,7 @@ fn cluster_failover_of_a_target_primary_during_a_copy_loses_nothing() {
     // before it exits (SHUTDOWN semantics): no acknowledged write is lost with it, and the writes it
     // held back were never run, so they reach the new primary as new keys. (A SIGKILL could lose
     // acknowledged writes, or leave a write run but unanswered, counted as skipped when resent.)
-    let on_target = dst.cluster_keys();
-    assert_holds_all(&on_target, &keys);
-    assert_eq!(on_target, set_of(&keys), "the target holds other keys than the source");
-    assert_eq!(dst.cluster_dbsize(), n as i64);
+    assert_cluster_holds_exactly(&dst, &keys);
     assert_eq!((sum.copied, sum.failed), (n, 0), "{}", sum.line);
     assert!(sum.scanned >= n, "{}", sum.line);
     assert_same(&mut s, &mut dst.conn(), &sample(&keys));

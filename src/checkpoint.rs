@@ -251,6 +251,15 @@ impl SlotMap {
     }
 }
 
+/// What a run's resume points are relative to: the source as the run found it when it started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// A cluster source: its primaries and slot map; `None` for a standalone source.
+    pub map: Option<&'a SlotMap>,
+    /// A standalone source: its `run_id`.
+    pub run_id: Option<&'a str>,
+}
+
 /// The checkpoint file's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -344,12 +353,13 @@ pub fn load(path: &str, identity: &Identity) -> Result<Option<Checkpoint>, Strin
     Ok(Some(cp))
 }
 
-/// Where a run of the copy starts, given the checkpoint `saved` (read from `path`) and the source's
-/// slot map now (`None`: a standalone source). No checkpoint, or one whose copy went through to the
-/// end, starts afresh. A cluster checkpoint resumes only on the same primaries serving the same slots;
-/// otherwise the scan starts over (logged as a warning), keeping the counters of the earlier runs.
-/// A standalone source resumes only on the same server process: `run_id` is its run id now.
-pub fn start(saved: Option<Checkpoint>, path: &str, map: Option<&SlotMap>, run_id: Option<&str>) -> Start {
+/// Where a run of the copy starts, given the checkpoint `saved` (read from `path`) and the source as
+/// it is now (`origin`). No checkpoint, or one whose copy went through to the end, starts afresh. A
+/// cluster checkpoint resumes only on the same primaries serving the same slots, a standalone one only
+/// on the same server process (run id); otherwise the scan starts over (logged as a warning), keeping
+/// the counters of the earlier runs.
+pub fn start(saved: Option<Checkpoint>, path: &str, origin: Origin) -> Start {
+    let Origin { map, run_id } = origin;
     let Some(cp) = saved else { return Start::fresh(map) };
     let over = |why: String| {
         log::warn!(
@@ -423,15 +433,15 @@ fn describe(at: &[Option<Position>], map: Option<&SlotMap>) -> String {
 }
 
 /// Writes a checkpoint atomically: `resume` holds each lane's resume point, for a standalone source
-/// (`map` is `None`, one lane, and `run_id` is the server's) or for the primaries of a cluster source.
+/// (one lane, kept with the server's run id) or for the primaries of the cluster `origin.map`.
 pub fn save(
     path: &str,
     identity: &Identity,
-    map: Option<&SlotMap>,
-    run_id: Option<&str>,
+    origin: Origin,
     resume: &[Option<Position>],
     counts: Snapshot,
 ) -> Result<(), String> {
+    let Origin { map, run_id } = origin;
     let (resume, cluster) = match map {
         None => (Some(resume.first().copied().flatten()), None),
         Some(m) => {
@@ -461,8 +471,7 @@ pub fn save(
 pub fn keep_saving(
     path: &str,
     identity: &Identity,
-    map: Option<&SlotMap>,
-    run_id: Option<&str>,
+    origin: Origin,
     ledger: &Ledger,
     counters: &Counters,
     base: Snapshot,
@@ -471,7 +480,7 @@ pub fn keep_saving(
     let save_now = || {
         // Counters first: a key counted a moment after its batch closed only makes them run ahead.
         let counts = base.plus(counters.snapshot());
-        if let Err(e) = save(path, identity, map, run_id, &ledger.resume_points(), counts) {
+        if let Err(e) = save(path, identity, origin, &ledger.resume_points(), counts) {
             log::warn!("{e}");
         }
     };
@@ -560,7 +569,7 @@ mod tests {
 
     /// `load` then `start`, as `copy` does.
     fn resume(path: &str, id: &Identity, map: Option<&SlotMap>) -> Result<Start, String> {
-        load(path, id).map(|cp| start(cp, path, map, Some("r1")))
+        load(path, id).map(|cp| start(cp, path, Origin { map, run_id: Some("r1") }))
     }
 
     #[test]
@@ -570,10 +579,10 @@ mod tests {
         let path = path.to_str().unwrap();
         let id = identity();
         let counts = Snapshot { scanned: 5, copied: 5, skipped: 0, expired: 0, failed: 0 };
-        save(path, &id, None, Some("r1"), &[Some(P(0, 99))], counts).unwrap();
-        let same = start(load(path, &id).unwrap(), path, None, Some("r1"));
+        save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(0, 99))], counts).unwrap();
+        let same = start(load(path, &id).unwrap(), path, Origin { map: None, run_id: Some("r1") });
         assert_eq!(same.at, [Some(P(0, 99))]);
-        let restarted = start(load(path, &id).unwrap(), path, None, Some("r2"));
+        let restarted = start(load(path, &id).unwrap(), path, Origin { map: None, run_id: Some("r2") });
         assert_eq!((restarted.at, restarted.base), (vec![Some(P(0, 0))], counts));
         // A cluster primary's run id is part of the slot map's fingerprint.
         let owners = vec![Some("a:1".to_string()); crate::cluster::SLOTS];
@@ -589,13 +598,13 @@ mod tests {
         let id = identity();
         assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         let counts = Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0 };
-        save(path, &id, None, Some("r1"), &[Some(P(1, 99))], counts).unwrap();
+        save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(1, 99))], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains("\"resume\": {") && !text.contains("cluster"), "{text}");
         assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(1, 99))], base: counts });
         let other = Identity { target: "c:3".into(), ..id.clone() };
         assert!(load(path, &other).unwrap_err().contains("another copy"));
-        save(path, &id, None, Some("r1"), &[None], counts).unwrap();
+        save(path, &id, Origin { map: None, run_id: Some("r1") }, &[None], counts).unwrap();
         assert!(std::fs::read_to_string(path).unwrap().contains("\"resume\": null"));
         assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
         std::fs::write(path, "garbage").unwrap();
@@ -652,7 +661,7 @@ mod tests {
         let map = SlotMap::new(nodes(), &owners(8000), []);
         assert_eq!(resume(path, &id, Some(&map)).unwrap().at, [Some(P(0, 0)), Some(P(0, 0))]);
         let counts = Snapshot { scanned: 9, copied: 9, skipped: 0, expired: 0, failed: 0 };
-        save(path, &id, Some(&map), None, &[Some(P(0, 300)), None], counts).unwrap();
+        save(path, &id, Origin { map: Some(&map), run_id: None }, &[Some(P(0, 300)), None], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(&map.fingerprint) && text.contains("\"node\": \"h:2\""), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -673,10 +682,10 @@ mod tests {
         // The source is standalone now.
         assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(0, 0))], base: counts });
         // A standalone checkpoint for a cluster source.
-        save(path, &id, None, Some("r1"), &[Some(P(0, 300))], counts).unwrap();
+        save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(0, 300))], counts).unwrap();
         assert_eq!(resume(path, &id, Some(&map)).unwrap(), over);
         // Every primary done: the copy went through; a fresh one starts.
-        save(path, &id, Some(&map), None, &[None, None], counts).unwrap();
+        save(path, &id, Origin { map: Some(&map), run_id: None }, &[None, None], counts).unwrap();
         assert_eq!(resume(path, &id, Some(&map)).unwrap(), Start::fresh(Some(&map)));
     }
 }

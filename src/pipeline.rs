@@ -194,8 +194,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     let input = key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
     let (slot_map, run_id) = (input.slot_map(), input.run_id().map(String::from));
+    let origin = checkpoint::Origin { map: slot_map.as_ref(), run_id: run_id.as_deref() };
     let resume = match &cfg.checkpoint {
-        Some(path) => checkpoint::start(saved, path, slot_map.as_ref(), run_id.as_deref()),
+        Some(path) => checkpoint::start(saved, path, origin),
         None => checkpoint::Start::fresh(slot_map.as_ref()),
     };
     let open = |endpoint: &Endpoint| {
@@ -280,10 +281,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             s.spawn(move || throttle::watch(conn, throttle, limit, done_rx));
         }
         if let Some(path) = &cfg.checkpoint {
-            let (counters, ledger, identity, map) = (&counters, &ledger, &identity, slot_map.as_ref());
-            let run_id = run_id.as_deref();
+            let (counters, ledger, identity) = (&counters, &ledger, &identity);
             s.spawn(move || {
-                checkpoint::keep_saving(path, identity, map, run_id, ledger, counters, resume.base, done_rx)
+                checkpoint::keep_saving(path, identity, origin, ledger, counters, resume.base, done_rx)
             });
         }
 

@@ -39,36 +39,19 @@ pub fn run(
     ledger: &Ledger,
     route: Option<Router>,
 ) {
-    let ttl_cmd = if pexpiretime { "PEXPIRETIME" } else { "PTTL" };
+    let ttl_cmd = ttl_command(pexpiretime);
     for batch in rx {
         if rep.stop.discard() {
             rep.unreached(batch.len());
             continue;
         }
         let (id, taken) = (batch.id, batch.len());
-        let mut expired = 0;
-        let mut routed = Vec::new();
-        let mut fetched = Vec::with_capacity(batch.len());
+        let mut sorted = Sorted { fetched: Vec::with_capacity(batch.len()), ..Sorted::default() };
         let batch = match &route {
-            Some(route) if route.fallback.strings() => {
-                strings(&mut conn, batch, route, ttl_cmd, &mut fetched, &mut expired, &rep)
-            }
-            _ => batch,
+            Some(route) => before_dump(&mut conn, batch, route, pexpiretime, &mut sorted, &rep),
+            None => batch,
         };
-        // Without DUMP/RESTORE, every key not read by value goes type-aware.
-        let batch = match &route {
-            Some(route) if !route.fallback.dump => {
-                routed.extend(batch.items);
-                Batch { id, items: Vec::new() }
-            }
-            _ => batch,
-        };
-        let batch = match &route {
-            Some(route) if route.fallback.size_check() && !batch.is_empty() => {
-                sizes(&mut conn, batch, route, &mut routed, &mut expired, &rep)
-            }
-            _ => batch,
-        };
+        let Sorted { mut fetched, mut routed, mut expired } = sorted;
         let sent_at = now_ms();
         let answers = exchange::<2>(
             &mut conn,
@@ -121,15 +104,58 @@ pub fn run(
     }
 }
 
+/// The command that reads a key's deadline: PEXPIRETIME where the source has it (7.0+), else PTTL.
+pub fn ttl_command(pexpiretime: bool) -> &'static str {
+    if pexpiretime {
+        "PEXPIRETIME"
+    } else {
+        "PTTL"
+    }
+}
+
 /// The absolute deadline from a PEXPIRETIME or PTTL reply (not -2) to a command sent at `sent_at`;
 /// `None` for a key without TTL (-1).
-fn deadline(ttl: i64, pexpiretime: bool, sent_at: i64) -> Option<i64> {
+pub fn deadline(ttl: i64, pexpiretime: bool, sent_at: i64) -> Option<i64> {
     match ttl {
         -1 => None,
         t if pexpiretime => Some(t),
         // PTTL is relative: anchored at the moment the batch was sent, the deadline errs early, never late.
         t => Some(sent_at + t),
     }
+}
+
+/// Where the keys of a batch went before DUMP: read, for the typed threads, or gone.
+#[derive(Default)]
+struct Sorted {
+    /// Keys read, ready to be written.
+    fetched: Vec<Fetched>,
+    /// Keys for the typed threads.
+    routed: Vec<Key>,
+    /// Keys found gone.
+    expired: u64,
+}
+
+/// What happens to a batch before DUMP in `--mode auto` and `typed`: short strings are read by value;
+/// then, without DUMP/RESTORE, every other key goes to the typed threads, else the size check sends the
+/// big ones there. Returns the keys left to DUMP.
+fn before_dump(
+    conn: &mut Conn,
+    batch: Batch<Key>,
+    route: &Router,
+    pexpiretime: bool,
+    sorted: &mut Sorted,
+    rep: &Reporter,
+) -> Batch<Key> {
+    let batch =
+        if route.fallback.strings() { strings(conn, batch, route, pexpiretime, sorted, rep) } else { batch };
+    if !route.fallback.dump {
+        sorted.routed.extend(batch.items);
+        return Batch { id: batch.id, items: Vec::new() };
+    }
+    if route.fallback.size_check() && !batch.is_empty() {
+        return sizes(conn, batch, route, sorted, rep);
+    }
+    batch
 }
 
 /// Strings up to this many bytes are read by value (and longer ones DUMPed, or copied type-aware
@@ -146,12 +172,11 @@ fn strings(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
-    ttl_cmd: &str,
-    fetched: &mut Vec<Fetched>,
-    expired: &mut u64,
+    pexpiretime: bool,
+    sorted: &mut Sorted,
     rep: &Reporter,
 ) -> Batch<Key> {
-    let pexpiretime = ttl_cmd == "PEXPIRETIME";
+    let ttl_cmd = ttl_command(pexpiretime);
     // GETRANGE 0 <limit> returns one byte more than the limit for a longer string.
     let limit = STRING_BY_VALUE.min(route.fallback.big_key_bytes);
     let sent_at = now_ms();
@@ -171,7 +196,7 @@ fn strings(
     for (key, answer) in items.into_iter().zip(answers) {
         let Some([value, ttl]) = answer else { continue };
         match (value, ttl) {
-            (_, Value::Int(-2)) => *expired += 1,
+            (_, Value::Int(-2)) => sorted.expired += 1,
             (Value::ServerError(err), _) if err.code() == "WRONGTYPE" => rest.push(key),
             (Value::ServerError(err), _) if typed::command_denied(&err) => {
                 route.fallback.no_strings(&conn::classify_reply(&err).1);
@@ -184,7 +209,7 @@ fn strings(
             (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
             (Value::BulkString(value), Value::Int(ttl)) => {
                 let expire_at_ms = deadline(ttl, pexpiretime, sent_at);
-                fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
+                sorted.fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
             }
             (value, ttl) => rep.fail(
                 key,
@@ -204,8 +229,7 @@ fn sizes(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
-    routed: &mut Vec<Key>,
-    expired: &mut u64,
+    sorted: &mut Sorted,
     rep: &Reporter,
 ) -> Batch<Key> {
     let answers = exchange::<1>(
@@ -224,10 +248,10 @@ fn sizes(
         match answer {
             // Failed and reported: counted in its bucket already.
             None => {}
-            Some([Value::Nil]) => *expired += 1,
+            Some([Value::Nil]) => sorted.expired += 1,
             Some([Value::Int(bytes)]) if bytes as u64 > route.fallback.big_key_bytes => {
                 route.fallback.note(Why::Big, &key, &format!("MEMORY USAGE {bytes} bytes"));
-                routed.push(key);
+                sorted.routed.push(key);
             }
             Some([Value::ServerError(err)]) if typed::command_denied(&err) => {
                 route.fallback.no_size_check(&conn::classify_reply(&err).1);

@@ -40,7 +40,7 @@ use crate::config::{CopyConfig, Mode, OnConflict};
 use crate::conn::{self, Conn, ServerInfo};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, StopReason};
-use crate::stage::fetch::now_ms;
+use crate::stage::fetch::{deadline, now_ms, ttl_command};
 use crate::stage::write::WriteShared;
 use crate::stage::{exchange, kind, Batch};
 
@@ -628,11 +628,7 @@ impl<'a> Copier<'a> {
 
     /// PEXPIRETIME where the source has it (7.0+), else PTTL.
     fn ttl_cmd(&self) -> &'static str {
-        if self.servers.pexpiretime {
-            "PEXPIRETIME"
-        } else {
-            "PTTL"
-        }
+        ttl_command(self.servers.pexpiretime)
     }
 
     /// Sends one pipeline of `K` commands for this key to the source (retried through
@@ -667,10 +663,7 @@ impl<'a> Copier<'a> {
     fn deadline(&self, ttl: Value, sent: i64) -> Result<Deadline, Fault> {
         match ttl {
             Value::Int(-2) => Err(End::Expired.into()),
-            Value::Int(-1) => Ok(None),
-            Value::Int(t) if self.servers.pexpiretime => Ok(Some(t)),
-            // PTTL is relative: anchored at the send time, the deadline errs early, never late.
-            Value::Int(t) => Ok(Some(sent + t)),
+            Value::Int(t) => Ok(deadline(t, self.servers.pexpiretime, sent)),
             Value::ServerError(e) => Err(failed(Stage::Fetch, &e).into()),
             other => Err(protocol(format!("unexpected {} reply: {}", self.ttl_cmd(), kind(&other))).into()),
         }

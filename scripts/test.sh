@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the redis-ferry test suite: makes sure redis-server and redis-cli exist (installing Debian's
-# packages when they do not), builds every target, then runs every test. Extra arguments go to
+# Runs the redis-ferry test suite: makes sure redis-server, redis-cli and faketime exist (installing
+# Debian's packages when they do not), builds every target, then runs every test. Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh -- --test-threads 2`.
 set -euo pipefail
 
@@ -8,7 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '==> %s\n' "$*"; }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+# redis-server and redis-cli for the servers every test starts; faketime for the tests that run redis-ferry
+# with its clock moved (tests/clocks).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+    || ! command -v faketime >/dev/null 2>&1; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1; then
@@ -18,9 +21,9 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
             exit 1
         fi
     fi
-    step "installing redis-server and redis-tools with apt-get"
+    step "installing redis-server, redis-tools and faketime with apt-get"
     $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools faketime
 else
     step "using $(redis-server --version | head -n 1)"
 fi

@@ -17,6 +17,8 @@ pub struct Args {
 /// The subcommands.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+// Parsed once per process; argh needs the argument structs themselves, not boxes.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// `copy SOURCE TARGET`
     Copy(CopyArgs),
@@ -65,9 +67,9 @@ pub struct CopyArgs {
     /// every key goes type-aware: --mode typed, or auto deciding so up front; else 1)
     #[argh(option)]
     pub typed_threads: Option<u64>,
-    /// keys per pipelined batch (default 500)
-    #[argh(option, default = "500")]
-    pub batch: u64,
+    /// keys per pipelined batch (default 500; with a --rate below 500, one second of it)
+    #[argh(option)]
+    pub batch: Option<u64>,
     /// fetch threads reading from the source (default 2)
     #[argh(option)]
     pub readers: Option<u64>,

@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::{CopyArgs, VerifyArgs};
 use crate::conn::Retry;
+use crate::files::Use;
 
 /// A configuration error: one line naming the flag or value, for exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,8 @@ impl Role {
         }
     }
 
-    fn password_var(self) -> &'static str {
+    /// The environment variable a password for this side may come from.
+    pub fn password_var(self) -> &'static str {
         match self {
             Role::Source => "REDIS_FERRY_SOURCE_PASSWORD",
             Role::Target => "REDIS_FERRY_TARGET_PASSWORD",
@@ -322,6 +324,11 @@ impl Endpoint {
         if password.is_none() {
             password = env_password.filter(|p| !p.is_empty());
         }
+        // A user name is always used: without a password it logs in with an empty one, which the server
+        // accepts for a `nopass` user and refuses otherwise (never the default user instead).
+        if username.is_some() && password.is_none() {
+            password = Some(String::new());
+        }
         let url_db =
             match path.map(|p| p.split('?').next().unwrap_or("")) {
                 None | Some("") => 0,
@@ -355,7 +362,10 @@ fn split_host_port(authority: &str, is_url: bool) -> Result<(String, u16), Strin
             None => return Err(format!("unexpected `{after}` after the address")),
         }
     } else {
-        match authority.rsplit_once(':') {
+        match authority.split_once(':') {
+            Some((_, rest)) if rest.contains(':') => {
+                return Err("more than one `:` (an IPv6 address goes in brackets: [::1]:6379)".into())
+            }
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
         }
@@ -494,6 +504,24 @@ pub struct Timeouts {
     pub io: Duration,
 }
 
+/// A file a flag names (see [`crate::files`]).
+#[derive(Debug, Clone)]
+pub struct NamedFile {
+    /// The flag, for messages.
+    pub flag: String,
+    /// The path as given (`-` is standard input).
+    pub path: String,
+    /// Read or written.
+    pub how: Use,
+}
+
+impl NamedFile {
+    /// As [`crate::files::Named`], for [`crate::files::refuse_shared`].
+    pub fn named(&self) -> crate::files::Named<'_> {
+        crate::files::Named { flag: &self.flag, path: &self.path, how: self.how }
+    }
+}
+
 /// Everything `copy` needs, checked and typed.
 #[derive(Debug, Clone)]
 pub struct CopyConfig {
@@ -549,6 +577,8 @@ pub struct CopyConfig {
     pub timeouts: Timeouts,
     /// How transient failures are retried.
     pub retry: Retry,
+    /// Every file the flags name: no two may be one file (checked at preflight).
+    pub files: Vec<NamedFile>,
 }
 
 /// Everything `verify` needs, checked and typed.
@@ -570,6 +600,8 @@ pub struct VerifyConfig {
     pub diff_path: Option<String>,
     /// Connection timeouts for both sides.
     pub timeouts: Timeouts,
+    /// Every file the flags name: no two may be one file (checked at preflight).
+    pub files: Vec<NamedFile>,
 }
 
 /// Default number of fetch threads: measured on 2 cores with both servers local (see README).
@@ -585,7 +617,15 @@ pub const DEFAULT_TYPED_THREADS_AUTO: usize = 1;
 /// Default `--typed-threads` when every key goes type-aware (`--mode typed`, or auto deciding so up
 /// front): each key takes several round trips, so more threads overlap them (measured in the README).
 pub const DEFAULT_TYPED_THREADS_TYPED: usize = 4;
+/// The largest `--scan-count`.
+const MAX_SCAN_COUNT: u64 = 100_000;
+/// Default `--batch`.
+pub const DEFAULT_BATCH: usize = 500;
 const MAX_BATCH: u64 = 100_000;
+/// The `--rate` bucket's burst (`--burst`, else `--batch`) may hold at most this many seconds of the rate.
+const MAX_BURST_SECONDS: u64 = 60;
+/// The longest `--sleep-after-batch`: 10 s after every batch is already 50 keys/s at the default batch.
+const MAX_SLEEP_AFTER_BATCH_MS: u64 = 10_000;
 const MAX_THREADS: u64 = 64;
 
 fn key_source(
@@ -608,6 +648,12 @@ fn key_source(
     }
     if scan_count == 0 {
         return Err(bad("--scan-count must be at least 1 (got 0)"));
+    }
+    if scan_count > MAX_SCAN_COUNT {
+        return Err(bad(format!(
+            "--scan-count must be at most {MAX_SCAN_COUNT} (got {scan_count}): one SCAN call blocks the server \
+             for as long as it takes to visit that many slots"
+        )));
     }
     let mut types_parsed: Vec<KeyType> = Vec::new();
     for t in types {
@@ -681,32 +727,44 @@ fn endpoints(
     let mut target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
     source.tls = Tls::from_flags(Role::Source, source_tls, source.tls.is_some())?;
     target.tls = Tls::from_flags(Role::Target, target_tls, target.tls.is_some())?;
-    if source.host == target.host && source.port == target.port && source.db == target.db {
-        return Err(bad(format!("SOURCE and TARGET are the same database ({source}); nothing to copy")));
-    }
     Ok((source, target))
 }
 
-/// Checks `--lock`, `--report` and `--checkpoint`: a name each, and no file named twice among them, `--errors` and
-/// `--keys-from` (the lock file is truncated for our PID, the report replaced at the end).
+/// Checks that `--lock`, `--report` and `--checkpoint` each name a file when given.
 fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
-    let mut named: Vec<(&str, &str)> = vec![("--errors", args.errors.as_str())];
-    if let Some(keys) = args.keys_from.as_deref().filter(|k| *k != "-") {
-        named.push(("--keys-from", keys));
-    }
     for (flag, value) in
         [("--lock", &args.lock), ("--report", &args.report), ("--checkpoint", &args.checkpoint)]
     {
-        let Some(path) = value.as_deref() else { continue };
-        if path.is_empty() {
+        if value.as_deref() == Some("") {
             return Err(bad(format!("{flag} needs a file name")));
         }
-        if let Some((other, _)) = named.iter().find(|(_, p)| *p == path) {
-            return Err(bad(format!("{flag} and {other} name the same file ({path}); give each its own")));
-        }
-        named.push((flag, path));
     }
     Ok((args.lock.clone(), args.report.clone()))
+}
+
+/// Every file a run names, with what it does with it: for [`crate::files::refuse_shared`], which
+/// preflight calls before it opens or locks any of them.
+fn named_files(
+    keys_from: &Option<String>,
+    outputs: &[(&str, &Option<String>)],
+    tls: [TlsFlags<'_>; 2],
+) -> Vec<NamedFile> {
+    let mut files = Vec::new();
+    let mut add = |flag: String, path: Option<&str>, how: Use| {
+        if let Some(path) = path.filter(|p| !p.is_empty()) {
+            files.push(NamedFile { flag, path: path.to_string(), how });
+        }
+    };
+    add("--keys-from".into(), keys_from.as_deref(), Use::Read);
+    for (flag, path) in outputs {
+        add(flag.to_string(), path.as_deref(), Use::Write);
+    }
+    for (role, flags) in [Role::Source, Role::Target].into_iter().zip(tls) {
+        for (what, path) in [("ca", flags.ca), ("cert", flags.cert), ("key", flags.key)] {
+            add(format!("--{}-tls-{what}", role.name()), path, Use::Read);
+        }
+    }
+    files
 }
 
 /// The per-side TLS flags, which `copy` and `verify` spell the same way.
@@ -746,7 +804,6 @@ impl CopyConfig {
             "typed" => Mode::Typed,
             other => return Err(bad(format!("--mode `{other}` is not auto, dump or typed"))),
         };
-        let batch = batch(args.batch)?;
         let rate = match args.rate {
             None => None,
             Some(0) => return Err(bad("--rate must be at least 1 key per second (got 0)")),
@@ -756,6 +813,12 @@ impl CopyConfig {
                     .and_then(NonZeroU32::new)
                     .ok_or_else(|| bad(format!("--rate must be at most {} (got {r})", u32::MAX)))?,
             ),
+        };
+        // A batch waits for all its tokens: by default a batch is at most one second of --rate.
+        let batch = match (args.batch, rate) {
+            (Some(n), _) => batch(n)?,
+            (None, Some(r)) => (r.get() as usize).min(DEFAULT_BATCH),
+            (None, None) => DEFAULT_BATCH,
         };
         let burst = match args.burst {
             None => batch,
@@ -774,6 +837,15 @@ impl CopyConfig {
             }
             Some(b) => b as usize,
         };
+        if let Some(r) = rate.map(|r| u64::from(r.get())).filter(|r| burst as u64 > MAX_BURST_SECONDS * r) {
+            let (flag, n) = if args.burst.is_some() { ("--burst", burst) } else { ("--batch", batch) };
+            return Err(bad(format!(
+                "{flag} {n} with --rate {r}: a batch waits for all its tokens, so {burst} keys would pass at once \
+                 and then nothing for {} s; give {flag} {} or less, or a higher --rate",
+                burst as u64 / r,
+                MAX_BURST_SECONDS * r
+            )));
+        }
         let max_latency = match args.max_latency {
             None => None,
             Some(0) => return Err(bad("--max-latency must be at least 1 millisecond (got 0)")),
@@ -817,7 +889,15 @@ impl CopyConfig {
             rate,
             burst,
             max_latency,
-            sleep_after_batch: Duration::from_millis(args.sleep_after_batch),
+            sleep_after_batch: match args.sleep_after_batch {
+                ms if ms > MAX_SLEEP_AFTER_BATCH_MS => {
+                    return Err(bad(format!(
+                        "--sleep-after-batch must be at most {MAX_SLEEP_AFTER_BATCH_MS} ms (got {ms}); for a \
+                         slower copy use --rate"
+                    )))
+                }
+                ms => Duration::from_millis(ms),
+            },
             errors_path: args.errors.clone(),
             errors_append: args.errors_append,
             lock,
@@ -829,6 +909,16 @@ impl CopyConfig {
             progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
             retry: Retry { attempts: args.retries, ..Retry::DEFAULT },
+            files: named_files(
+                &args.keys_from,
+                &[
+                    ("--errors", &Some(args.errors.clone())),
+                    ("--lock", &args.lock),
+                    ("--report", &args.report),
+                    ("--checkpoint", &args.checkpoint),
+                ],
+                tls_flags!(args),
+            ),
         })
     }
 }
@@ -848,12 +938,6 @@ impl VerifyConfig {
             if path.is_empty() {
                 return Err(bad("--diff needs a file name"));
             }
-            // The diff CSV is truncated at the first difference, while --keys-from would still be reading it.
-            if args.keys_from.as_deref() == Some(path.as_str()) {
-                return Err(bad(format!(
-                    "--diff and --keys-from name the same file ({path}); give the new diff its own file"
-                )));
-            }
         }
         Ok(VerifyConfig {
             source,
@@ -864,6 +948,7 @@ impl VerifyConfig {
             check_extra: args.check_extra,
             diff_path: args.diff.clone(),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
+            files: named_files(&args.keys_from, &[("--diff", &args.diff)], tls_flags!(args)),
         })
     }
 }
@@ -890,6 +975,15 @@ mod tests {
         assert_eq!((e.port, e.username, e.password.as_deref()), (6379, None, Some("pw")));
         let e = ep("redis://[::1]:7001").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 7001));
+    }
+
+    #[test]
+    fn a_user_name_without_a_password_logs_in_with_an_empty_one() {
+        let e = ep("redis://limited@h:1").unwrap();
+        assert_eq!((e.username.as_deref(), e.password.as_deref()), (Some("limited"), Some("")));
+        let e = Endpoint::parse(Role::Source, "redis://limited@h:1", None, Some("env".into())).unwrap();
+        assert_eq!(e.password.as_deref(), Some("env"));
+        assert_eq!(ep("redis://h:1").unwrap().password, None);
     }
 
     #[test]
@@ -935,9 +1029,17 @@ mod tests {
 
     #[test]
     fn malformed_endpoints_are_refused_by_name() {
-        for text in
-            ["redis://127.0.0.1:notaport", "localhost", ":6379", "redis://h:0", "redis://h:1/x", "http://h:1"]
-        {
+        for text in [
+            "redis://127.0.0.1:notaport",
+            "localhost",
+            ":6379",
+            "redis://h:0",
+            "redis://h:1/x",
+            "http://h:1",
+            "127.0.0.1:6379:99",
+            "redis://h:6379:1",
+            "h:",
+        ] {
             let err = ep(text).unwrap_err().to_string();
             assert!(err.starts_with("SOURCE"), "{text}: {err}");
         }

@@ -119,6 +119,9 @@ pub struct Conn {
 struct Link {
     /// The server: the side's endpoint with this node's host and port.
     endpoint: Endpoint,
+    /// A cluster node's id (from CLUSTER NODES); `None` for a standalone server or a node found by a
+    /// redirection before the slot map was read again.
+    id: Option<String>,
     /// The live connection.
     inner: Option<redis::Connection>,
 }
@@ -178,6 +181,11 @@ impl Replies {
         Some(&mut self.values[start..start + len])
     }
 
+    /// Unit `i`'s replies taken out; `None` when it was unanswered.
+    pub fn take_unit(&mut self, i: usize) -> Option<Vec<Value>> {
+        Some(self.unit(i)?.iter_mut().map(std::mem::take).collect())
+    }
+
     /// Unit `i`'s replies taken out as exactly `K` values; `None` when it was unanswered or had
     /// another number of replies.
     pub fn take<const K: usize>(&mut self, i: usize) -> Option<[Value; K]> {
@@ -206,7 +214,7 @@ impl Conn {
         Ok(Conn {
             endpoint: endpoint.clone(),
             timeouts,
-            links: vec![Link { endpoint: endpoint.clone(), inner: Some(inner) }],
+            links: vec![Link { endpoint: endpoint.clone(), id: None, inner: Some(inner) }],
             slots: None,
             stale: false,
             failed: None,
@@ -287,7 +295,7 @@ impl Conn {
     /// keeps the connections to the primaries that are still primaries. Returns how many slots are
     /// being migrated.
     fn refresh(&mut self) -> Result<usize, ConnectError> {
-        let mut seed = Link { endpoint: self.endpoint.clone(), inner: None };
+        let mut seed = Link { endpoint: self.endpoint.clone(), id: None, inner: None };
         let mut last = None;
         let mut topology = None;
         for link in self.links.iter_mut().chain(std::iter::once(&mut seed)) {
@@ -330,6 +338,7 @@ impl Conn {
                     old.iter_mut().find(|l| l.endpoint.host == node.host && l.endpoint.port == node.port);
                 Link {
                     endpoint: Endpoint { host: node.host.clone(), port: node.port, ..self.endpoint.clone() },
+                    id: Some(node.id.clone()),
                     inner: kept.and_then(|l| l.inner.take()),
                 }
             })
@@ -355,7 +364,7 @@ impl Conn {
             return i;
         }
         let endpoint = Endpoint { host: host.to_string(), port, ..self.endpoint.clone() };
-        self.links.push(Link { endpoint, inner: None });
+        self.links.push(Link { endpoint, id: None, inner: None });
         self.links.len() - 1
     }
 
@@ -584,11 +593,32 @@ impl Conn {
         }
     }
 
-    /// Reads what redis-ferry needs to know about the server (INFO server + cluster); on a cluster,
-    /// the first primary's.
+    /// Reads what redis-ferry needs to know about the server (INFO, its default sections: one section
+    /// name per call is all a server before 7.0 takes, and this reads several); on a cluster, the first
+    /// primary's.
     pub fn server_info(&mut self) -> Result<ServerInfo, RedisError> {
-        let text: String = self.call(redis::cmd("INFO").arg("server").arg("cluster"), || true)?;
+        let text: String = self.call(&redis::cmd("INFO"), || true)?;
         Ok(ServerInfo::parse(&text))
+    }
+
+    /// Runs `cmd` once on every server this connection reaches (every primary of a cluster), in the
+    /// order of [`Conn::primaries`]; no retry.
+    pub fn on_each<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<Vec<T>, RedisError> {
+        let timeouts = self.timeouts;
+        let mut out = Vec::with_capacity(self.links.len());
+        for link in &mut self.links {
+            let reply = link.connection(timeouts).and_then(|c| cmd.query::<T>(c));
+            if reply.as_ref().is_err_and(is_connection_error) {
+                link.inner = None;
+            }
+            out.push(reply?);
+        }
+        Ok(out)
+    }
+
+    /// The ids of a cluster's primaries (empty for a standalone server).
+    pub fn node_ids(&self) -> Vec<String> {
+        self.links.iter().filter_map(|l| l.id.clone()).collect()
     }
 }
 
@@ -711,7 +741,7 @@ fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> String {
         if matches!(io_kind(err), Some(Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe)) {
             return "the server hung up at once (if it only accepts TLS, use rediss://)".to_string();
         }
-        return describe(err);
+        return explain(err, endpoint);
     };
     let Some(e) = rustls_error(err) else {
         // The connect timeout covers the TCP connect (TimedOut) and then the handshake (WouldBlock: a
@@ -720,7 +750,7 @@ fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> String {
             return "TLS: no answer to the TLS handshake (if it is a plain Redis port, use redis://)"
                 .to_string();
         }
-        return describe(err);
+        return explain(err, endpoint);
     };
     use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
     let role = endpoint.role.name();
@@ -826,22 +856,54 @@ pub struct ServerInfo {
     pub cluster: bool,
     /// `run_id`: changes with every start of the server (and with it the order SCAN cursors follow).
     pub run_id: String,
+    /// `role:slave`: a replica, of `master_host:master_port`.
+    pub replica_of: Option<String>,
+    /// `slave_read_only:1`: a replica that refuses writes.
+    pub read_only: bool,
+    /// `maxmemory` in bytes; 0 is no limit.
+    pub maxmemory: u64,
+    /// `maxmemory_policy` (`noeviction`, `allkeys-lru`, ...).
+    pub policy: String,
+    /// `used_memory` in bytes.
+    pub used_memory: u64,
+    /// `used_memory_dataset`: the memory of the keys and values, in bytes.
+    pub dataset: u64,
+    /// `evicted_keys`: keys evicted since the server started (or its stats were reset).
+    pub evicted_keys: u64,
 }
 
 impl ServerInfo {
     /// Parses the text of INFO.
     pub fn parse(text: &str) -> ServerInfo {
         let mut info = ServerInfo::default();
+        let (mut master_host, mut master_port) = (None, None);
+        let number = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
         for line in text.lines() {
-            if let Some(v) = line.strip_prefix("redis_version:") {
-                let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-                info.version =
-                    (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            } else if let Some(v) = line.strip_prefix("cluster_enabled:") {
-                info.cluster = v.trim() == "1";
-            } else if let Some(v) = line.strip_prefix("run_id:") {
-                info.run_id = v.trim().to_string();
+            let Some((name, v)) = line.split_once(':') else { continue };
+            let v = v.trim();
+            match name {
+                "redis_version" => {
+                    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                    info.version =
+                        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                }
+                "cluster_enabled" => info.cluster = v == "1",
+                "run_id" => info.run_id = v.to_string(),
+                "role" if v == "slave" => info.replica_of = Some(String::new()),
+                "master_host" => master_host = Some(v.to_string()),
+                "master_port" => master_port = Some(v.to_string()),
+                "slave_read_only" | "replica_read_only" => info.read_only = v == "1",
+                "maxmemory" => info.maxmemory = number(v),
+                "maxmemory_policy" => info.policy = v.to_string(),
+                "used_memory" => info.used_memory = number(v),
+                "used_memory_dataset" => info.dataset = number(v),
+                "evicted_keys" => info.evicted_keys = number(v),
+                _ => {}
             }
+        }
+        if let (Some(primary), Some(host), Some(port)) = (info.replica_of.as_mut(), master_host, master_port)
+        {
+            *primary = format!("{host}:{port}");
         }
         info
     }
@@ -850,10 +912,16 @@ impl ServerInfo {
     pub fn has_pexpiretime(&self) -> bool {
         self.version >= (7, 0, 0)
     }
+
+    /// The server evicts keys when it is full: a memory limit and a policy other than `noeviction`.
+    pub fn evicts(&self) -> bool {
+        self.maxmemory > 0 && !self.policy.is_empty() && self.policy != "noeviction"
+    }
 }
 
 /// The CSV `error` column and `message` for a failure: the server's error code (`NOPERM`, `OOM`, ...)
-/// or `IO`, `TIMEOUT`, `PROTOCOL` for failures that are not the server's answer.
+/// or `IO`, `TIMEOUT`, `PROTOCOL` for failures that are not the server's answer. The message never
+/// repeats the code: messages show as `CODE message`.
 pub fn classify(err: &RedisError) -> (String, String) {
     let code = if err.is_timeout() {
         "TIMEOUT".to_string()
@@ -870,10 +938,7 @@ pub fn classify(err: &RedisError) -> (String, String) {
 /// The `error` / `message` pair for an error reply inside a pipeline's results.
 pub fn classify_reply(err: &redis::ServerError) -> (String, String) {
     let code = err.code().to_string();
-    let message = match err.details() {
-        Some(d) => format!("{code} {d}"),
-        None => code.clone(),
-    };
+    let message = err.details().unwrap_or(&code).to_string();
     (code, one_line(&message))
 }
 
@@ -883,6 +948,7 @@ pub fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal()
 }
 
+/// What went wrong, in words, without the error code (see [`classify`]).
 fn describe(err: &RedisError) -> String {
     if err.is_connection_refusal() {
         return "connection refused (is the server running and the port right?)".into();
@@ -893,7 +959,28 @@ fn describe(err: &RedisError) -> String {
     if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
         return "authentication failed (check the user name and password)".into();
     }
-    err.to_string()
+    if matches!(err.kind(), redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType)
+        && err.code().is_none()
+    {
+        return "it does not speak the Redis protocol (is this the port of a Redis server?)".into();
+    }
+    match (err.code(), err.detail()) {
+        (Some(_), Some(detail)) => detail.to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// [`describe`] for a failure at connecting or at the first command, where the side is known: a
+/// server that wants a password says how to give one.
+pub fn explain(err: &RedisError, endpoint: &Endpoint) -> String {
+    if err.code() == Some("NOAUTH") {
+        return format!(
+            "it requires a password: give it in the URL (redis://USER:PASSWORD@host:port, or \
+             redis://:PASSWORD@host:port for the default user) or in {}",
+            endpoint.role.password_var()
+        );
+    }
+    describe(err)
 }
 
 /// Collapses any line breaks so a message is one CSV cell / log line.

@@ -20,8 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::{CopyConfig, Endpoint, KeySource, OnConflict};
-use crate::exit::Exit;
-use crate::pipeline::Fatal;
+use crate::exit::{Exit, Fatal};
 use crate::report::{self, rfc3339, Snapshot, StopReason, Summary};
 
 /// How often, and how long apart, a run turned away re-reads an empty lock file: the holder writes its
@@ -116,7 +115,7 @@ pub struct Report<'a> {
     pub stopped: Option<&'static str>,
     /// The fatal error that ended or refused the run, one line; null when there was none.
     pub error: Option<String>,
-    /// The buckets, as in the summary line: `scanned`, `copied`, `skipped`, `expired`, `failed`.
+    /// The buckets, as in the summary line: `scanned`, `copied`, `skipped`, `expired`, `failed`, and `evicted`.
     #[serde(flatten)]
     pub counts: Snapshot,
     /// The summary line's `seconds`: the copy's wall time after preflight; 0 if preflight refused the run.
@@ -358,7 +357,14 @@ mod tests {
     fn report_holds_counters_and_options_but_no_credentials() {
         let cfg = config(&["--match", "a:*", "--match", "b:*", "--rate", "50", "--report", "r.json"]);
         let summary = Summary {
-            counts: crate::report::Snapshot { scanned: 10, copied: 6, skipped: 2, expired: 1, failed: 1 },
+            counts: crate::report::Snapshot {
+                scanned: 10,
+                copied: 6,
+                skipped: 2,
+                expired: 1,
+                failed: 1,
+                evicted: 0,
+            },
             elapsed: Duration::from_millis(2500),
             dry_run: false,
             stop: StopReason::Interrupted,

@@ -43,6 +43,23 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// A run that could not start (exit 2) or that ended on a fatal error after it started (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Fatal {
+    /// The exit code it maps to.
+    pub exit: Exit,
+    /// One line for the user.
+    pub message: String,
+}
+
+impl Fatal {
+    /// Bad input or nothing to connect to: exit 2.
+    pub fn bad_input(message: impl Into<String>) -> Fatal {
+        Fatal { exit: Exit::BadInput, message: message.into() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,14 @@
 //! redis-cli shows them, so that any binary key survives a round trip through the CSV and `--keys-from`.
 //! Parsing also accepts the short escapes redis-cli prints (`\n`, `\r`, `\t`, `\a`, `\b`, `\"`), so a key
 //! pasted from redis-cli output reads back as the same bytes.
+//!
+//! Two text forms: [`Key::escaped`] is the whole key, for the CSV files; `Display` (logs, messages) cuts
+//! a long key after [`SHOWN`] bytes and says how long it is, so that a 100 KB key name never floods a log.
 
 use std::fmt;
+
+/// Bytes of a key shown in logs and messages; the rest is cut (never in a CSV).
+pub const SHOWN: usize = 200;
 
 /// One Redis key, bytes exactly as the server holds them.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -19,8 +25,9 @@ impl Key {
     }
 
     /// Decodes the escaped form written by `Display` (and by redis-cli) back into the exact bytes.
-    pub fn parse_escaped(text: &str) -> Result<Key, String> {
-        let bytes = text.as_bytes();
+    /// Bytes outside the escapes are taken as they are.
+    pub fn parse_escaped(bytes: &[u8]) -> Result<Key, String> {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]);
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
@@ -30,7 +37,7 @@ impl Key {
                 i += 1;
                 continue;
             }
-            let next = *bytes.get(i + 1).ok_or_else(|| format!("key {text:?} ends with a lone backslash"))?;
+            let next = *bytes.get(i + 1).ok_or_else(|| format!("key `{text}` ends with a lone backslash"))?;
             let (byte, used) = match next {
                 b'\\' => (b'\\', 2),
                 b'"' => (b'"', 2),
@@ -44,11 +51,14 @@ impl Key {
                         .get(i + 2..i + 4)
                         .and_then(|h| std::str::from_utf8(h).ok())
                         .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        .ok_or_else(|| format!("key {text:?} has a bad \\x escape at byte {i}"))?;
+                        .ok_or_else(|| format!("key `{text}` has a bad \\x escape at byte {i}"))?;
                     (hex, 4)
                 }
                 other => {
-                    return Err(format!("key {text:?} has an unknown escape \\{} at byte {i}", other as char))
+                    return Err(format!(
+                        "key `{text}` has an unknown escape \\{} at byte {i}",
+                        char::from(other).escape_default()
+                    ))
                 }
             };
             out.push(byte);
@@ -56,6 +66,27 @@ impl Key {
         }
         Ok(Key(out))
     }
+}
+
+impl Key {
+    /// The whole key in its escaped form: the CSV's `key` column.
+    pub fn escaped(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        escape_into(&self.0, &mut out).expect("writing to a String");
+        out
+    }
+}
+
+/// Writes `bytes` escaped: printable ASCII as it is, the backslash as `\\`, the rest as `\xHH`.
+fn escape_into(bytes: &[u8], f: &mut impl fmt::Write) -> fmt::Result {
+    for &b in bytes {
+        match b {
+            b'\\' => f.write_str("\\\\")?,
+            0x20..=0x7e => f.write_char(b as char)?,
+            _ => write!(f, "\\x{b:02x}")?,
+        }
+    }
+    Ok(())
 }
 
 impl From<&[u8]> for Key {
@@ -71,16 +102,13 @@ impl From<&str> for Key {
 }
 
 impl fmt::Display for Key {
+    /// The escaped form, cut after [`SHOWN`] bytes of the key for logs and messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use fmt::Write;
-        for &b in &self.0 {
-            match b {
-                b'\\' => f.write_str("\\\\")?,
-                0x20..=0x7e => f.write_char(b as char)?,
-                _ => write!(f, "\\x{b:02x}")?,
-            }
+        if self.0.len() <= SHOWN {
+            return escape_into(&self.0, f);
         }
-        Ok(())
+        escape_into(&self.0[..SHOWN], f)?;
+        write!(f, "...({} bytes)", self.0.len())
     }
 }
 
@@ -98,26 +126,36 @@ mod tests {
     fn escapes_binary_and_backslash_only() {
         let key = Key(b"a,\"b\n\xff\\ z".to_vec());
         assert_eq!(key.to_string(), "a,\"b\\x0a\\xff\\\\ z");
+        assert_eq!(key.escaped(), key.to_string());
     }
 
     #[test]
     fn every_byte_round_trips() {
         let key = Key((0..=255u8).collect());
-        assert_eq!(Key::parse_escaped(&key.to_string()).unwrap(), key);
+        assert_eq!(Key::parse_escaped(key.escaped().as_bytes()).unwrap(), key);
         let empty = Key::default();
-        assert_eq!(Key::parse_escaped(&empty.to_string()).unwrap(), empty);
+        assert_eq!(Key::parse_escaped(empty.escaped().as_bytes()).unwrap(), empty);
+        assert_eq!(Key::parse_escaped(b"caf\xc3\xa9 \xff").unwrap(), Key(b"caf\xc3\xa9 \xff".to_vec()));
     }
 
     #[test]
     fn reads_redis_cli_short_escapes() {
-        assert_eq!(Key::parse_escaped(r#"a\n\t\"\x41"#).unwrap(), Key(b"a\n\t\"A".to_vec()));
+        assert_eq!(Key::parse_escaped(br#"a\n\t\"\x41"#).unwrap(), Key(b"a\n\t\"A".to_vec()));
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_messages_never_in_the_csv_form() {
+        let key = Key(vec![b'k'; 100_000]);
+        let shown = key.to_string();
+        assert!(shown.len() < SHOWN + 30 && shown.ends_with("...(100000 bytes)"), "{shown}");
+        assert_eq!(key.escaped().len(), 100_000);
     }
 
     #[test]
     fn refuses_broken_escapes() {
-        assert!(Key::parse_escaped("abc\\").is_err());
-        assert!(Key::parse_escaped("\\xZZ").is_err());
-        assert!(Key::parse_escaped("\\x4").is_err());
-        assert!(Key::parse_escaped("\\q").is_err());
+        assert!(Key::parse_escaped(b"abc\\").is_err());
+        assert!(Key::parse_escaped(b"\\xZZ").is_err());
+        assert!(Key::parse_escaped(b"\\x4").is_err());
+        assert!(Key::parse_escaped(b"\\q").is_err());
     }
 }

@@ -3,20 +3,25 @@
 
 mod checkpoint;
 mod cli;
+mod clock;
 mod cluster;
 mod config;
 mod conn;
 mod cron;
+mod evictions;
 mod exit;
+mod files;
 mod glob;
 mod key;
+mod keyfile;
+mod out;
 mod pipeline;
+mod preflight;
 mod report;
 mod stage;
 mod throttle;
 mod verify;
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -26,6 +31,9 @@ use crate::cli::{Args, Command};
 use crate::config::{CopyConfig, VerifyConfig};
 use crate::exit::Exit;
 use crate::report::{Stop, StopReason};
+
+/// How long a second Ctrl-C waits for the temporary keys of the type-aware copy to be deleted.
+const FAST_EXIT_CLEANUP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The process-wide stop flag: raised by Ctrl-C / SIGTERM, by `--max-errors` and by fatal errors.
 static STOP: Stop = Stop::new();
@@ -50,7 +58,7 @@ fn run() -> Exit {
         },
         Command::Verify(raw) => match VerifyConfig::from_args(&raw) {
             Ok(cfg) => match verify::run(&cfg, &STOP) {
-                Ok(exit) => exit,
+                Ok((exit, summary)) => out::results(&summary, exit),
                 Err(e) => fail(e.exit, &e.message),
             },
             Err(e) => fail(Exit::BadInput, &e.to_string()),
@@ -61,6 +69,11 @@ fn run() -> Exit {
 /// Runs a copy: checks the report path, takes the lock, runs the pipeline, prints the summary, then
 /// writes the report while still holding the lock (so the next run cannot start before it is written).
 fn copy(cfg: &CopyConfig) -> Exit {
+    // Before the lock file is opened (and truncated for our PID), and before any file is read.
+    let named: Vec<_> = cfg.files.iter().map(|f| f.named()).collect();
+    if let Err(e) = files::refuse_shared(&named) {
+        return fail(Exit::BadInput, &e);
+    }
     if let Some(Err(e)) = cfg.report.as_deref().map(cron::check_report_writable) {
         return fail(Exit::BadInput, &e);
     }
@@ -74,7 +87,7 @@ fn copy(cfg: &CopyConfig) -> Exit {
         Ok(outcome) => {
             let exit = outcome.exit();
             if let Some(error) = &outcome.error {
-                eprintln!("error: {error}");
+                out::error(error);
             }
             match exit {
                 Exit::Aborted if outcome.error.is_none() => {
@@ -84,7 +97,7 @@ fn copy(cfg: &CopyConfig) -> Exit {
                         cfg.errors_path
                     )
                 }
-                Exit::KeysFailed => {
+                Exit::KeysFailed if outcome.summary.counts.failed > 0 => {
                     log::warn!(
                         "{} keys failed; they are listed in {}",
                         outcome.summary.counts.failed,
@@ -94,9 +107,7 @@ fn copy(cfg: &CopyConfig) -> Exit {
                 Exit::Interrupted => log::warn!("interrupted: batches in flight were finished"),
                 _ => {}
             }
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", outcome.summary);
-            let _ = out.flush();
+            let exit = out::results(&outcome.summary.to_string(), exit);
             (exit, Some(outcome.summary), outcome.error)
         }
     };
@@ -104,7 +115,7 @@ fn copy(cfg: &CopyConfig) -> Exit {
         let report = cron::Report::new(cfg, start, summary.as_ref(), exit, error.as_deref());
         if let Err(e) = report.write(path) {
             // The copy's exit code stands: it says what happened to the keys.
-            eprintln!("error: {e}");
+            out::error(&e);
         }
     }
     exit
@@ -112,7 +123,7 @@ fn copy(cfg: &CopyConfig) -> Exit {
 
 /// Prints one `error:` line and returns the exit code.
 fn fail(exit: Exit, message: &str) -> Exit {
-    eprintln!("error: {message}");
+    out::error(message);
     exit
 }
 
@@ -129,10 +140,7 @@ fn parse_args() -> Result<Args, Exit> {
     let name = strings.first().map(|s| s.rsplit('/').next().unwrap_or(s)).unwrap_or("redis-ferry");
     let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
     Args::from_args(&[name], &rest).map_err(|early| match early.status {
-        Ok(()) => {
-            println!("{}", early.output);
-            Exit::Ok
-        }
+        Ok(()) => out::results(&early.output, Exit::Ok),
         Err(()) => {
             let line = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
             fail(Exit::BadInput, &format!("{line} (see --help)"))
@@ -145,7 +153,18 @@ fn parse_args() -> Result<Args, Exit> {
 fn install_interrupt_handler() {
     let result = ctrlc::set_handler(|| {
         if STOP.reason() >= StopReason::Interrupted {
-            eprintln!("error: interrupted twice: quitting without finishing");
+            out::error("interrupted twice: quitting without finishing");
+            // The type-aware copy's temporary keys go first, within a bounded time.
+            match stage::typed::drop_in_flight(FAST_EXIT_CLEANUP) {
+                (0, 0) => {}
+                (deleted, 0) => {
+                    out::line(&format!("deleted the {deleted} temporary keys of the type-aware copy"))
+                }
+                (deleted, left) => out::line(&format!(
+                    "deleted {deleted} temporary keys of the type-aware copy; {left} are left on the target \
+                     (redis-ferry:tmp:*, they expire within 10 minutes)"
+                )),
+            }
             std::process::exit(Exit::Interrupted.code().into());
         }
         log::warn!("interrupted: finishing the batches in flight (Ctrl-C again to quit at once)");

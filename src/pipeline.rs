@@ -13,43 +13,28 @@
 //! exit 2 before anything is written), checks the CSV path and opens `--keys-from`. Stages end by
 //! draining their input and returning, which drops their senders: shutdown is by disconnection.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::thread;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
 use crate::checkpoint::{self, Ledger};
+use crate::clock::{self, Deadlines};
 use crate::config::{
     CopyConfig, Endpoint, KeySource, Mode, OnConflict, DEFAULT_TYPED_THREADS_AUTO,
     DEFAULT_TYPED_THREADS_TYPED,
 };
 use crate::conn::{Conn, ServerInfo};
-use crate::exit::Exit;
+use crate::evictions;
+use crate::exit::{Exit, Fatal};
+use crate::keyfile::{Format, KeysFile};
+use crate::preflight::{self, Memory};
 use crate::report::{self, Counters, Reporter, Stop, StopReason, Summary};
 use crate::stage::scan::{KeyInput, Scan};
 use crate::stage::typed::{self, Fallback, Router};
 use crate::stage::write::{CopyBudget, WriteShared};
 use crate::stage::{check, fetch, scan, write};
 use crate::throttle::{self, Throttle};
-
-/// A run that could not start (exit 2) or that ended on a fatal error after it started (exit 3).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Fatal {
-    /// The exit code it maps to.
-    pub exit: Exit,
-    /// One line for the user.
-    pub message: String,
-}
-
-impl Fatal {
-    /// Bad input or nothing to connect to: exit 2.
-    pub fn bad_input(message: impl Into<String>) -> Fatal {
-        Fatal { exit: Exit::BadInput, message: message.into() }
-    }
-}
 
 /// How a copy that started ended.
 pub struct Outcome {
@@ -66,48 +51,10 @@ impl Outcome {
             StopReason::Aborted => Exit::Aborted,
             _ if self.error.is_some() => Exit::Aborted,
             StopReason::Interrupted => Exit::Interrupted,
-            _ if self.summary.counts.failed > 0 => Exit::KeysFailed,
+            _ if self.summary.counts.failed > 0 || self.summary.counts.evicted > 0 => Exit::KeysFailed,
             _ => Exit::Ok,
         }
     }
-}
-
-/// Opens a connection and reads the server's facts. A Redis Cluster (INFO `cluster_enabled:1`) is
-/// found by itself: the connection then reaches every primary, and a db other than 0 is refused.
-pub fn open_checked(
-    endpoint: &Endpoint,
-    timeouts: crate::config::Timeouts,
-) -> Result<(Conn, ServerInfo), Fatal> {
-    // db 0 first: a cluster refuses SELECT, and the db is checked below with a clearer message.
-    let first = Endpoint { db: 0, ..endpoint.clone() };
-    let mut conn = Conn::open(&first, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
-    let info = conn.server_info().map_err(|e| {
-        let (code, message) = crate::conn::classify(&e);
-        Fatal::bad_input(format!(
-            "cannot read INFO from {} {endpoint}: {code} {message}",
-            endpoint.role.name()
-        ))
-    })?;
-    if info.cluster {
-        let role = endpoint.role.name();
-        if endpoint.db != 0 {
-            return Err(Fatal::bad_input(format!(
-                "--{role}-db {db} (or the URL's /{db}): the {role} {} is a Redis Cluster, which has only db 0",
-                first,
-                db = endpoint.db
-            )));
-        }
-        conn = Conn::open_cluster(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
-        log::info!(
-            "{role} {endpoint} is a Redis Cluster of {} primaries: {}",
-            conn.primaries().len(),
-            conn.primaries().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-        );
-    }
-    if endpoint.db != 0 {
-        conn = Conn::open(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
-    }
-    Ok((conn, info))
 }
 
 /// Opens one more connection to a side whose kind preflight found: a standalone server, or every
@@ -124,17 +71,23 @@ pub fn open_like(
     conn.map_err(|e| Fatal::bad_input(e.to_string()))
 }
 
-/// Opens `--keys-from` (`-` is standard input).
-pub fn open_keys_file(path: &str) -> Result<Box<dyn BufRead + Send>, Fatal> {
-    if path == "-" {
-        return Ok(Box::new(BufReader::new(std::io::stdin())));
+/// Opens `--keys-from` (`-` is standard input) and checks every line of it; `None` when scanning.
+pub fn keys_file(keys: &KeySource) -> Result<Option<KeysFile>, Fatal> {
+    match keys {
+        KeySource::File(path) => {
+            let file = KeysFile::open("--keys-from", path).map_err(Fatal::bad_input)?;
+            let what = match file.lines.format() {
+                Format::Lines => "one per line",
+                Format::Csv { .. } => "the key column of a redis-ferry CSV",
+            };
+            log::info!("--keys-from {path}: {} keys, {what}", file.keys);
+            Ok(Some(file))
+        }
+        KeySource::Scan { .. } => Ok(None),
     }
-    let file = File::open(path).map_err(|e| Fatal::bad_input(format!("--keys-from {path}: {e}")))?;
-    Ok(Box::new(BufReader::new(file)))
 }
 
-/// Builds the key input of the scan stage: the lines of `--keys-from`, or a SCAN of the server; for
-/// a cluster, a SCAN of each primary on a connection of its own (in the order of their addresses, so
+/// Builds the scanning key input of the scan stage: a SCAN of the server; for a cluster, a SCAN of each primary on a connection of its own (in the order of their addresses, so
 /// `--checkpoint` finds each primary's position again), plus `conn` itself to read the slots that move
 /// during the scan again. Checks that every server scanned lets us SCAN.
 pub fn key_input(
@@ -143,7 +96,7 @@ pub fn key_input(
     timeouts: crate::config::Timeouts,
 ) -> Result<KeyInput, Fatal> {
     let (patterns, types, count) = match keys {
-        KeySource::File(path) => return Ok(KeyInput::Lines(open_keys_file(path)?)),
+        KeySource::File(_) => unreachable!("a --keys-from input is opened by keys_file"),
         KeySource::Scan { patterns, types, count } => (patterns, types, *count),
     };
     let scan = |mut node: Conn| {
@@ -179,6 +132,7 @@ pub fn key_input(
 /// Runs a copy. `stop` is the process-wide flag the Ctrl-C handler raises.
 pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
     // Preflight: everything that can refuse the run does so before anything is written.
+    let keys_file = keys_file(&cfg.keys)?;
     report::check_writable("--errors", &cfg.errors_path).map_err(Fatal::bad_input)?;
     let identity = checkpoint::Identity::of(cfg);
     let saved = match &cfg.checkpoint {
@@ -188,10 +142,26 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         }
         None => None,
     };
-    let (scan_conn, source_info) = open_checked(&cfg.source, cfg.timeouts)?;
-    let (check_conn, target_info) = open_checked(&cfg.target, cfg.timeouts)?;
+    let (mut scan_conn, source_info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+    let (mut check_conn, target_info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
+    preflight::distinct((&scan_conn, &source_info), (&check_conn, &target_info))?;
+    preflight::writable(&check_conn, &target_info)?;
+    let sides =
+        [preflight::describe(&scan_conn, &source_info), preflight::describe(&check_conn, &target_info)];
+    let clock = clock::skew(&mut scan_conn, &mut check_conn);
+    let deadlines = Deadlines { pexpiretime: source_info.has_pexpiretime(), clock };
+    let memory = |conn: &mut Conn, role: &str| {
+        Memory::of(conn).map_err(|e| Fatal::bad_input(format!("cannot read INFO from the {role}: {}", e)))
+    };
+    let target_memory = memory(&mut check_conn, "target")?;
+    let everything = matches!(&cfg.keys, KeySource::Scan { patterns, types, .. }
+        if types.is_empty() && patterns.iter().all(|p| p == b"*"));
+    preflight::room(&memory(&mut scan_conn, "source")?, &target_memory, everything);
     let (scan_conn, check_conn) = (scan_conn.with_retry(cfg.retry), check_conn.with_retry(cfg.retry));
-    let input = key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
+    let input = match keys_file {
+        Some(file) => KeyInput::Lines(file),
+        None => key_input(&cfg.keys, scan_conn, cfg.timeouts)?,
+    };
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
     let (slot_map, run_id) = (input.slot_map(), input.run_id().map(String::from));
     let origin = checkpoint::Origin { map: slot_map.as_ref(), run_id: run_id.as_deref() };
@@ -220,6 +190,9 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         typed_conns.push((open(&cfg.source)?, open(&cfg.target)?));
     }
     typed_conns.truncate(typed_threads);
+    if typed_threads > 0 && !cfg.dry_run {
+        typed::IN_FLIGHT.aim(&cfg.target, target_info.cluster);
+    }
     // The fetch and write threads run unless every key goes type-aware, one by one.
     let batched = !plan.all_typed || plan.strings;
     let (n_readers, n_writers) = if batched { (cfg.readers, cfg.writers) } else { (0, 0) };
@@ -233,13 +206,18 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         }
         None => None,
     };
+    // Evictions on the target are watched on a connection of their own (nothing is written in a dry run).
+    let watch = match cfg.dry_run {
+        false => Some(open(&cfg.target)?),
+        true => None,
+    };
     let abs_ttl = target_info.version >= (5, 0, 0);
     log::info!(
-        "copying from {} (redis {}) to {} (redis {}), mode {:?}: {}{}",
+        "copying from {} ({}) to {} ({}), mode {:?}: {}{}",
         cfg.source,
-        version(&source_info),
+        sides[0],
         cfg.target,
-        version(&target_info),
+        sides[1],
         cfg.mode,
         plan.why,
         if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
@@ -259,6 +237,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         on_conflict: cfg.on_conflict,
         abs_ttl,
         pxat: target_info.version >= (6, 2, 0),
+        deadlines,
         dry_run: cfg.dry_run,
         throttle: &throttle,
         budget: budget.as_ref(),
@@ -276,6 +255,11 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             let done_rx = done_rx.clone();
             s.spawn(move || report::progress(counters, interval, done_rx, cfg.dry_run));
         }
+        let evictions = watch.map(|conn| {
+            let (counters, done_rx) = (&counters, done_rx.clone());
+            let base = target_memory.evicted_keys;
+            s.spawn(move || evictions::watch(conn, base, counters, done_rx))
+        });
         if let (Some(conn), Some(limit)) = (probe, cfg.max_latency) {
             let (throttle, done_rx) = (&throttle, done_rx.clone());
             s.spawn(move || throttle::watch(conn, throttle, limit, done_rx));
@@ -303,7 +287,6 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             scan_rx
         };
         let (write_tx, write_rx) = bounded(2 * cfg.writers);
-        let pexpiretime = source_info.has_pexpiretime();
         // The typed threads read the checked keys themselves when every key goes their way; else the
         // fetch and write threads send them the keys they do not move themselves (their senders,
         // dropped when they return, are the only ones: the typed threads end after the writers).
@@ -316,7 +299,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         let router = || typed_tx.as_ref().map(|tx| Router { tx: tx.clone(), fallback: &fallback });
         for conn in readers {
             let (rx, tx, rep, route) = (fetch_rx.clone(), write_tx.clone(), reporter.clone(), router());
-            stages.push(s.spawn(move || fetch::run(conn, pexpiretime, rx, tx, rep, ledger, route)));
+            stages.push(s.spawn(move || fetch::run(conn, deadlines, rx, tx, rep, ledger, route)));
         }
         drop((fetch_rx, write_tx));
         for conn in writers {
@@ -324,7 +307,7 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
             stages.push(s.spawn(move || write::run(conn, rx, shared, rep, route)));
         }
         drop((write_rx, typed_tx));
-        let servers = typed::Servers { pexpiretime, target: target_info.version, batch: cfg.batch };
+        let servers = typed::Servers { deadlines, target: target_info.version, batch: cfg.batch };
         for (src, dst) in typed_conns {
             let (rx, rep, shared) = (typed_rx.clone(), reporter.clone(), &shared);
             stages.push(s.spawn(move || typed::run(src, dst, rx, shared, servers, rep)));
@@ -339,7 +322,18 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         }
         drop(done_tx);
         let _ = csv.join();
+        if let Some(watcher) = evictions {
+            let _ = watcher.join();
+        }
     });
+    let evicted = counters.evicted.load(std::sync::atomic::Ordering::Relaxed);
+    if evicted > 0 {
+        log::error!(
+            "the target evicted {evicted} keys during the run (maxmemory-policy {}): some may be keys this run \
+             copied; run verify, and give the target more memory",
+            target_memory.evicting.as_deref().unwrap_or("changed during the run")
+        );
+    }
 
     let [moved, ask] =
         crate::conn::REDIRECTIONS.each_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
@@ -362,9 +356,4 @@ pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
         },
         error: stop.error(),
     })
-}
-
-fn version(info: &ServerInfo) -> String {
-    let (a, b, c) = info.version;
-    format!("{a}.{b}.{c}")
 }

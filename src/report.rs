@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -23,8 +23,6 @@ pub const CSV_HEADER: [&str; 5] = ["time", "key", "stage", "error", "message"];
 /// The stage where a key failed (the CSV's `stage` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Finding the key (SCAN, or reading `--keys-from`).
-    Scan,
     /// The EXISTS pre-filter on the target.
     Check,
     /// Reading the value from the source.
@@ -37,7 +35,6 @@ impl Stage {
     /// The CSV name of the stage.
     pub fn name(self) -> &'static str {
         match self {
-            Stage::Scan => "scan",
             Stage::Check => "check",
             Stage::Fetch => "fetch",
             Stage::Write => "write",
@@ -73,6 +70,9 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Keys that failed; each is a CSV row.
     pub failed: AtomicU64,
+    /// Not a bucket: keys the target evicted while the run went on (its `evicted_keys` grew by this
+    /// much); some may be keys the run copied.
+    pub evicted: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +91,7 @@ impl Counters {
             skipped: self.skipped.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -108,6 +109,9 @@ pub struct Snapshot {
     pub expired: u64,
     /// See [`Counters::failed`].
     pub failed: u64,
+    /// See [`Counters::evicted`].
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 impl Snapshot {
@@ -119,6 +123,7 @@ impl Snapshot {
             skipped: self.skipped + other.skipped,
             expired: self.expired + other.expired,
             failed: self.failed + other.failed,
+            evicted: self.evicted + other.evicted,
         }
     }
 }
@@ -139,23 +144,41 @@ pub enum StopReason {
 
 /// The one stop flag shared by every stage, the Ctrl-C handler and the reporter, with the first
 /// fatal error (a connection lost for good, a source that stopped answering SCAN) that caused an abort.
+///
+/// It also cuts pauses short: a stage that pauses (`--sleep-after-batch`, a retry's back-off) sleeps in
+/// [`Stop::sleep`], which a stop request wakes at once.
 #[derive(Debug, Default)]
 pub struct Stop {
     /// A `StopReason` as u8.
     reason: AtomicU8,
     /// The first fatal error, for the final message and exit 3.
     error: Mutex<Option<String>>,
+    /// Held while a sleeper checks the reason and while a request is announced.
+    gate: Mutex<()>,
+    /// Wakes the sleepers when the reason rises.
+    wake: Condvar,
 }
 
 impl Stop {
     /// A flag with no stop requested (usable in a `static`).
     pub const fn new() -> Stop {
-        Stop { reason: AtomicU8::new(0), error: Mutex::new(None) }
+        Stop { reason: AtomicU8::new(0), error: Mutex::new(None), gate: Mutex::new(()), wake: Condvar::new() }
     }
 
-    /// Raises the stop reason (never lowers it).
+    /// Raises the stop reason (never lowers it) and wakes every sleeper.
     pub fn request(&self, reason: StopReason) {
+        let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         self.reason.fetch_max(reason as u8, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    /// Sleeps for `pause`, or less if `cut(self)` becomes true (checked at every stop request); returns
+    /// false when it was cut short.
+    pub fn sleep(&self, pause: Duration, cut: impl Fn(&Stop) -> bool) -> bool {
+        let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let (_gate, waited) =
+            self.wake.wait_timeout_while(gate, pause, |_| !cut(self)).unwrap_or_else(|e| e.into_inner());
+        waited.timed_out()
     }
 
     /// Aborts the run because of a fatal error; the first one is kept for the final message.
@@ -290,7 +313,7 @@ where
 pub fn write_errors(rx: Receiver<Failure>, path: &str, append: bool, stop: &Stop) -> io::Result<u64> {
     let file = CsvFile { path, append, header: &CSV_HEADER, what: "error CSV" };
     write_csv(rx, file, stop, |f: Failure| {
-        [rfc3339(f.time), f.key.to_string(), f.stage.name().to_string(), f.code, f.message]
+        [rfc3339(f.time), f.key.escaped(), f.stage.name().to_string(), f.code, f.message]
     })
 }
 
@@ -406,7 +429,7 @@ pub fn progress(counters: &Counters, interval: Duration, done: Receiver<()>, dry
         let rate = (done_keys - last.1.min(done_keys)) as f64 / now.duration_since(last.0).as_secs_f64();
         last = (now, done_keys);
         log::info!(
-            "progress{}: scanned={} copied={} skipped={} expired={} failed={} keys_per_sec={:.0} elapsed={:.0}s",
+            "progress{}: scanned={} copied={} skipped={} expired={} failed={} keys_per_sec={:.0} elapsed={:.0}s{}",
             if dry_run { " (dry run)" } else { "" },
             s.scanned,
             s.copied,
@@ -414,7 +437,8 @@ pub fn progress(counters: &Counters, interval: Duration, done: Receiver<()>, dry
             s.expired,
             s.failed,
             rate,
-            now.duration_since(start).as_secs_f64()
+            now.duration_since(start).as_secs_f64(),
+            if s.evicted > 0 { format!(" evicted={}", s.evicted) } else { String::new() }
         );
     }
 }
@@ -450,8 +474,8 @@ impl std::fmt::Display for Summary {
         let (secs, rate) = (self.elapsed.as_secs_f64(), self.keys_per_sec());
         write!(
             f,
-            "scanned={} copied={} skipped={} expired={} failed={} seconds={:.3} keys_per_sec={:.0}",
-            c.scanned, c.copied, c.skipped, c.expired, c.failed, secs, rate
+            "scanned={} copied={} skipped={} expired={} failed={} seconds={:.3} keys_per_sec={:.0} evicted={}",
+            c.scanned, c.copied, c.skipped, c.expired, c.failed, secs, rate, c.evicted
         )?;
         if self.dry_run {
             write!(f, " dry_run=1")?;
@@ -483,6 +507,23 @@ mod tests {
         assert_eq!(stop.reason(), StopReason::Interrupted);
         stop.request(StopReason::Aborted);
         assert!(stop.discard());
+    }
+
+    #[test]
+    fn a_stop_cuts_a_pause_short() {
+        let stop = Stop::default();
+        assert!(stop.sleep(Duration::from_millis(10), Stop::stop_scanning), "slept the whole pause");
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                stop.request(StopReason::Interrupted);
+            });
+            assert!(!stop.sleep(Duration::from_secs(30), Stop::stop_scanning));
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A pause that only an abort cuts goes on through an interrupt.
+        assert!(stop.sleep(Duration::from_millis(20), Stop::discard));
     }
 
     #[test]

@@ -147,10 +147,11 @@ impl Throttle {
         self.admitted.load(Ordering::Relaxed)
     }
 
-    /// The pause after a batch (`--sleep-after-batch`).
-    pub fn after_batch(&self) {
-        if !self.pause.is_zero() {
-            thread::sleep(self.pause);
+    /// The pause after a batch (`--sleep-after-batch`), cut short when the run stops (Ctrl-C, abort,
+    /// limit): a stop never waits for the pauses of the batches still queued.
+    pub fn after_batch(&self, stop: &Stop) {
+        if !self.pause.is_zero() && !stop.stop_scanning() {
+            stop.sleep(self.pause, Stop::stop_scanning);
         }
     }
 }

@@ -7,9 +7,13 @@
 //! Ctrl-C is sent as a real SIGINT (`kill -INT`) to a running copy. `--lock` is checked with two real
 //! processes contending for one lock file. TLS is in tests/tls, Redis Cluster in tests/cluster.
 
+mod clocks;
 mod cluster;
 mod faults;
+mod inputs;
 mod resume;
+mod servers;
+mod stopping;
 mod support;
 mod throttle;
 mod tls;

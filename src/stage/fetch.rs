@@ -11,35 +11,29 @@
 //! like keys whose DUMP the source refuses (NOPERM, a renamed or disabled command). Without MEMORY
 //! USAGE (refused by the source), a payload longer than `--big-key-bytes` sends its key there instead.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
 use crate::checkpoint::Ledger;
+use crate::clock::Deadlines;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage};
 use crate::stage::typed::{self, Router, Why};
 use crate::stage::{exchange, forward, kind, Batch, Fetched, Payload};
 
-/// Current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Runs one fetch thread until its input is drained. `pexpiretime`: the source has PEXPIRETIME.
+/// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them.
 /// `route`: `--mode auto`'s way to the typed threads.
 pub fn run(
     mut conn: Conn,
-    pexpiretime: bool,
+    deadlines: Deadlines,
     rx: Receiver<Batch<Key>>,
     out: Sender<Batch<Fetched>>,
     rep: Reporter,
     ledger: &Ledger,
     route: Option<Router>,
 ) {
-    let ttl_cmd = ttl_command(pexpiretime);
+    let ttl_cmd = deadlines.command();
     for batch in rx {
         if rep.stop.discard() {
             rep.unreached(batch.len());
@@ -48,11 +42,11 @@ pub fn run(
         let (id, taken) = (batch.id, batch.len());
         let mut sorted = Sorted { fetched: Vec::with_capacity(batch.len()), ..Sorted::default() };
         let batch = match &route {
-            Some(route) => before_dump(&mut conn, batch, route, pexpiretime, &mut sorted, &rep),
+            Some(route) => before_dump(&mut conn, batch, route, deadlines, &mut sorted, &rep),
             None => batch,
         };
         let Sorted { mut fetched, mut routed, mut expired } = sorted;
-        let sent_at = now_ms();
+        let sent_at = deadlines.sent();
         let answers = exchange::<2>(
             &mut conn,
             batch.len(),
@@ -84,7 +78,7 @@ pub fn run(
                     routed.push(key);
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
-                    let expire_at_ms = deadline(ttl, pexpiretime, sent_at);
+                    let expire_at_ms = deadlines.deadline(ttl, sent_at);
                     fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
                 }
                 (dump, ttl) => rep.fail(
@@ -101,26 +95,6 @@ pub fn run(
         if let Some(route) = &route {
             route.send(id, routed, &rep);
         }
-    }
-}
-
-/// The command that reads a key's deadline: PEXPIRETIME where the source has it (7.0+), else PTTL.
-pub fn ttl_command(pexpiretime: bool) -> &'static str {
-    if pexpiretime {
-        "PEXPIRETIME"
-    } else {
-        "PTTL"
-    }
-}
-
-/// The absolute deadline from a PEXPIRETIME or PTTL reply (not -2) to a command sent at `sent_at`;
-/// `None` for a key without TTL (-1).
-pub fn deadline(ttl: i64, pexpiretime: bool, sent_at: i64) -> Option<i64> {
-    match ttl {
-        -1 => None,
-        t if pexpiretime => Some(t),
-        // PTTL is relative: anchored at the moment the batch was sent, the deadline errs early, never late.
-        t => Some(sent_at + t),
     }
 }
 
@@ -142,12 +116,12 @@ fn before_dump(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
-    pexpiretime: bool,
+    deadlines: Deadlines,
     sorted: &mut Sorted,
     rep: &Reporter,
 ) -> Batch<Key> {
     let batch =
-        if route.fallback.strings() { strings(conn, batch, route, pexpiretime, sorted, rep) } else { batch };
+        if route.fallback.strings() { strings(conn, batch, route, deadlines, sorted, rep) } else { batch };
     if !route.fallback.dump {
         sorted.routed.extend(batch.items);
         return Batch { id: batch.id, items: Vec::new() };
@@ -172,14 +146,14 @@ fn strings(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
-    pexpiretime: bool,
+    deadlines: Deadlines,
     sorted: &mut Sorted,
     rep: &Reporter,
 ) -> Batch<Key> {
-    let ttl_cmd = ttl_command(pexpiretime);
+    let ttl_cmd = deadlines.command();
     // GETRANGE 0 <limit> returns one byte more than the limit for a longer string.
     let limit = STRING_BY_VALUE.min(route.fallback.big_key_bytes);
-    let sent_at = now_ms();
+    let sent_at = deadlines.sent();
     let answers = exchange::<2>(
         conn,
         batch.len(),
@@ -208,7 +182,7 @@ fn strings(
             }
             (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
             (Value::BulkString(value), Value::Int(ttl)) => {
-                let expire_at_ms = deadline(ttl, pexpiretime, sent_at);
+                let expire_at_ms = deadlines.deadline(ttl, sent_at);
                 sorted.fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
             }
             (value, ttl) => rep.fail(

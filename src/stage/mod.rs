@@ -19,7 +19,7 @@ use redis::{Pipeline, Value};
 use crate::checkpoint::Ledger;
 use crate::conn::{self, Conn};
 use crate::key::Key;
-use crate::report::{Reporter, Stage};
+use crate::report::{Reporter, Stage, Stop};
 
 /// A batch of keys (or fetched items) with the id the [`crate::checkpoint::Ledger`] knows it by.
 /// It dereferences to its items, so a stage reads it like the `Vec` it carries.
@@ -69,15 +69,8 @@ pub struct Fetched {
 
 /// Sends one pipelined batch and returns, for each of its `n` keys, the key's `K` replies (error
 /// replies included, as `Value::ServerError`), or `None` for a key that failed and was reported.
-/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it.
-///
-/// This is the one place where faults are survived. A key whose replies include a transient error
-/// (OOM, LOADING, BUSY, TRYAGAIN, ...) and the keys left unanswered when the connection broke are sent
-/// again, and only they, after a growing pause and a reconnect, up to the connection's retry policy;
-/// keys already answered are never sent twice. After the last attempt they become failures with the
-/// last error; if the connection could not even be re-established, the run is aborted too. A resent
-/// RESTORE whose first attempt reached the server but whose answer was lost comes back as BUSYKEY
-/// (skip policy; the write stage counts it as skipped) or overwrites with the same payload (replace).
+/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it. [`exchange_units`] is the same
+/// for keys that take different numbers of commands.
 pub fn exchange<'k, const K: usize>(
     conn: &mut Conn,
     n: usize,
@@ -86,7 +79,31 @@ pub fn exchange<'k, const K: usize>(
     stage: Stage,
     rep: &Reporter,
 ) -> Vec<Option<[Value; K]>> {
-    let mut answers: Vec<Option<[Value; K]>> = (0..n).map(|_| None).collect();
+    exchange_units(conn, n, key, build, stage, rep)
+        .into_iter()
+        .map(|unit| unit.map(|u| u.try_into().expect("build appends K commands for every key")))
+        .collect()
+}
+
+/// Sends one pipelined batch and returns, for each of its `n` keys, the replies to the commands
+/// `build(pipe, i)` appended for it, or `None` for a key that failed and was reported.
+///
+/// This is the one place where faults are survived. A key whose replies include a transient error
+/// (OOM, LOADING, BUSY, TRYAGAIN, ...) and the keys left unanswered when the connection broke are sent
+/// again, and only they, after a growing pause and a reconnect, up to the connection's retry policy;
+/// keys already answered are never sent twice. After the last attempt they become failures with the
+/// last error; if the connection could not even be re-established, the run is aborted too. A resent
+/// RESTORE whose first attempt reached the server but whose answer was lost comes back as BUSYKEY
+/// (skip policy; the write stage counts it as skipped) or overwrites with the same payload (replace).
+pub fn exchange_units<'k>(
+    conn: &mut Conn,
+    n: usize,
+    key: impl Fn(usize) -> &'k Key,
+    build: impl Fn(&mut Pipeline, usize),
+    stage: Stage,
+    rep: &Reporter,
+) -> Vec<Option<Vec<Value>>> {
+    let mut answers: Vec<Option<Vec<Value>>> = (0..n).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..n).collect();
     let retry = conn.retry();
     let mut attempt = 0;
@@ -106,7 +123,7 @@ pub fn exchange<'k, const K: usize>(
                 }
                 for (p, &i) in pending.iter().enumerate() {
                     // Unanswered: the connection broke before its replies came.
-                    let Some(group) = replies.take::<K>(p) else {
+                    let Some(group) = replies.take_unit(p) else {
                         again.push(i);
                         continue;
                     };
@@ -147,7 +164,7 @@ pub fn exchange<'k, const K: usize>(
         }
         let pause = retry.pause(attempt);
         log::debug!("{} keys to retry at {} in {pause:?} (attempt {attempt})", again.len(), stage.name());
-        std::thread::sleep(pause);
+        rep.stop.sleep(pause, Stop::discard);
         pending = again;
     }
     answers

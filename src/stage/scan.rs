@@ -12,7 +12,6 @@
 //! has one per primary, in the order of their addresses) and starts from that lane's resume point; the
 //! keys of a cluster's moved slots, read again at the end, go in the [`REREAD`] lane.
 
-use std::io::{BufRead, Read};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -25,7 +24,8 @@ use crate::config::KeyType;
 use crate::conn::{self, Conn};
 use crate::glob;
 use crate::key::Key;
-use crate::report::{Counters, Reporter, Stage, CSV_HEADER};
+use crate::keyfile::KeysFile;
+use crate::report::{Counters, Reporter};
 use crate::stage::Batch;
 use crate::throttle::Throttle;
 
@@ -33,8 +33,8 @@ use crate::throttle::Throttle;
 pub enum KeyInput {
     /// SCAN a server.
     Server(Scan),
-    /// Lines of a file or standard input, opened during preflight.
-    Lines(Box<dyn BufRead + Send>),
+    /// The keys of `--keys-from`, read through and checked during preflight.
+    Lines(KeysFile),
     /// Every primary of a cluster, each scanned by a thread of its own; then the slots that moved
     /// while they were scanned are read again.
     Cluster {
@@ -463,63 +463,17 @@ fn scan_pass(
     }
 }
 
-/// Reads `--keys-from`: an error (or diff) CSV written by redis-ferry when the first line is its
-/// header, else one key per line taken literally.
-fn read_lines(mut reader: Box<dyn BufRead + Send>, batcher: &mut Batcher) -> Result<(), StageError> {
-    let rep = batcher.rep;
-    let unreadable = |e: &dyn std::fmt::Display| StageError::new(format!("cannot read --keys-from: {e}"));
-    let mut first = Vec::new();
-    if reader.read_until(b'\n', &mut first).map_err(|e| unreadable(&e))? == 0 {
-        return Ok(());
-    }
-    let header = trim_eol(&first);
-    let csv_prefix = format!("{},{},", CSV_HEADER[0], CSV_HEADER[1]);
-    if header.starts_with(csv_prefix.as_bytes()) {
-        let input = std::io::Cursor::new(first).chain(reader);
-        let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(input);
-        for record in csv.byte_records() {
-            if rep.stop.stop_scanning() {
-                return Ok(());
-            }
-            let record = record.map_err(|e| unreadable(&e))?;
-            let raw = record.get(1).unwrap_or_default();
-            let key = match std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(Key::parse_escaped) {
-                Ok(key) => key,
-                Err(why) => {
-                    Counters::add(&rep.counters.scanned, 1);
-                    rep.fail(
-                        Key(raw.to_vec()),
-                        Stage::Scan,
-                        "PROTOCOL".into(),
-                        format!("bad key in --keys-from: {why}"),
-                    );
-                    continue;
-                }
-            };
-            if !batcher.push(key) {
-                return Ok(());
-            }
-        }
-        Ok(())
-    } else {
-        let mut line = first;
-        loop {
-            if rep.stop.stop_scanning() {
-                return Ok(());
-            }
-            let key = trim_eol(&line);
-            if !key.is_empty() && !batcher.push(Key(key.to_vec())) {
-                return Ok(());
-            }
-            line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(|e| unreadable(&e))? == 0 {
-                return Ok(());
-            }
+/// Reads `--keys-from`, checked whole at preflight (so only an I/O error can stop it here).
+fn read_lines(file: KeysFile, batcher: &mut Batcher) -> Result<(), StageError> {
+    let mut lines = file.lines;
+    loop {
+        let key = match lines.next_key() {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(StageError::new(format!("cannot read --keys-from: {e}"))),
+        };
+        if !batcher.push(key) {
+            return Ok(());
         }
     }
-}
-
-fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }

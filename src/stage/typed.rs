@@ -6,8 +6,9 @@
 //! One key: `TYPE` and its deadline (`PEXPIRETIME`, or `PTTL` on Redis < 7.0); then pages read from the
 //! source (GETRANGE chunks, LRANGE pages, SSCAN / ZSCAN / HSCAN, XRANGE pages), each together with the
 //! deadline again, and written under a temporary name in the key's hash slot, each page in its own
-//! MULTI/EXEC; then one last MULTI/EXEC sets the deadline on the temporary key (`PEXPIREAT`, or `PERSIST`)
-//! and renames it (`RENAME` under `replace`, `RENAMENX` + `DEL` of the temporary key under `skip`). The
+//! MULTI/EXEC; then one last MULTI/EXEC sets the deadline on the temporary key (`PEXPIREAT`, or `PERSIST`),
+//! asks whether it is still there (`EXISTS`: the target's clock decides whether the deadline has passed,
+//! and then PEXPIREAT deletes the key) and renames it (`RENAME` under `replace`, `RENAMENX` + `DEL` of the temporary key under `skip`). The
 //! deadline goes on the temporary key before the rename, in the same transaction: a reader never sees
 //! the key without its TTL, and no crash can leave it between the two. Streams also carry their last
 //! ID, `entries-added` and `max-deleted-entry-id` (XSETID), their consumer groups (XGROUP CREATE at the
@@ -28,19 +29,24 @@
 //! long), and the rename fails on a temporary key that is gone: a key is never published incomplete.
 //! On every other way out the temporary key is deleted.
 //!
+//! A second Ctrl-C quits at once; [`drop_in_flight`] first closes the gate every typed write passes and
+//! deletes the temporary keys registered in [`IN_FLIGHT`].
+//!
 //! This file also holds what routes keys here in `--mode auto` ([`Plan`], [`Router`], [`Fallback`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Cmd, Pipeline, Value};
 
+use crate::clock::Deadlines;
 use crate::cluster::{hash_tag, key_in_slot, slot};
-use crate::config::{CopyConfig, Mode, OnConflict};
+use crate::config::{CopyConfig, Endpoint, Mode, OnConflict, Timeouts};
 use crate::conn::{self, Conn, ServerInfo};
 use crate::key::Key;
-use crate::report::{Counters, Reporter, Stage, StopReason};
-use crate::stage::fetch::{deadline, now_ms, ttl_command};
+use crate::report::{Counters, Reporter, Stage, Stop, StopReason};
 use crate::stage::write::WriteShared;
 use crate::stage::{exchange, kind, Batch};
 
@@ -62,8 +68,8 @@ const MAX_NAME_IN_TEMP: usize = 256;
 /// What the typed threads need to know about the two servers.
 #[derive(Debug, Clone, Copy)]
 pub struct Servers {
-    /// The source has PEXPIRETIME (7.0+); else PTTL.
-    pub pexpiretime: bool,
+    /// How the source tells deadlines (PEXPIRETIME, or PTTL on its clock).
+    pub deadlines: Deadlines,
     /// The target's version, for the stream options it takes (7.0: ENTRIESADDED, ENTRIESREAD; 6.2:
     /// CREATECONSUMER).
     pub target: (u32, u32, u32),
@@ -510,6 +516,97 @@ struct Build<'k> {
     deadline: Deadline,
 }
 
+impl Build<'_> {
+    /// A write is about to be sent: from now on the temporary key may exist (and is in [`IN_FLIGHT`]).
+    fn mark_sent(&mut self) {
+        if !self.sent {
+            IN_FLIGHT.add(&self.tmp);
+            self.sent = true;
+        }
+    }
+}
+
+/// The temporary keys that may exist on the target right now (being built, or left by a failed attempt
+/// and not deleted yet), and where the target is: what the fast exit of a second Ctrl-C deletes
+/// ([`drop_in_flight`]) before the process quits.
+pub struct InFlight {
+    /// The target, with whether it is a cluster; set when the typed threads start.
+    target: OnceLock<(Endpoint, bool)>,
+    /// The temporary names.
+    names: Mutex<Vec<Vec<u8>>>,
+    /// Held (shared) by every typed write while it is sent and answered; true once the fast exit has
+    /// closed it: from then on no typed write is sent, so none can make a temporary key after the
+    /// fast exit deleted them.
+    gate: RwLock<bool>,
+}
+
+/// The one registry of the process.
+pub static IN_FLIGHT: InFlight =
+    InFlight { target: OnceLock::new(), names: Mutex::new(Vec::new()), gate: RwLock::new(false) };
+
+impl InFlight {
+    /// Says where the temporary keys are made.
+    pub fn aim(&self, target: &Endpoint, cluster: bool) {
+        let _ = self.target.set((target.clone(), cluster));
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, tmp: &[u8]) {
+        self.names().push(tmp.to_vec());
+    }
+
+    /// Runs a typed write unless the fast exit has begun (`None` then).
+    fn write<T>(&self, send: impl FnOnce() -> T) -> Option<T> {
+        let closed = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        (!*closed).then(send)
+    }
+
+    fn remove(&self, tmp: &[u8]) {
+        let mut names = self.names();
+        if let Some(i) = names.iter().position(|n| n == tmp) {
+            names.swap_remove(i);
+        }
+    }
+}
+
+/// Deletes the temporary keys in [`IN_FLIGHT`] on a connection of its own, giving up after `within`
+/// (the caller then quits whatever happened). Returns how many were deleted, and how many are left
+/// (they expire within [`SAFETY_TTL_MS`]). A page whose write was already on its way when this runs
+/// may still make its temporary key after the DEL; its safety TTL covers that too.
+pub fn drop_in_flight(within: Duration) -> (usize, usize) {
+    // No typed write starts from now on; the ones under way are answered first.
+    *IN_FLIGHT.gate.write().unwrap_or_else(|e| e.into_inner()) = true;
+    let names = IN_FLIGHT.names().clone();
+    let Some((target, cluster)) = IN_FLIGHT.target.get().cloned() else { return (0, names.len()) };
+    if names.is_empty() {
+        return (0, 0);
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let total = names.len();
+    std::thread::spawn(move || {
+        let timeouts = Timeouts { connect: within / 2, io: within / 2 };
+        let conn =
+            if cluster { Conn::open_cluster(&target, timeouts) } else { Conn::open(&target, timeouts) };
+        let deleted = conn.ok().map_or(0, |mut conn| {
+            let units: Vec<usize> = (0..names.len()).collect();
+            let (mut replies, _) = conn.round(
+                &units,
+                |i| Some(&names[i][..]),
+                |pipe, i| {
+                    pipe.cmd("DEL").arg(&names[i][..]);
+                },
+            );
+            (0..names.len()).filter(|&i| replies.take::<1>(i).is_some()).count()
+        });
+        let _ = tx.send(deleted);
+    });
+    let deleted = rx.recv_timeout(within).unwrap_or(0);
+    (deleted, total - deleted)
+}
+
 /// An adaptive page size: grows to [`MAX_PAGE`] elements while pages stay under [`PAGE_BYTES`],
 /// shrinks when one is bigger.
 struct Pager {
@@ -543,7 +640,9 @@ impl<'a> Copier<'a> {
             let (stage, code, why) = match self.attempt(&mut build) {
                 Ok(end) | Err(Fault::End(end)) => {
                     // Copied or skipped: the rename (or the DEL after RENAMENX) took the temporary key.
-                    if !matches!(end, End::Copied | End::Skipped) {
+                    if matches!(end, End::Copied | End::Skipped) {
+                        IN_FLIGHT.remove(&build.tmp);
+                    } else {
                         self.drop_temp(&build);
                     }
                     return end;
@@ -565,7 +664,7 @@ impl<'a> Copier<'a> {
             }
             let pause = retry.pause(attempt);
             log::warn!("{key}: type-aware copy starts over in {pause:?} (attempt {attempt}): {why}");
-            std::thread::sleep(pause);
+            self.rep.stop.sleep(pause, Stop::discard);
             self.drop_orphans();
         }
     }
@@ -587,14 +686,20 @@ impl<'a> Copier<'a> {
         }
         // One DEL each: on a cluster they live in different slots.
         let dst = &mut self.dst;
-        self.orphans.retain(|tmp| dst.call::<i64>(redis::cmd("DEL").arg(&tmp[..]), || true).is_err());
+        self.orphans.retain(|tmp| {
+            let kept = dst.call::<i64>(redis::cmd("DEL").arg(&tmp[..]), || true).is_err();
+            if !kept {
+                IN_FLIGHT.remove(tmp);
+            }
+            kept
+        });
     }
 
     /// One attempt at a key.
     fn attempt(&mut self, b: &mut Build) -> Result<End, Fault> {
         let k = b.key.as_bytes().to_vec();
         let ttl_cmd = self.ttl_cmd();
-        let sent = now_ms();
+        let sent = self.servers.deadlines.sent();
         let [ty, ttl] = self.read::<2>(b.key, |p| {
             p.cmd("TYPE").arg(&k[..]).cmd(ttl_cmd).arg(&k[..]);
         })?;
@@ -609,7 +714,8 @@ impl<'a> Copier<'a> {
             return Ok(End::Expired);
         }
         if self.shared.dry_run {
-            return Ok(if b.deadline.is_some_and(|at| at <= now_ms()) { End::Expired } else { End::Copied });
+            // The source still had it.
+            return Ok(End::Copied);
         }
         match ty.as_str() {
             "string" => self.string(b),
@@ -628,7 +734,7 @@ impl<'a> Copier<'a> {
 
     /// PEXPIRETIME where the source has it (7.0+), else PTTL.
     fn ttl_cmd(&self) -> &'static str {
-        ttl_command(self.servers.pexpiretime)
+        self.servers.deadlines.command()
     }
 
     /// Sends one pipeline of `K` commands for this key to the source (retried through
@@ -648,7 +754,7 @@ impl<'a> Copier<'a> {
     fn page(&mut self, b: &mut Build, cmd: &Cmd) -> Result<Value, Fault> {
         let ttl_cmd = self.ttl_cmd();
         let k = b.key.as_bytes().to_vec();
-        let sent = now_ms();
+        let sent = self.servers.deadlines.sent();
         let [reply, ttl] = self.read::<2>(b.key, |p| {
             p.add_command(cmd.clone()).cmd(ttl_cmd).arg(&k[..]);
         })?;
@@ -663,7 +769,7 @@ impl<'a> Copier<'a> {
     fn deadline(&self, ttl: Value, sent: i64) -> Result<Deadline, Fault> {
         match ttl {
             Value::Int(-2) => Err(End::Expired.into()),
-            Value::Int(t) => Ok(deadline(t, self.servers.pexpiretime, sent)),
+            Value::Int(t) => Ok(self.servers.deadlines.deadline(t, sent)),
             Value::ServerError(e) => Err(failed(Stage::Fetch, &e).into()),
             other => Err(protocol(format!("unexpected {} reply: {}", self.ttl_cmd(), kind(&other))).into()),
         }
@@ -860,7 +966,7 @@ impl<'a> Copier<'a> {
     fn stream_meta(&mut self, b: &mut Build) -> Result<(), Fault> {
         let k = b.key.as_bytes().to_vec();
         let ttl_cmd = self.ttl_cmd();
-        let sent = now_ms();
+        let sent = self.servers.deadlines.sent();
         let [info, groups, ttl] = self.read::<3>(b.key, |p| {
             p.cmd("XINFO")
                 .arg("STREAM")
@@ -1027,7 +1133,7 @@ impl<'a> Copier<'a> {
         self.pace(b)?;
         let check = b.pages > 0;
         let tx = page_tx(&b.tmp, check, &writes);
-        b.sent = true;
+        b.mark_sent();
         let mut results = self.transact(&b.tmp, &[tx])?;
         let results = results.pop().unwrap_or_default();
         check_page(&results, check, writes.len())?;
@@ -1047,7 +1153,7 @@ impl<'a> Copier<'a> {
         self.units += 1;
         if self.units >= self.servers.batch {
             self.units = 0;
-            self.shared.throttle.after_batch();
+            self.shared.throttle.after_batch(self.rep.stop);
         }
         Ok(())
     }
@@ -1057,9 +1163,6 @@ impl<'a> Copier<'a> {
     /// sent together (if the first is refused, the temporary key does not exist and the rename does
     /// nothing).
     fn finish(&mut self, b: &mut Build, last: Option<Cmd>) -> Result<End, Fault> {
-        if b.deadline.is_some_and(|at| at <= now_ms()) {
-            return Ok(End::Expired);
-        }
         let together = b.pages == 0 && last.is_some();
         if !together {
             if let Some(write) = last.clone() {
@@ -1069,7 +1172,7 @@ impl<'a> Copier<'a> {
             self.pace(b)?;
         }
         let final_tx = self.final_tx(b);
-        b.sent = true;
+        b.mark_sent();
         let results = if together {
             let page = page_tx(&b.tmp, false, &[last.expect("together has a page")]);
             let mut results = self.transact(&b.tmp, &[page, final_tx])?;
@@ -1080,34 +1183,30 @@ impl<'a> Copier<'a> {
         } else {
             self.transact(&b.tmp, &[final_tx])?.pop().unwrap_or_default()
         };
-        // [PEXPIREAT | PERSIST, RENAME | RENAMENX, (DEL)]
-        let answered = now_ms();
-        match results.get(1) {
-            Some(Value::Okay) | Some(Value::SimpleString(_)) | Some(Value::Int(1)) => {
-                if b.deadline.is_some_and(|at| at <= answered) {
-                    Ok(End::Expired)
-                } else {
-                    Ok(End::Copied)
-                }
+        // [PEXPIREAT | PERSIST, EXISTS, RENAME | RENAMENX, (DEL)]: a PEXPIREAT that found the key
+        // (1) and left none (EXISTS 0) met a deadline the target's clock says has passed.
+        let vanished = || {
+            Err(Fault::Again(
+                Stage::Write,
+                "ERR".into(),
+                "no such key: the temporary key vanished from the target before the rename (evicted?)".into(),
+            ))
+        };
+        match (results.first(), results.get(1), results.get(2)) {
+            (Some(Value::Int(1)), Some(Value::Int(0)), _) if b.deadline.is_some() => Ok(End::Expired),
+            (_, Some(Value::Int(0)), _) => vanished(),
+            (_, _, Some(Value::Okay) | Some(Value::SimpleString(_)) | Some(Value::Int(1))) => Ok(End::Copied),
+            (_, _, Some(Value::Int(0))) => Ok(End::Skipped),
+            (_, _, Some(Value::ServerError(e))) if e.details().unwrap_or("").contains("no such key") => {
+                vanished()
             }
-            Some(Value::Int(0)) => Ok(End::Skipped),
-            Some(Value::ServerError(e)) if e.details().unwrap_or("").contains("no such key") => {
-                if b.deadline.is_some_and(|at| at <= answered) {
-                    Ok(End::Expired)
-                } else {
-                    Err(Fault::Again(
-                        Stage::Write,
-                        "ERR".into(),
-                        "no such key: the temporary key vanished from the target before the rename (evicted?)".into(),
-                    ))
-                }
-            }
-            Some(Value::ServerError(e)) => Ok(failed(Stage::Write, e)),
-            other => Ok(protocol(format!("unexpected RENAME reply: {}", other.map_or("none", kind)))),
+            (_, _, Some(Value::ServerError(e))) => Ok(failed(Stage::Write, e)),
+            (_, _, other) => Ok(protocol(format!("unexpected RENAME reply: {}", other.map_or("none", kind)))),
         }
     }
 
-    /// The last transaction: deadline on the temporary key, then the rename.
+    /// The last transaction: deadline on the temporary key (the target's clock decides whether it has
+    /// passed: then the key is gone at once), whether it is still there, then the rename.
     fn final_tx(&self, b: &Build) -> Pipeline {
         let mut tx = redis::pipe();
         tx.atomic();
@@ -1115,6 +1214,7 @@ impl<'a> Copier<'a> {
             Some(at) => tx.cmd("PEXPIREAT").arg(&b.tmp[..]).arg(at),
             None => tx.cmd("PERSIST").arg(&b.tmp[..]),
         };
+        tx.cmd("EXISTS").arg(&b.tmp[..]);
         match self.shared.on_conflict {
             OnConflict::Replace => {
                 tx.cmd("RENAME").arg(&b.tmp[..]).arg(b.key.as_bytes());
@@ -1141,19 +1241,24 @@ impl<'a> Copier<'a> {
             }
             let pending = &txs[done.len()..];
             // Every transaction of one key works on its temporary key, in the key's slot.
-            let (mut replies, broken) = self.dst.round(
-                &[0],
-                |_| Some(tmp),
-                |pipe, _| {
-                    for tx in pending {
-                        pipe.cmd("MULTI");
-                        for cmd in tx.cmd_iter() {
-                            pipe.add_command(cmd.clone());
+            let dst = &mut self.dst;
+            let sent = IN_FLIGHT.write(|| {
+                dst.round(
+                    &[0],
+                    |_| Some(tmp),
+                    |pipe, _| {
+                        for tx in pending {
+                            pipe.cmd("MULTI");
+                            for cmd in tx.cmd_iter() {
+                                pipe.add_command(cmd.clone());
+                            }
+                            pipe.cmd("EXEC");
                         }
-                        pipe.cmd("EXEC");
-                    }
-                },
-            );
+                    },
+                )
+            });
+            // The process is quitting (a second Ctrl-C): nothing more is written.
+            let Some((mut replies, broken)) = sent else { return Err(End::Dropped.into()) };
             let Some(unit) = replies.unit(0) else {
                 let (code, message) =
                     broken.as_ref().map_or_else(|| ("IO".into(), "no reply".into()), conn::classify);
@@ -1178,7 +1283,7 @@ impl<'a> Copier<'a> {
             }
             let pause = retry.pause(attempt);
             log::debug!("target refused a typed write ({code}); again in {pause:?} (attempt {attempt})");
-            std::thread::sleep(pause);
+            self.rep.stop.sleep(pause, Stop::discard);
         }
     }
 }

@@ -3,9 +3,12 @@
 //! keys earlier, in the scan stage, so that skipped keys count too).
 //!
 //! Each key keeps its deadline: `RESTORE key <abs-ms> payload ABSTTL` (or ttl 0 for a key without
-//! expiry), so time in flight is not added. A key whose deadline passed before the target answered is
-//! counted as expired (the server creates nothing for a past ABSTTL). Skip policy: no REPLACE, and a
-//! BUSYKEY reply counts as skipped, which is atomic on the server. `--limit` is enforced by a budget
+//! expiry), `SET key value PXAT <abs-ms>`, so time in flight is not added. The target's clock decides
+//! whether that deadline has passed, as Redis does (it creates nothing for a past ABSTTL or PXAT): an
+//! `EXISTS key` right after the write, in the same pipeline, tells whether the key is there, and a key
+//! with a deadline that is not there is counted as expired. This machine's clock decides nothing (see
+//! `clock.rs`). Skip policy: no REPLACE, and a BUSYKEY reply counts as skipped, which is atomic on the
+//! server. `--limit` is enforced by a budget
 //! shared by the writers, so exactly N keys are copied and the rest are given back as unreached.
 //! In a dry run nothing is sent: every key that would be restored is counted as copied.
 //!
@@ -20,13 +23,13 @@ use crossbeam_channel::Receiver;
 use redis::Value;
 
 use crate::checkpoint::Ledger;
+use crate::clock::Deadlines;
 use crate::config::OnConflict;
 use crate::conn::{self, Conn};
 use crate::key::Key;
 use crate::report::{Counters, Reporter, Stage, StopReason};
-use crate::stage::fetch::now_ms;
 use crate::stage::typed::{self, Router, Why};
-use crate::stage::{exchange, kind, Batch, Fetched, Payload};
+use crate::stage::{exchange_units, kind, Batch, Fetched, Payload};
 use crate::throttle::Throttle;
 
 /// What every writer thread shares.
@@ -37,6 +40,8 @@ pub struct WriteShared<'a> {
     pub abs_ttl: bool,
     /// The target understands SET ... PXAT (Redis 6.2+).
     pub pxat: bool,
+    /// The source's clock, for what is left of a deadline on a target without ABSTTL or PXAT.
+    pub deadlines: Deadlines,
     /// Count, but send nothing.
     pub dry_run: bool,
     /// The post-batch pause.
@@ -116,7 +121,7 @@ pub fn run(
             let n = items.len();
             let (copied, routed) = write_batch(&mut conn, items, shared, &rep, route.as_ref());
             shared.ledger.done(id, n - routed.len());
-            shared.throttle.after_batch();
+            shared.throttle.after_batch(rep.stop);
             if let Some(budget) = shared.budget {
                 budget.settle(take, copied);
             }
@@ -128,6 +133,16 @@ pub fn run(
     }
 }
 
+/// How a key's deadline is sent.
+enum Ttl {
+    /// No TTL.
+    None,
+    /// The absolute deadline (ABSTTL, PXAT).
+    At(i64),
+    /// What is left of it on the source's clock, for a target without ABSTTL or PXAT.
+    Left(i64),
+}
+
 /// Writes one batch and accounts for every key of it but those it returns for the typed threads;
 /// returns how many were copied, and those keys.
 fn write_batch(
@@ -137,37 +152,52 @@ fn write_batch(
     rep: &Reporter,
     route: Option<&Router>,
 ) -> (u64, Vec<Key>) {
-    let now = now_ms();
-    let (live, gone): (Vec<Fetched>, Vec<Fetched>) =
-        items.into_iter().partition(|f| f.expire_at_ms.is_none_or(|at| at > now));
-    let mut expired = gone.len() as u64;
-    let (mut copied, mut skipped) = (0u64, 0u64);
+    let (mut copied, mut skipped, mut expired) = (0u64, 0u64, 0u64);
     let mut routed = Vec::new();
+    // A deadline sent as a relative TTL (a target without ABSTTL or PXAT) is what is left of it on the
+    // source's clock, taken now; a key whose deadline has passed there is not sent.
+    let relative = |f: &Fetched| match f.payload {
+        Payload::Dump(_) => !shared.abs_ttl,
+        Payload::String(_) => !shared.pxat,
+    };
+    let mut live: Vec<(Fetched, Ttl)> = Vec::with_capacity(items.len());
+    for f in items {
+        let ttl = match f.expire_at_ms {
+            None => Ttl::None,
+            Some(at) if !relative(&f) => Ttl::At(at),
+            Some(at) => match shared.deadlines.left(at) {
+                Some(left) => Ttl::Left(left),
+                None => {
+                    expired += 1;
+                    continue;
+                }
+            },
+        };
+        live.push((f, ttl));
+    }
     if shared.dry_run {
+        // The source still had every one of them when it was read.
         copied = live.len() as u64;
     } else if !live.is_empty() {
-        let answers = exchange::<1>(
+        let replace = shared.on_conflict == OnConflict::Replace;
+        let answers = exchange_units(
             conn,
             live.len(),
-            |i| &live[i].key,
+            |i| &live[i].0.key,
             |pipe, i| {
-                let f = &live[i];
-                let replace = shared.on_conflict == OnConflict::Replace;
+                let (f, ttl) = &live[i];
                 match &f.payload {
                     Payload::Dump(payload) => {
                         let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
-                        match f.expire_at_ms {
-                            None => cmd.arg(0),
-                            Some(at) if shared.abs_ttl => cmd.arg(at),
-                            // Old targets only take a relative TTL: what is left of the deadline now, at
-                            // least 1.
-                            Some(at) => cmd.arg((at - now_ms()).max(1)),
+                        match ttl {
+                            Ttl::None => cmd.arg(0),
+                            Ttl::At(ms) | Ttl::Left(ms) => cmd.arg(*ms),
                         };
                         cmd.arg(&payload[..]);
                         if replace {
                             cmd.arg("REPLACE");
                         }
-                        if f.expire_at_ms.is_some() && shared.abs_ttl {
+                        if let Ttl::At(_) = ttl {
                             cmd.arg("ABSTTL");
                         }
                     }
@@ -175,13 +205,13 @@ fn write_batch(
                     // atomic "only if absent", as RESTORE without REPLACE is.
                     Payload::String(value) => {
                         let cmd = pipe.cmd("SET").arg(f.key.as_bytes()).arg(&value[..]);
-                        match f.expire_at_ms {
-                            None => {}
-                            Some(at) if shared.pxat => {
-                                cmd.arg("PXAT").arg(at);
+                        match ttl {
+                            Ttl::None => {}
+                            Ttl::At(ms) => {
+                                cmd.arg("PXAT").arg(*ms);
                             }
-                            Some(at) => {
-                                cmd.arg("PX").arg((at - now_ms()).max(1));
+                            Ttl::Left(ms) => {
+                                cmd.arg("PX").arg(*ms);
                             }
                         }
                         if !replace {
@@ -189,23 +219,23 @@ fn write_batch(
                         }
                     }
                 }
+                // Whether the target kept it: its clock says whether the deadline had passed.
+                if f.expire_at_ms.is_some() {
+                    pipe.cmd("EXISTS").arg(f.key.as_bytes());
+                }
             },
             Stage::Write,
             rep,
         );
-        let answered = now_ms();
-        for (f, answer) in live.into_iter().zip(answers) {
-            let Some([reply]) = answer else { continue };
+        for ((f, _), answer) in live.into_iter().zip(answers) {
+            let Some(replies) = answer else { continue };
+            let mut replies = replies.into_iter();
+            let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
             match reply {
-                Value::Okay | Value::SimpleString(_) => {
-                    // A deadline passed before the answer: the key is gone (or was never created, for
-                    // a past ABSTTL) on the target.
-                    if f.expire_at_ms.is_some_and(|at| at <= answered) {
-                        expired += 1;
-                    } else {
-                        copied += 1;
-                    }
-                }
+                // A key with a deadline that is not there: the target found the deadline passed (it
+                // creates nothing for a past ABSTTL or PXAT), or it expired right after.
+                Value::Okay | Value::SimpleString(_) if exists == Some(Value::Int(0)) => expired += 1,
+                Value::Okay | Value::SimpleString(_) => copied += 1,
                 // RESTORE's BUSYKEY, SET NX's nil: the key exists on the target.
                 Value::ServerError(err) if err.code() == "BUSYKEY" => skipped += 1,
                 Value::Nil if matches!(f.payload, Payload::String(_)) => skipped += 1,

@@ -1,6 +1,9 @@
 //! Comparing one batch of source keys with the target: the verdict of each key.
 //!
-//! For a batch, a compare thread reads TYPE and PTTL on both sides in one pipeline per side, then the
+//! For a batch, a compare thread reads TYPE and the deadline on both sides in one pipeline per side: the
+//! absolute deadline (PEXPIRETIME) where both servers have it (7.0+), so that two reads made moments
+//! apart compare the same thing; else PTTL, with the time between the two reads (this machine's
+//! monotonic clock, between the middles of the two round trips) taken off the source's. Then the
 //! size of every key whose type agrees (STRLEN, LLEN, SCARD, ZCARD, HLEN, XLEN). Different sizes are a
 //! different value at once. Keys up to [`paged::BIG_ELEMENTS`] elements (or [`paged::BIG_STRING`]
 //! bytes) are read whole in one pipeline per side and compared normalised (sets and hashes sorted);
@@ -10,6 +13,8 @@
 //! A suspected difference is checked again with EXISTS on both sides: a key gone from the source
 //! expired or was deleted during the check and is `Vanished`, not a difference. This file does not
 //! count, log or write anything; `mod.rs` does that with the verdicts.
+
+use std::time::Instant;
 
 use redis::{FromRedisValue, Value};
 
@@ -64,8 +69,8 @@ pub enum Verdict {
 struct Side {
     /// TYPE reply ("none" when the key does not exist).
     ty: String,
-    /// PTTL reply (-1 no expiry, -2 missing).
-    pttl: i64,
+    /// PEXPIRETIME or PTTL reply (-1 no expiry, -2 missing).
+    ttl: i64,
 }
 
 /// A key whose type is the same on both sides, on its way to a verdict.
@@ -86,6 +91,8 @@ pub struct Comparer {
     pub target: Conn,
     /// Largest TTL difference in milliseconds still counted as equal.
     pub tolerance_ms: i64,
+    /// Both servers have PEXPIRETIME: deadlines are compared, not what is left of them.
+    pub pexpiretime: bool,
 }
 
 /// A reply read as `T`, or the error code and message of an error reply.
@@ -98,8 +105,15 @@ impl Comparer {
     /// The verdict of every key of `keys`, in order. `Err` only when a connection failed: the caller
     /// then counts the whole batch as errors.
     pub fn batch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<Verdict>> {
-        let src = sides(&mut self.source, keys)?;
-        let dst = sides(&mut self.target, keys)?;
+        let ttl_cmd = if self.pexpiretime { "PEXPIRETIME" } else { "PTTL" };
+        let (src, src_at) = sides(&mut self.source, keys, ttl_cmd)?;
+        let (dst, dst_at) = sides(&mut self.target, keys, ttl_cmd)?;
+        // What is left of a TTL shrinks between the two reads; a deadline does not.
+        let elapsed = if self.pexpiretime {
+            0
+        } else {
+            i64::try_from(dst_at.saturating_duration_since(src_at).as_millis()).unwrap_or(i64::MAX)
+        };
         let mut verdicts: Vec<Option<Verdict>> = keys.iter().map(|_| None).collect();
         let mut same = Vec::new();
         for (index, (s, d)) in src.into_iter().zip(dst).enumerate() {
@@ -111,7 +125,8 @@ impl Comparer {
                     Verdict::Differs(Kind::Type, format!("{} on the source, {} on the target", s.ty, d.ty))
                 }
                 (Ok(s), Ok(d)) => {
-                    let ttl = ttl_difference(s.pttl, d.pttl, self.tolerance_ms);
+                    let source_ttl = if s.ttl >= 0 { (s.ttl - elapsed).max(0) } else { s.ttl };
+                    let ttl = ttl_difference(ttl_cmd, source_ttl, d.ttl, self.tolerance_ms);
                     same.push(Candidate { index, ty: s.ty, ttl });
                     continue;
                 }
@@ -269,24 +284,28 @@ fn parse<T: FromRedisValue>(value: Value) -> Reply<T> {
     }
 }
 
-/// TYPE and PTTL of every key of the batch on one side.
-fn sides(conn: &mut Conn, keys: &[Key]) -> redis::RedisResult<Vec<Reply<Side>>> {
+/// TYPE and the deadline (`ttl_cmd`: PEXPIRETIME or PTTL) of every key of the batch on one side, and
+/// the middle of the round trip that read them.
+fn sides(conn: &mut Conn, keys: &[Key], ttl_cmd: &str) -> redis::RedisResult<(Vec<Reply<Side>>, Instant)> {
+    let sent = Instant::now();
     let replies = conn.query(
         keys.len(),
         |u| Some(keys[u].as_bytes()),
         |pipe, u| {
-            pipe.cmd("TYPE").arg(keys[u].as_bytes()).cmd("PTTL").arg(keys[u].as_bytes());
+            pipe.cmd("TYPE").arg(keys[u].as_bytes()).cmd(ttl_cmd).arg(keys[u].as_bytes());
         },
     )?;
+    let at = sent + sent.elapsed() / 2;
     let mut replies = replies.into_values().into_iter();
-    Ok(keys
+    let sides = keys
         .iter()
         .map(|_| {
             let ty = parse::<String>(replies.next().unwrap_or_default())?;
-            let pttl = parse::<i64>(replies.next().unwrap_or_default())?;
-            Ok(Side { ty, pttl })
+            let ttl = parse::<i64>(replies.next().unwrap_or_default())?;
+            Ok(Side { ty, ttl })
         })
-        .collect())
+        .collect();
+    Ok((sides, at))
 }
 
 /// Reads the whole values of `keys` (each of the type given with it) in one pipeline, normalised.
@@ -390,17 +409,19 @@ fn measure(ty: KeyType) -> &'static str {
     }
 }
 
-/// `None` when the two PTTLs agree within `tolerance` ms, else what differs.
-fn ttl_difference(source: i64, target: i64, tolerance: i64) -> Option<String> {
+/// `None` when the two deadlines (`what`: PEXPIRETIME, or PTTL) agree within `tolerance` ms, else what
+/// differs.
+fn ttl_difference(what: &str, source: i64, target: i64, tolerance: i64) -> Option<String> {
     match (source, target) {
         (-1, -1) => None,
         (a, b) if a >= 0 && b >= 0 && (a - b).abs() <= tolerance => None,
-        (a, b) if a >= 0 && b >= 0 => {
-            Some(format!("PTTL {a} ms on the source, {b} ms on the target (tolerance {tolerance} ms)"))
-        }
-        (-1, b) => Some(format!("no TTL on the source, PTTL {b} ms on the target")),
-        (a, -1) => Some(format!("PTTL {a} ms on the source, no TTL on the target")),
-        (a, b) => Some(format!("PTTL {a} on the source, {b} on the target")),
+        (a, b) if a >= 0 && b >= 0 => Some(format!(
+            "{what} {a} ms on the source, {b} ms on the target: {} ms apart (tolerance {tolerance} ms)",
+            (a - b).abs()
+        )),
+        (-1, b) => Some(format!("no TTL on the source, {what} {b} ms on the target")),
+        (a, -1) => Some(format!("{what} {a} ms on the source, no TTL on the target")),
+        (a, b) => Some(format!("{what} {a} on the source, {b} on the target")),
     }
 }
 
@@ -417,13 +438,15 @@ mod tests {
 
     #[test]
     fn ttls_within_the_tolerance_agree() {
-        assert_eq!(ttl_difference(-1, -1, 2000), None);
-        assert_eq!(ttl_difference(10_000, 8_000, 2000), None);
-        assert_eq!(ttl_difference(8_000, 10_000, 2000), None);
-        assert!(ttl_difference(10_000, 7_999, 2000).unwrap().contains("tolerance 2000 ms"));
-        assert!(ttl_difference(-1, 5000, 2000).unwrap().starts_with("no TTL on the source"));
-        assert!(ttl_difference(5000, -1, 2000).unwrap().ends_with("no TTL on the target"));
-        assert!(ttl_difference(5000, -2, 2000).is_some());
+        let d = |a, b| ttl_difference("PTTL", a, b, 2000);
+        assert_eq!(d(-1, -1), None);
+        assert_eq!(d(10_000, 8_000), None);
+        assert_eq!(d(8_000, 10_000), None);
+        assert!(d(10_000, 7_999).unwrap().contains("tolerance 2000 ms"));
+        assert!(d(-1, 5000).unwrap().starts_with("no TTL on the source"));
+        assert!(d(5000, -1).unwrap().ends_with("no TTL on the target"));
+        assert!(d(5000, -2).is_some());
+        assert_eq!(ttl_difference("PEXPIRETIME", 1_700_000_000_000, 1_700_000_000_000, 0), None);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use redis::Value;
 
 use crate::config::{KeySource, VerifyConfig};
 use crate::conn::{self, Conn};
+use crate::exit::Fatal;
 use crate::key::Key;
-use crate::pipeline::{self, Fatal};
+use crate::pipeline;
 use crate::stage::scan::KeyInput;
 
 use super::compare::{Kind, Verdict};

@@ -25,12 +25,12 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::checkpoint::{Ledger, Position};
 use crate::config::{Endpoint, VerifyConfig};
 use crate::conn;
-use crate::exit::Exit;
+use crate::exit::{Exit, Fatal};
 use crate::key::Key;
-use crate::pipeline::{self, Fatal};
 use crate::report::{self, Counters, CsvFile, Reporter, Stop, StopReason};
 use crate::stage::scan::{self, KeyInput};
 use crate::stage::Batch;
+use crate::{pipeline, preflight};
 
 use compare::{Comparer, Kind, Verdict};
 use extra::Extra;
@@ -150,20 +150,36 @@ impl Recorder<'_> {
     }
 }
 
-/// Runs `verify`; returns exit 0 when every key agrees, 1 otherwise.
-pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
+/// Runs `verify`; returns exit 0 when every key agrees, 1 otherwise, and the summary line (for
+/// standard output).
+pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<(Exit, String), Fatal> {
     // Preflight: everything that can refuse the run does so before anything is checked.
+    let named: Vec<_> = cfg.files.iter().map(|f| f.named()).collect();
+    crate::files::refuse_shared(&named).map_err(Fatal::bad_input)?;
+    let keys_file = pipeline::keys_file(&cfg.keys)?;
     if let Some(path) = &cfg.diff_path {
         report::check_writable("--diff", path).map_err(Fatal::bad_input)?;
     }
-    let (scan_conn, source_info) = pipeline::open_checked(&cfg.source, cfg.timeouts)?;
-    let (first_target, target_info) = pipeline::open_checked(&cfg.target, cfg.timeouts)?;
-    let input = pipeline::key_input(&cfg.keys, scan_conn, cfg.timeouts)?;
+    let (scan_conn, source_info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+    let (first_target, target_info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
+    preflight::distinct((&scan_conn, &source_info), (&first_target, &target_info))?;
+    log::info!(
+        "verifying {} ({}) against {} ({})",
+        cfg.target,
+        preflight::describe(&first_target, &target_info),
+        cfg.source,
+        preflight::describe(&scan_conn, &source_info)
+    );
+    let input = match keys_file {
+        Some(file) => KeyInput::Lines(file),
+        None => pipeline::key_input(&cfg.keys, scan_conn, cfg.timeouts)?,
+    };
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         pipeline::open_like(endpoint, info, cfg.timeouts)
     };
     let tolerance_ms = i64::try_from(cfg.ttl_tolerance.as_millis()).unwrap_or(i64::MAX);
+    let pexpiretime = source_info.has_pexpiretime() && target_info.has_pexpiretime();
     let mut comparers = Vec::new();
     let mut first_target = Some(first_target);
     for _ in 0..COMPARERS {
@@ -171,7 +187,7 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
             Some(c) => c,
             None => open(&cfg.target)?,
         };
-        comparers.push(Comparer { source: open(&cfg.source)?, target, tolerance_ms });
+        comparers.push(Comparer { source: open(&cfg.source)?, target, tolerance_ms, pexpiretime });
     }
     let extra = match cfg.check_extra {
         true => Some((
@@ -233,7 +249,7 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         + v(&verdicts.ttl)
         + v(&verdicts.extra)
         + v(&verdicts.errors);
-    println!(
+    let summary = format!(
         "matched={} missing={} different={} ttl={} extra={} seconds={:.3} vanished={} errors={}",
         v(&verdicts.matched),
         v(&verdicts.missing),
@@ -245,22 +261,23 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<Exit, Fatal> {
         v(&verdicts.errors)
     );
     if let Some(error) = stop.error() {
-        eprintln!("error: {error}");
-        return Ok(Exit::Aborted);
+        crate::out::error(&error);
+        return Ok((Exit::Aborted, summary));
     }
     if let (Some(path), true) = (&cfg.diff_path, bad > 0) {
         log::warn!("{bad} keys differ or could not be checked; the differences are listed in {path}");
     }
-    Ok(match stop.reason() {
+    let exit = match stop.reason() {
         StopReason::Interrupted => Exit::Interrupted,
         _ if bad == 0 => Exit::Ok,
         _ => Exit::KeysFailed,
-    })
+    };
+    Ok((exit, summary))
 }
 
 /// A diff CSV record: `time,key,difference,message`, the key escaped like in the error CSV.
 fn diff_row(d: Difference) -> [String; 4] {
-    [report::rfc3339(d.time), d.key.to_string(), d.kind.name().to_string(), conn::one_line(&d.message)]
+    [report::rfc3339(d.time), d.key.escaped(), d.kind.name().to_string(), conn::one_line(&d.message)]
 }
 
 /// One compare thread: checks each batch of source keys whole, then records its verdicts. A batch whose

@@ -462,6 +462,19 @@ fn cluster_db_other_than_0_on_a_cluster_side_is_refused() {
 }
 
 #[test]
+fn cluster_onto_itself_through_another_node_is_refused_for_copy_and_verify() {
+    let cluster = RedisCluster::new();
+    cluster.fill_strings("self:", 300);
+    let before = cluster.digests();
+    let dir = tempfile::tempdir().unwrap();
+    let out = copy(&cluster.url_of(0), &cluster.url_of(1), &dir, &["--on-conflict", "replace"]);
+    assert_refused_naming(&out, &["are nodes of one Redis Cluster"]);
+    let out = ferry(["verify", &cluster.addr_of(2), &cluster.addr_of(0)]);
+    assert_refused_naming(&out, &["are nodes of one Redis Cluster"]);
+    assert_eq!(cluster.digests(), before, "the cluster was written");
+}
+
+#[test]
 fn cluster_verify_finds_a_missing_and_a_changed_key() {
     let (src, dst) = RedisCluster::pair();
     let mut keys = fill_every_type(&mut src.conn(), false);

@@ -352,12 +352,34 @@ impl FerryProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        FerryProcess::spawn_under(&[], args, env, stdin, cwd)
+    }
+
+    /// Like [`spawn`](FerryProcess::spawn), as the last argument of `wrapper` (e.g. `faketime +60s`).
+    pub fn spawn_under<I, S>(
+        wrapper: &[&str],
+        args: I,
+        env: &[(&str, &str)],
+        stdin: Option<&[u8]>,
+        cwd: Option<&Path>,
+    ) -> FerryProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let temp = match cwd {
             Some(_) => None,
             None => Some(tempfile::tempdir().expect("temp cwd")),
         };
         let dir = cwd.unwrap_or_else(|| temp.as_ref().unwrap().path());
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(args)
             .current_dir(dir)
             .env_remove("RUST_LOG")
@@ -370,7 +392,9 @@ impl FerryProcess {
             cmd.env(k, v);
         }
         let display = format!("{cmd:?}");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {display}: {e} (scripts/test.sh installs what the tests run)"));
         let feeder = stdin.map(|bytes| {
             let mut pipe = child.stdin.take().unwrap();
             let bytes = bytes.to_vec();

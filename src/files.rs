@@ -1,0 +1,151 @@
+//! Which files a run reads and writes, and the check that no two flags name one file, however it is
+//! named: a symlink, `./x` against `x`, a hard link, or standard input redirected from it.
+//!
+//! Files are compared by identity, not by text: an existing file by its device and inode, a file not
+//! made yet by its canonical directory and its name. Only regular files (and files still to be made)
+//! count: `/dev/null` may stand for several outputs, and a pipe has no name to collide with. An output
+//! may share its file with nothing else; inputs may share one (a PEM file holding both the certificate
+//! and its key). This is what keeps a run from reading back what it writes: `--errors` truncating the
+//! `--keys-from` list it is still reading, or appending rows it then reads as keys, forever.
+//! This file does no Redis I/O.
+
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What a run does with a file a flag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Only read (`--keys-from`, the TLS files).
+    Read,
+    /// Written, truncated, replaced or locked (`--errors`, `--report`, `--lock`, `--checkpoint`,
+    /// `--diff`).
+    Write,
+}
+
+/// One file a flag names: the flag, its value (`-` is standard input) and what the run does with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    /// The flag, for the message (`--keys-from`).
+    pub flag: &'a str,
+    /// The path as given.
+    pub path: &'a str,
+    /// Read or written.
+    pub how: Use,
+}
+
+/// The identity of a file: device and inode of an existing regular file, or canonical directory and
+/// name of one not made yet; `None` for what cannot collide (a device, a pipe, a directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Identity {
+    /// An existing regular file.
+    Inode(u64, u64),
+    /// A file still to be made: its directory (canonical) and its name.
+    Planned(PathBuf, std::ffi::OsString),
+}
+
+fn of_metadata(m: &Metadata) -> Option<Identity> {
+    m.is_file().then(|| Identity::Inode(m.dev(), m.ino()))
+}
+
+/// The identity of `path` (`-`: standard input, as it is open now).
+fn identity(path: &str) -> Option<Identity> {
+    if path == "-" {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+        return of_metadata(&std::fs::File::from(fd).metadata().ok()?);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) => of_metadata(&m),
+        Err(_) => {
+            // Not there yet (or a dangling symlink: it is made where the link points).
+            let p = Path::new(path);
+            let target = std::fs::read_link(p)
+                .map(|t| if t.is_absolute() { t } else { p.parent().unwrap_or(Path::new(".")).join(t) })
+                .unwrap_or_else(|_| p.to_path_buf());
+            let name = target.file_name()?.to_os_string();
+            let dir = match target.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            Some(Identity::Planned(std::fs::canonicalize(dir).ok()?, name))
+        }
+    }
+}
+
+/// Refuses, naming both flags, two entries of `files` that are one file when at least one of them is
+/// written.
+pub fn refuse_shared(files: &[Named]) -> Result<(), String> {
+    let ids: Vec<Option<Identity>> = files.iter().map(|f| identity(f.path)).collect();
+    for (i, a) in files.iter().enumerate() {
+        for (j, b) in files.iter().enumerate().skip(i + 1) {
+            if a.how == Use::Read && b.how == Use::Read {
+                continue;
+            }
+            if ids[i].is_some() && ids[i] == ids[j] {
+                let name = |f: &Named| {
+                    if f.path == "-" {
+                        "standard input".to_string()
+                    } else {
+                        f.path.to_string()
+                    }
+                };
+                return Err(format!(
+                    "{} {} and {} {} are the same file; give each its own (a run must never read or \
+                     overwrite what it writes)",
+                    a.flag,
+                    name(a),
+                    b.flag,
+                    name(b)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named<'a>(flag: &'a str, path: &'a str, how: Use) -> Named<'a> {
+        Named { flag, path, how }
+    }
+
+    #[test]
+    fn one_file_under_other_names_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.csv");
+        std::fs::write(&file, "a\n").unwrap();
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let hard = dir.path().join("hard.csv");
+        std::fs::hard_link(&file, &hard).unwrap();
+        let dotted = format!("{}/./keys.csv", dir.path().display());
+        let file = file.to_str().unwrap();
+        for other in [link.to_str().unwrap(), hard.to_str().unwrap(), dotted.as_str(), file] {
+            let err =
+                refuse_shared(&[named("--keys-from", file, Use::Read), named("--errors", other, Use::Write)])
+                    .unwrap_err();
+            assert!(
+                err.starts_with(&format!("--keys-from {file} and --errors {other} are the same file")),
+                "{err}"
+            );
+        }
+        // Two inputs may share a file; a file not made yet collides by its place.
+        refuse_shared(&[named("--a", file, Use::Read), named("--b", hard.to_str().unwrap(), Use::Read)])
+            .unwrap();
+        let new = dir.path().join("new.json");
+        let new_dotted = format!("{}/./new.json", dir.path().display());
+        assert!(refuse_shared(&[
+            named("--report", new.to_str().unwrap(), Use::Write),
+            named("--lock", &new_dotted, Use::Write)
+        ])
+        .is_err());
+        refuse_shared(&[
+            named("--errors", "/dev/null", Use::Write),
+            named("--report", "/dev/null", Use::Write),
+        ])
+        .unwrap();
+    }
+}

@@ -1,0 +1,213 @@
+//! Files and flags: no file a run reads can be one it writes, however it is named (a symlink, `./x`,
+//! a hard link, standard input redirected from it); `--keys-from` reads a redis-ferry CSV in every form
+//! a spreadsheet saves it again (a byte order mark, quoted headers, `;`, CRLF) and refuses, by line, a
+//! file that looks like one but is not; bad input found only by reading a file or a number's range is
+//! still one `error:` line and exit 2 with nothing written; the results on standard output survive a
+//! closed pipe quietly and report a full disk.
+
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+use crate::{path_str, Pair};
+
+/// A pair whose source holds `fail:0..n` strings and a target that refuses to write any of them: the
+/// ACL user `w` may write only `ok:*` keys, so every copy fails each key with NOPERM.
+fn failing_pair(n: usize) -> (Pair, String) {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "fail:", n);
+    let _: redis::Value =
+        q(&mut p.dst.conn(), &[b"ACL", b"SETUSER", b"w", b"on", b">pw", b"~ok:*", b"+@all"]);
+    let target = format!("redis://w:pw@127.0.0.1:{}", p.dst.port());
+    (p, target)
+}
+
+fn copy_to(p: &Pair, target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args =
+        vec!["copy".to_string(), p.src.addr(), target.to_string(), "--progress".into(), "0".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ferry(args)
+}
+
+#[test]
+fn a_file_read_and_a_file_written_are_never_one_file_under_any_name() {
+    let (p, target) = failing_pair(300);
+    // A first run leaves a 300-row error CSV: the retry list.
+    let csv = p.csv("errors.csv");
+    let out = copy_to(&p, &target, &["--errors", &path_str(&csv)]);
+    assert_exit(&out, 1);
+    assert_eq!(read_errors(&csv).len(), 300);
+    let before = std::fs::read(&csv).unwrap();
+    let link = p.csv("link.csv");
+    std::os::unix::fs::symlink(&csv, &link).unwrap();
+    let hard = p.csv("hard.csv");
+    std::fs::hard_link(&csv, &hard).unwrap();
+    let dotted = format!("{}/./errors.csv", p.dir.path().display());
+    for (keys, errors) in [
+        (path_str(&csv), path_str(&link)),
+        (path_str(&link), path_str(&csv)),
+        (path_str(&hard), dotted.clone()),
+        (dotted.clone(), path_str(&csv)),
+    ] {
+        for append in [false, true] {
+            let mut extra = vec!["--keys-from", &keys, "--errors", &errors];
+            if append {
+                extra.push("--errors-append");
+            }
+            let out = copy_to(&p, &target, &extra);
+            assert_refused_naming(&out, &["are the same file"]);
+        }
+    }
+    // Standard input redirected from the CSV is the CSV.
+    let out = Command::new(BIN)
+        .args(["copy", &p.src.addr(), &target, "--keys-from", "-", "--errors-append", "--errors"])
+        .arg(&csv)
+        .stdin(std::fs::File::open(&csv).unwrap())
+        .output()
+        .unwrap();
+    assert_refused_naming(&out, &["--keys-from standard input and --errors"]);
+    // --report and --lock may not be the list either, nor --checkpoint the error CSV.
+    for flag in ["--report", "--lock"] {
+        let out = copy_to(&p, &target, &["--keys-from", &path_str(&link), flag, &path_str(&csv)]);
+        assert_refused_naming(&out, &["are the same file"]);
+    }
+    let out = copy_to(&p, &target, &["--errors", &path_str(&csv), "--checkpoint", &path_str(&hard)]);
+    assert_refused_naming(&out, &["are the same file"]);
+    assert_eq!(std::fs::read(&csv).unwrap(), before, "the retry list was changed");
+    assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    // verify --diff may not be its own --keys-from either.
+    let out = ferry(
+        ["verify", &p.src.addr(), &p.dst.addr(), "--keys-from", &path_str(&csv), "--diff"]
+            .into_iter()
+            .map(String::from)
+            .chain([path_str(&link)]),
+    );
+    assert_refused_naming(&out, &["are the same file"]);
+}
+
+/// Rewrites a redis-ferry error CSV the way a spreadsheet saves it: a byte order mark, every field
+/// quoted, `sep` between fields, CRLF line ends, a blank row at the end.
+fn as_spreadsheet(rows: &[ErrorRow], sep: &str) -> Vec<u8> {
+    let quote = |f: &str| format!("\"{}\"", f.replace('"', "\"\""));
+    let mut out = b"\xEF\xBB\xBF".to_vec();
+    let header = ["time", "key", "stage", "error", "message"].map(quote).join(sep);
+    out.extend_from_slice(format!("{header}\r\n").as_bytes());
+    for r in rows {
+        let fields = [r.time.clone(), r.raw_key.clone(), r.stage.clone(), r.error.clone(), r.message.clone()];
+        out.extend_from_slice(format!("{}\r\n", fields.map(|f| quote(&f)).join(sep)).as_bytes());
+    }
+    out.extend_from_slice(format!("{}\r\n", [""; 5].join(sep)).as_bytes());
+    out
+}
+
+#[test]
+fn keys_from_reads_the_csv_as_a_spreadsheet_saves_it_and_refuses_a_broken_one_by_line() {
+    let p = Pair::new();
+    let mut src = p.src.conn();
+    let keys = awkward_keys();
+    for (i, k) in keys.iter().enumerate() {
+        let _: redis::Value = q(&mut src, &[b"SET", k, format!("v{i}").as_bytes()]);
+    }
+    let rows: Vec<ErrorRow> = keys
+        .iter()
+        .map(|k| ErrorRow {
+            time: "2026-12-01T00:00:00.000Z".into(),
+            raw_key: escape_key(k),
+            key: k.clone(),
+            stage: "write".into(),
+            error: "OOM".into(),
+            message: "command not allowed, \"really\"".into(),
+        })
+        .collect();
+    for sep in [",", ";", "\t"] {
+        let list = p.csv("saved.csv");
+        std::fs::write(&list, as_spreadsheet(&rows, sep)).unwrap();
+        let out = p.copy(&["--keys-from", &path_str(&list), "--on-conflict", "replace", "--progress", "0"]);
+        assert_exit(&out, 0);
+        let s = summary(&out);
+        assert_eq!(
+            (s.scanned, s.copied, s.expired),
+            (keys.len() as u64, keys.len() as u64, 0),
+            "sep {sep:?}"
+        );
+        assert_same(&mut src, &mut p.dst.conn(), &keys);
+    }
+    // Looks like a CSV, cannot be read as one: refused naming the line, nothing written.
+    let _: () = redis::cmd("FLUSHALL").query(&mut p.dst.conn()).unwrap();
+    for (text, line) in [
+        (
+            &b"\xEF\xBB\xBF\"time\",\"key\",\"stage\"\r\n\"t\",\"k\",\"w\"\r\n\"t\",\"open,\"w\"\r\n"[..],
+            "line 3",
+        ),
+        (b"time,key,stage,error,message\nt,k\\q,write,OOM,m\n", "line 2"),
+        (b"\"time\",\"key\n", "line 1"),
+    ] {
+        let list = p.csv("broken.csv");
+        std::fs::write(&list, text).unwrap();
+        let out = p.copy(&["--keys-from", &path_str(&list)]);
+        assert_refused_naming(&out, &[line]);
+        assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    }
+}
+
+#[test]
+fn bad_input_found_by_reading_is_one_line_and_exit_2() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "k:", 20);
+    let dir = path_str(p.dir.path());
+    let list = p.csv("keys.txt");
+    std::fs::write(&list, "k:1\n").unwrap();
+    let list = path_str(&list);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--keys-from", &dir], "is a directory"),
+        (&["--scan-count", "18446744073709551615"], "--scan-count"),
+        (&["--sleep-after-batch", "18446744073709551615"], "--sleep-after-batch"),
+        (&["--rate", "1", "--batch", "500"], "--batch 500 with --rate 1"),
+        (&["--rate", "2", "--burst", "1000"], "--burst 1000 with --rate 2"),
+    ];
+    for (extra, needle) in cases {
+        let out = p.copy(extra);
+        assert_refused_naming(&out, &[needle]);
+    }
+    for source in ["127.0.0.1:6379:99", "redis://127.0.0.1:1:2"] {
+        let out = ferry(["copy", source, &p.dst.addr(), "--keys-from", &list]);
+        assert_refused_naming(&out, &["more than one `:`"]);
+    }
+    assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    // A --rate without --batch batches one second of it: the copy moves keys from the start.
+    let out = p.copy(&["--rate", "10", "--progress", "0"]);
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, 20);
+}
+
+/// Runs `redis-ferry ARGS` with standard output on `stdout`; returns the exit code and standard error.
+fn run_with_stdout(args: &[&str], stdout: Stdio) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).stdout(stdout).stderr(Stdio::piped()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn results_survive_a_closed_pipe_quietly_and_report_a_full_disk() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "k:", 50);
+    let csv = path_str(&p.csv("errors.csv"));
+    let copy = ["copy", &p.src.addr(), &p.dst.addr(), "--errors", &csv, "--progress", "0"];
+    let verify = ["verify", &p.src.addr(), &p.dst.addr()];
+    let help: &[&str] = &["--help"];
+    for args in [&copy[..], &verify[..], help] {
+        // A reader that has gone: the pipe's read end is closed before the run starts.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (code, stderr) = run_with_stdout(args, Stdio::from(writer));
+        assert_eq!(code, Some(0), "{args:?} with a closed pipe\n{stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("error:"), "{args:?}\n{stderr}");
+        // A full disk: the results are lost, which is an error.
+        let (code, stderr) = run_with_stdout(args, Stdio::from(std::fs::File::create("/dev/full").unwrap()));
+        assert_eq!(code, Some(3), "{args:?} into /dev/full\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}\n{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(
+            errors,
+            ["error: cannot write the results to standard output: No space left on device (os error 28)"]
+        );
+    }
+}

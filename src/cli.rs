@@ -1,9 +1,40 @@
-//! The command line as argh parses it: raw strings and numbers, nothing validated yet.
+//! The command line as argh parses it: raw strings and numbers, nothing validated yet; and [`parse`],
+//! which reads it from the process's arguments (`--help` is printed here).
 //!
 //! The `///` docs here are the `--help` text. Turning these raw flags into a checked, typed
-//! [`crate::config::CopyConfig`] happens in `config.rs`; no stage ever sees these structs.
+//! [`crate::config::CopyConfig`] happens in `config/`; no stage ever sees these structs.
 
 use argh::FromArgs;
+
+use crate::exit::Exit;
+use crate::out;
+
+/// Parses the command line with argh; `--help` prints to stdout (exit 0), a parse error is one line on
+/// stderr and exit 2.
+pub fn parse() -> Result<Args, Exit> {
+    let mut strings = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(s) => strings.push(s),
+            Err(raw) => return Err(fail(&format!("argument {raw:?} is not valid UTF-8"))),
+        }
+    }
+    let name = strings.first().map(|s| s.rsplit('/').next().unwrap_or(s)).unwrap_or("redis-ferry");
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[name], &rest).map_err(|early| match early.status {
+        Ok(()) => out::results(&early.output, Exit::Ok),
+        Err(()) => {
+            let line = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
+            fail(&format!("{line} (see --help)"))
+        }
+    })
+}
+
+/// A refused command line: one `error:` line, exit 2.
+fn fail(message: &str) -> Exit {
+    out::error(message);
+    Exit::BadInput
+}
 
 /// Copy keys from one Redis server to another: fast, gentle on the source, and accounting for every
 /// key (copied, skipped, expired or failed).

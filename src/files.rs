@@ -7,9 +7,11 @@
 //! may share its file with nothing else; inputs may share one (a PEM file holding both the certificate
 //! and its key). This is what keeps a run from reading back what it writes: `--errors` truncating the
 //! `--keys-from` list it is still reading, or appending rows it then reads as keys, forever.
-//! This file does no Redis I/O.
+//! It also checks, without leaving a trace, that an output can be written, and replaces a file
+//! atomically (the report, the checkpoint). This file does no Redis I/O.
 
-use std::fs::Metadata;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -102,6 +104,64 @@ pub fn refuse_shared(files: &[Named]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks, without leaving a trace, that the file `flag` names can be created or appended to; the
+/// message names the flag.
+pub fn check_writable(flag: &str, path: &str) -> Result<(), String> {
+    let existed = std::path::Path::new(path).exists();
+    let opened = if existed {
+        OpenOptions::new().append(true).open(path)
+    } else {
+        OpenOptions::new().write(true).create_new(true).open(path)
+    };
+    match opened {
+        Ok(_) => {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("{flag} {path}: cannot write there ({e})")),
+    }
+}
+
+/// Checks, without leaving a trace, that `path` can be replaced atomically by [`replace_file`]:
+/// it is not a directory and `FILE.tmp` can be created next to it.
+pub fn check_replaceable(flag: &str, path: &str) -> Result<(), String> {
+    let refuse = |why: String| format!("{flag} {path}: cannot write there ({why})");
+    if std::path::Path::new(path).is_dir() {
+        return Err(refuse("it is a directory".into()));
+    }
+    let tmp = format!("{path}.tmp");
+    let existed = std::path::Path::new(&tmp).exists();
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)
+        .map_err(|e| refuse(e.to_string()))?;
+    if !existed {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically: writes `FILE.tmp` in the same directory, syncs it, renames
+/// it over FILE. A reader sees the old file or the new one, never half of one.
+pub fn replace_file(path: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = format!("{path}.tmp");
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -118,6 +118,44 @@ impl fmt::Debug for Key {
     }
 }
 
+/// A Redis data type that `--type` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    String,
+    List,
+    Set,
+    Zset,
+    Hash,
+    Stream,
+}
+
+impl KeyType {
+    /// The name SCAN TYPE and TYPE use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::List => "list",
+            KeyType::Set => "set",
+            KeyType::Zset => "zset",
+            KeyType::Hash => "hash",
+            KeyType::Stream => "stream",
+        }
+    }
+
+    /// Parses a `--type` value (case-insensitive); the error names the flag.
+    pub fn parse(text: &str) -> Result<KeyType, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "string" => KeyType::String,
+            "list" => KeyType::List,
+            "set" => KeyType::Set,
+            "zset" => KeyType::Zset,
+            "hash" => KeyType::Hash,
+            "stream" => KeyType::Stream,
+            _ => return Err(format!("--type `{text}` is not one of string, list, set, zset, hash, stream")),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,12 @@
 //! server, and so are two nodes of one cluster. A standalone server is known by its `run_id` (with the
 //! db), a cluster by the ids of its primaries. A refusal is exit 2 and names both sides.
 
-use crate::config::{Endpoint, Timeouts};
-use crate::conn::{self, Conn, ServerInfo};
 use crate::exit::Fatal;
+use crate::redis::conn::Conn;
+use crate::redis::endpoint::{Endpoint, Timeouts};
+use crate::redis::memory::Memory;
+use crate::redis::reply;
+use crate::redis::server::ServerInfo;
 
 /// Opens a connection and reads the server's facts. A Redis Cluster (INFO `cluster_enabled:1`) is
 /// found by itself: the connection then reaches every primary, and a db other than 0 is refused.
@@ -20,7 +23,7 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
     let first = Endpoint { db: 0, ..endpoint.clone() };
     let mut conn = Conn::open(&first, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
     let info = conn.server_info().map_err(|e| {
-        Fatal::bad_input(format!("cannot read INFO from {role} {first}: {}", conn::explain(&e, endpoint)))
+        Fatal::bad_input(format!("cannot read INFO from {role} {first}: {}", reply::explain(&e, endpoint)))
     })?;
     let db_flag = |why: &str| {
         Fatal::bad_input(format!(
@@ -51,6 +54,16 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
         })?;
     }
     Ok((conn, info))
+}
+
+/// Opens one more connection to a side whose kind [`open_checked`] found: a standalone server, or every
+/// primary of a cluster.
+pub fn open_like(endpoint: &Endpoint, info: &ServerInfo, timeouts: Timeouts) -> Result<Conn, Fatal> {
+    let conn = match info.cluster {
+        true => Conn::open_cluster(endpoint, timeouts),
+        false => Conn::open(endpoint, timeouts),
+    };
+    conn.map_err(|e| Fatal::bad_input(e.to_string()))
 }
 
 /// What a side is, for the run's first log line: `redis 7.0.15`, and for a cluster its primaries.
@@ -118,40 +131,6 @@ pub fn writable(target: &Conn, info: &ServerInfo) -> Result<(), Fatal> {
          with its primary"
     );
     Ok(())
-}
-
-/// Sums what INFO says on every node of a side: (dataset bytes, used bytes, maxmemory bytes, evicted keys,
-/// whether any node evicts, its policy).
-#[derive(Debug, Clone, Default)]
-pub struct Memory {
-    /// `used_memory_dataset`, summed.
-    pub dataset: u64,
-    /// `used_memory`, summed.
-    pub used: u64,
-    /// `maxmemory`, summed over the nodes that have one.
-    pub max: u64,
-    /// `evicted_keys`, summed.
-    pub evicted_keys: u64,
-    /// The eviction policy of a node that evicts, if one does.
-    pub evicting: Option<String>,
-}
-
-impl Memory {
-    /// Reads INFO on every node of `conn`.
-    pub fn of(conn: &mut Conn) -> Result<Memory, redis::RedisError> {
-        let texts: Vec<String> = conn.on_each(&redis::cmd("INFO"))?;
-        let mut m = Memory::default();
-        for info in texts.iter().map(|t| ServerInfo::parse(t)) {
-            m.dataset += info.dataset;
-            m.used += info.used_memory;
-            m.max += info.maxmemory;
-            m.evicted_keys += info.evicted_keys;
-            if info.evicts() {
-                m.evicting.get_or_insert(info.policy.clone());
-            }
-        }
-        Ok(m)
-    }
 }
 
 /// Warns when the target evicts keys (a memory limit and a policy other than `noeviction`): always

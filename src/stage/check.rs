@@ -13,11 +13,12 @@
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
-use crate::checkpoint::Ledger;
-use crate::conn::{self, Conn};
+use crate::account::{Counters, Reporter, Stage};
+use crate::flow::{exchange, forward, Batch};
 use crate::key::Key;
-use crate::report::{Counters, Reporter, Stage};
-use crate::stage::{exchange, forward, Batch};
+use crate::redis::conn::Conn;
+use crate::redis::reply;
+use crate::resume::Ledger;
 
 /// Batches in a row without an existing key after which the filter rests.
 pub const QUIET_BATCHES: u32 = 8;
@@ -88,7 +89,7 @@ pub fn run(
                 Value::Int(0) => missing.push(key),
                 Value::Int(_) => skipped += 1,
                 Value::ServerError(err) => {
-                    let (code, message) = conn::classify_reply(&err);
+                    let (code, message) = reply::classify_reply(&err);
                     rep.fail(key, Stage::Check, code, message);
                 }
                 other => rep.fail(

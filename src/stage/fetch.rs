@@ -14,13 +14,14 @@
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
-use crate::checkpoint::Ledger;
-use crate::clock::Deadlines;
-use crate::conn::{self, Conn};
+use crate::account::{Counters, Reporter, Stage};
+use crate::flow::{exchange, forward, Batch, Fetched, Payload};
 use crate::key::Key;
-use crate::report::{Counters, Reporter, Stage};
-use crate::stage::typed::{self, Router, Why};
-use crate::stage::{exchange, forward, kind, Batch, Fetched, Payload};
+use crate::redis::clock::Deadlines;
+use crate::redis::conn::Conn;
+use crate::redis::reply::{self, command_denied, dump_refused, kind};
+use crate::resume::Ledger;
+use crate::stage::route::{Detour, Router};
 
 /// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them.
 /// `route`: `--mode auto`'s way to the typed threads.
@@ -40,12 +41,12 @@ pub fn run(
             continue;
         }
         let (id, taken) = (batch.id, batch.len());
-        let mut sorted = Sorted { fetched: Vec::with_capacity(batch.len()), ..Sorted::default() };
+        let mut sorted = Triage { fetched: Vec::with_capacity(batch.len()), ..Triage::default() };
         let batch = match &route {
             Some(route) => before_dump(&mut conn, batch, route, deadlines, &mut sorted, &rep),
             None => batch,
         };
-        let Sorted { mut fetched, mut routed, mut expired } = sorted;
+        let Triage { mut fetched, mut routed, mut expired } = sorted;
         let sent_at = deadlines.sent();
         let answers = exchange::<2>(
             &mut conn,
@@ -60,13 +61,13 @@ pub fn run(
         for (key, answer) in batch.items.into_iter().zip(answers) {
             let Some([dump, ttl]) = answer else { continue };
             match (dump, ttl) {
-                (Value::ServerError(err), _) if route.is_some() && typed::dump_refused(&err) => {
-                    let (_, message) = conn::classify_reply(&err);
-                    route.as_ref().expect("checked").fallback.note(Why::DumpRefused, &key, &message);
+                (Value::ServerError(err), _) if route.is_some() && dump_refused(&err) => {
+                    let (_, message) = reply::classify_reply(&err);
+                    route.as_ref().expect("checked").fallback.note(Detour::DumpRefused, &key, &message);
                     routed.push(key);
                 }
                 (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
-                    let (code, message) = conn::classify_reply(&err);
+                    let (code, message) = reply::classify_reply(&err);
                     rep.fail(key, Stage::Fetch, code, message);
                 }
                 (Value::Nil, _) | (_, Value::Int(-2)) => expired += 1,
@@ -74,7 +75,7 @@ pub fn run(
                     if route.as_ref().is_some_and(|r| payload.len() as u64 > r.fallback.big_key_bytes) =>
                 {
                     let detail = format!("DUMP payload of {} bytes", payload.len());
-                    route.as_ref().expect("checked").fallback.note(Why::Big, &key, &detail);
+                    route.as_ref().expect("checked").fallback.note(Detour::Big, &key, &detail);
                     routed.push(key);
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
@@ -100,7 +101,7 @@ pub fn run(
 
 /// Where the keys of a batch went before DUMP: read, for the typed threads, or gone.
 #[derive(Default)]
-struct Sorted {
+struct Triage {
     /// Keys read, ready to be written.
     fetched: Vec<Fetched>,
     /// Keys for the typed threads.
@@ -117,7 +118,7 @@ fn before_dump(
     batch: Batch<Key>,
     route: &Router,
     deadlines: Deadlines,
-    sorted: &mut Sorted,
+    sorted: &mut Triage,
     rep: &Reporter,
 ) -> Batch<Key> {
     let batch =
@@ -147,7 +148,7 @@ fn strings(
     batch: Batch<Key>,
     route: &Router,
     deadlines: Deadlines,
-    sorted: &mut Sorted,
+    sorted: &mut Triage,
     rep: &Reporter,
 ) -> Batch<Key> {
     let ttl_cmd = deadlines.command();
@@ -172,12 +173,12 @@ fn strings(
         match (value, ttl) {
             (_, Value::Int(-2)) => sorted.expired += 1,
             (Value::ServerError(err), _) if err.code() == "WRONGTYPE" => rest.push(key),
-            (Value::ServerError(err), _) if typed::command_denied(&err) => {
-                route.fallback.no_strings(&conn::classify_reply(&err).1);
+            (Value::ServerError(err), _) if command_denied(&err) => {
+                route.fallback.no_strings(&reply::classify_reply(&err).1);
                 rest.push(key);
             }
             (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
-                let (code, message) = conn::classify_reply(&err);
+                let (code, message) = reply::classify_reply(&err);
                 rep.fail(key, Stage::Fetch, code, message);
             }
             (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
@@ -203,7 +204,7 @@ fn sizes(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
-    sorted: &mut Sorted,
+    sorted: &mut Triage,
     rep: &Reporter,
 ) -> Batch<Key> {
     let answers = exchange::<1>(
@@ -224,11 +225,11 @@ fn sizes(
             None => {}
             Some([Value::Nil]) => sorted.expired += 1,
             Some([Value::Int(bytes)]) if bytes as u64 > route.fallback.big_key_bytes => {
-                route.fallback.note(Why::Big, &key, &format!("MEMORY USAGE {bytes} bytes"));
+                route.fallback.note(Detour::Big, &key, &format!("MEMORY USAGE {bytes} bytes"));
                 sorted.routed.push(key);
             }
-            Some([Value::ServerError(err)]) if typed::command_denied(&err) => {
-                route.fallback.no_size_check(&conn::classify_reply(&err).1);
+            Some([Value::ServerError(err)]) if command_denied(&err) => {
+                route.fallback.no_size_check(&reply::classify_reply(&err).1);
                 rest.push(key);
             }
             Some(_) => rest.push(key),

@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use redis::{FromRedisValue, Value};
 
-use crate::config::KeyType;
-use crate::conn::{self, Conn};
-use crate::key::Key;
+use crate::key::{Key, KeyType};
+use crate::redis::conn::Conn;
+use crate::redis::reply;
 
 use super::paged;
 
@@ -169,9 +169,9 @@ impl Comparer {
                 Some(match paged::compare(&mut self.source, &mut self.target, key, ty, len) {
                     Ok(None) => ttl_verdict(c.ttl),
                     Ok(Some(why)) => Verdict::Differs(Kind::Value, why),
-                    Err(e) if conn::is_connection_error(&e) => return Err(e),
+                    Err(e) if reply::is_connection_error(&e) => return Err(e),
                     Err(e) => {
-                        let (code, message) = conn::classify(&e);
+                        let (code, message) = reply::classify(&e);
                         Verdict::Error(code, message)
                     }
                 });
@@ -186,7 +186,7 @@ impl Comparer {
     }
 
     /// Reconnects both sides after a connection error.
-    pub fn reconnect(&mut self) -> Result<(), conn::ConnectError> {
+    pub fn reconnect(&mut self) -> Result<(), crate::redis::connect::ConnectError> {
         self.source.reconnect()?;
         self.target.reconnect()
     }
@@ -279,8 +279,8 @@ impl Comparer {
 /// A reply as `T`, or the error code and message of an error reply or an unexpected reply.
 fn parse<T: FromRedisValue>(value: Value) -> Reply<T> {
     match value {
-        Value::ServerError(e) => Err(conn::classify_reply(&e)),
-        v => redis::from_redis_value(v).map_err(|e| ("PROTOCOL".into(), conn::one_line(&e.to_string()))),
+        Value::ServerError(e) => Err(reply::classify_reply(&e)),
+        v => redis::from_redis_value(v).map_err(|e| ("PROTOCOL".into(), reply::one_line(&e.to_string()))),
     }
 }
 
@@ -351,9 +351,9 @@ fn values(conn: &mut Conn, keys: &[(&Key, &str)]) -> redis::RedisResult<Vec<Repl
 /// The first error reply in a value or one level down (a stream's two replies).
 fn error_in(value: &Value) -> Option<(String, String)> {
     match value {
-        Value::ServerError(e) => Some(conn::classify_reply(e)),
+        Value::ServerError(e) => Some(reply::classify_reply(e)),
         Value::Array(items) => items.iter().find_map(|v| match v {
-            Value::ServerError(e) => Some(conn::classify_reply(e)),
+            Value::ServerError(e) => Some(reply::classify_reply(e)),
             _ => None,
         }),
         _ => None,

@@ -1,6 +1,6 @@
 //! `--check-extra`: keys the target holds that the source does not.
 //!
-//! A second scanner walks the target with the same `--match` / `--type` filters (the scan stage of
+//! A second scanner walks the target with the same `--match` / `--type` filters (a source of
 //! `copy`, handed a target connection), and one thread checks each of its batches with one pipeline of
 //! EXISTS on the source. A key the source lacks is looked up once more on the target: if it is gone
 //! there too, it expired during the check (a copy carries the source's deadline) and is not extra.
@@ -8,12 +8,12 @@
 
 use redis::Value;
 
-use crate::config::{KeySource, VerifyConfig};
-use crate::conn::{self, Conn};
+use crate::config::{Keys, VerifyConfig};
 use crate::exit::Fatal;
 use crate::key::Key;
-use crate::pipeline;
-use crate::stage::scan::KeyInput;
+use crate::redis::conn::Conn;
+use crate::redis::reply;
+use crate::source::{self, Source};
 
 use super::compare::{Kind, Verdict};
 
@@ -37,7 +37,7 @@ impl Extra {
                 Value::Int(0) => absent.push(i),
                 Value::Int(_) => {}
                 Value::ServerError(e) => {
-                    let (code, message) = conn::classify_reply(&e);
+                    let (code, message) = reply::classify_reply(&e);
                     out.push((i, Verdict::Error(code, message)));
                 }
                 other => {
@@ -53,7 +53,7 @@ impl Extra {
             match reply {
                 Value::Int(0) => log::debug!("{}: gone from the target during the check", keys[i]),
                 Value::ServerError(e) => {
-                    let (code, message) = conn::classify_reply(&e);
+                    let (code, message) = reply::classify_reply(&e);
                     out.push((i, Verdict::Error(code, message)));
                 }
                 _ => out.push((i, Verdict::Differs(Kind::Extra, "not on the source".into()))),
@@ -63,7 +63,7 @@ impl Extra {
     }
 
     /// Reconnects both sides after a connection error.
-    pub fn reconnect(&mut self) -> Result<(), conn::ConnectError> {
+    pub fn reconnect(&mut self) -> Result<(), crate::redis::connect::ConnectError> {
         self.source.reconnect()?;
         self.target.reconnect()
     }
@@ -83,10 +83,10 @@ fn exists(conn: &mut Conn, keys: &[&Key]) -> redis::RedisResult<Vec<Value>> {
 /// The scan of the target: its own connection (and one per primary of a cluster), checked to allow SCAN,
 /// with the filters of the main scan. `--keys-from` never gets here (config refuses it with
 /// `--check-extra`).
-pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<KeyInput, Fatal> {
-    if let KeySource::File(_) = &cfg.keys {
+pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<Box<dyn Source>, Fatal> {
+    if let Keys::File(_) = &cfg.keys {
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
     }
-    pipeline::key_input(&cfg.keys, conn, cfg.timeouts)
+    source::open(&cfg.keys, None, conn, cfg.timeouts)
         .map_err(|e| Fatal::bad_input(format!("--check-extra: {}", e.message)))
 }

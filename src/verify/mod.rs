@@ -5,10 +5,10 @@
 //! scan source ──Batch<Key>──> compare ×2 (source + target conn each) ──┐
 //! scan target ──Batch<Key>──> extra ×1 (only with --check-extra) ───────┴─ differences ──> diff CSV thread
 //! ```
-//! Keys come from the scan stage of `copy` (SCAN with `--match` / `--type`, or `--keys-from`). How one
+//! Keys come from the sources of `copy` (SCAN with `--match` / `--type`, or `--keys-from`). How one
 //! batch is compared is in [`compare`], big keys page by page in [`paged`]; the extra-key check is in
 //! [`extra`]. This file wires the threads, counts the verdicts (a batch's only once it was checked
-//! whole), logs the first differences, sends every difference to the `--diff` CSV thread and prints the
+//! whole), logs the first differences, sends every difference to the `--diff` CSV thread and makes the
 //! summary line. Keys that vanish from the source during the check are counted as vanished, never as
 //! differences.
 
@@ -22,15 +22,17 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::checkpoint::{Ledger, Position};
-use crate::config::{Endpoint, VerifyConfig};
-use crate::conn;
+use crate::account::csv::{self, CsvFile};
+use crate::account::{Counters, Reporter, Stop, StopReason};
+use crate::config::VerifyConfig;
 use crate::exit::{Exit, Fatal};
+use crate::flow::Batch;
 use crate::key::Key;
-use crate::report::{self, Counters, CsvFile, Reporter, Stop, StopReason};
-use crate::stage::scan::{self, KeyInput};
-use crate::stage::Batch;
-use crate::{pipeline, preflight};
+use crate::redis::endpoint::Endpoint;
+use crate::redis::reply;
+use crate::resume::{Ledger, Position};
+use crate::source::{self, Source};
+use crate::{files, preflight};
 
 use compare::{Comparer, Kind, Verdict};
 use extra::Extra;
@@ -144,105 +146,33 @@ impl Recorder<'_> {
 
     /// Counts a batch that could not be checked at all.
     fn lost(&self, keys: usize, err: &redis::RedisError) {
-        let (code, message) = conn::classify(err);
+        let (code, message) = reply::classify(err);
         log::warn!("cannot check a batch of {keys} keys: {code} {message}");
         Counters::add(&self.verdicts.errors, keys as u64);
     }
 }
 
+/// Everything a verify run opened at preflight: what it reads keys from and the connections of its
+/// threads.
+struct Prepared {
+    /// The source's keys.
+    keys: Box<dyn Source>,
+    /// One per compare thread.
+    comparers: Vec<Comparer>,
+    /// With `--check-extra`: the target's keys and the thread that looks them up on the source.
+    extra: Option<(Box<dyn Source>, Extra)>,
+}
+
 /// Runs `verify`; returns exit 0 when every key agrees, 1 otherwise, and the summary line (for
 /// standard output).
 pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<(Exit, String), Fatal> {
-    // Preflight: everything that can refuse the run does so before anything is checked.
-    let named: Vec<_> = cfg.files.iter().map(|f| f.named()).collect();
-    crate::files::refuse_shared(&named).map_err(Fatal::bad_input)?;
-    let keys_file = pipeline::keys_file(&cfg.keys)?;
-    if let Some(path) = &cfg.diff_path {
-        report::check_writable("--diff", path).map_err(Fatal::bad_input)?;
-    }
-    let (scan_conn, source_info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
-    let (first_target, target_info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
-    preflight::distinct((&scan_conn, &source_info), (&first_target, &target_info))?;
-    log::info!(
-        "verifying {} ({}) against {} ({})",
-        cfg.target,
-        preflight::describe(&first_target, &target_info),
-        cfg.source,
-        preflight::describe(&scan_conn, &source_info)
-    );
-    let input = match keys_file {
-        Some(file) => KeyInput::Lines(file),
-        None => pipeline::key_input(&cfg.keys, scan_conn, cfg.timeouts)?,
-    };
-    let open = |endpoint: &Endpoint| {
-        let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
-        pipeline::open_like(endpoint, info, cfg.timeouts)
-    };
-    let tolerance_ms = i64::try_from(cfg.ttl_tolerance.as_millis()).unwrap_or(i64::MAX);
-    let pexpiretime = source_info.has_pexpiretime() && target_info.has_pexpiretime();
-    let mut comparers = Vec::new();
-    let mut first_target = Some(first_target);
-    for _ in 0..COMPARERS {
-        let target = match first_target.take() {
-            Some(c) => c,
-            None => open(&cfg.target)?,
-        };
-        comparers.push(Comparer { source: open(&cfg.source)?, target, tolerance_ms, pexpiretime });
-    }
-    let extra = match cfg.check_extra {
-        true => Some((
-            extra::target_scan(cfg, open(&cfg.target)?)?,
-            Extra { source: open(&cfg.source)?, target: open(&cfg.target)? },
-        )),
-        false => None,
-    };
-
+    let prepared = prepare(cfg)?;
     let start = Instant::now();
     let verdicts = Verdicts::default();
-    let (source_counters, target_counters) = (Counters::default(), Counters::default());
-    let (fail_tx, fail_rx) = bounded(64);
-    let (diff_tx, diff_rx) = bounded::<Difference>(1024);
-    let recorder = Recorder { verdicts: &verdicts, diffs: cfg.diff_path.is_some().then_some(diff_tx) };
-    thread::scope(|s| {
-        if let Some(path) = cfg.diff_path.as_deref() {
-            let file = CsvFile { path, append: false, header: &DIFF_HEADER, what: "diff CSV" };
-            s.spawn(move || report::write_csv(diff_rx, file, stop, diff_row));
-        }
-        let (tx, rx) = bounded(2 * COMPARERS);
-        // verify does not resume: its scanners' ledgers are never read.
-        let scanner = |input: KeyInput, tx: Sender<Batch<Key>>, counters| {
-            let rep = Reporter::new(counters, stop, fail_tx.clone(), None);
-            s.spawn(move || {
-                let starts = vec![Some(Position::default()); input.lanes()];
-                let ledger = Ledger::new(&starts);
-                scan::run(input, cfg.batch, &starts, tx, rep, &ledger, None)
-            });
-        };
-        scanner(input, tx, &source_counters);
-        for comparer in comparers {
-            let (rx, rec) = (rx.clone(), recorder.clone());
-            s.spawn(move || compare_thread(comparer, rx, rec, stop));
-        }
-        if let Some((input, extra)) = extra {
-            let (tx, rx) = bounded(2);
-            scanner(input, tx, &target_counters);
-            let rec = recorder.clone();
-            s.spawn(move || extra_thread(extra, rx, rec, stop));
-        }
-        // Only the scanners fail keys (a bad key in a --keys-from CSV): each is an unreadable key.
-        drop((fail_tx, recorder));
-        let verdicts = &verdicts;
-        s.spawn(move || {
-            for f in fail_rx {
-                log::warn!("cannot check {}: {} {}", f.key, f.code, f.message);
-                Counters::add(&verdicts.errors, 1);
-            }
-        });
-    });
+    let extra_scanned = check(cfg, prepared, &verdicts, stop);
     if cfg.check_extra {
-        log::info!("--check-extra scanned {} keys on the target", target_counters.snapshot().scanned);
+        log::info!("--check-extra scanned {extra_scanned} keys on the target");
     }
-
     let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let bad = v(&verdicts.missing)
         + v(&verdicts.different)
@@ -275,9 +205,101 @@ pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<(Exit, String), Fatal> {
     Ok((exit, summary))
 }
 
+/// Preflight: everything that can refuse the run does so before anything is checked; then every
+/// connection the run uses is opened.
+fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
+    let named: Vec<_> = cfg.files.iter().map(|f| f.named()).collect();
+    files::refuse_shared(&named).map_err(Fatal::bad_input)?;
+    let keys_file = source::keys_file(&cfg.keys)?;
+    if let Some(path) = &cfg.diff_path {
+        files::check_writable("--diff", path).map_err(Fatal::bad_input)?;
+    }
+    let (scan_conn, source_info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+    let (first_target, target_info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
+    preflight::distinct((&scan_conn, &source_info), (&first_target, &target_info))?;
+    log::info!(
+        "verifying {} ({}) against {} ({})",
+        cfg.target,
+        preflight::describe(&first_target, &target_info),
+        cfg.source,
+        preflight::describe(&scan_conn, &source_info)
+    );
+    let keys = source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts)?;
+    let open = |endpoint: &Endpoint| {
+        let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
+        preflight::open_like(endpoint, info, cfg.timeouts)
+    };
+    let tolerance_ms = i64::try_from(cfg.ttl_tolerance.as_millis()).unwrap_or(i64::MAX);
+    let pexpiretime = source_info.has_pexpiretime() && target_info.has_pexpiretime();
+    let mut comparers = Vec::new();
+    let mut first_target = Some(first_target);
+    for _ in 0..COMPARERS {
+        let target = match first_target.take() {
+            Some(c) => c,
+            None => open(&cfg.target)?,
+        };
+        comparers.push(Comparer { source: open(&cfg.source)?, target, tolerance_ms, pexpiretime });
+    }
+    let extra = match cfg.check_extra {
+        true => Some((
+            extra::target_scan(cfg, open(&cfg.target)?)?,
+            Extra { source: open(&cfg.source)?, target: open(&cfg.target)? },
+        )),
+        false => None,
+    };
+    Ok(Prepared { keys, comparers, extra })
+}
+
+/// Runs the scanners, compare threads and the diff CSV thread until the keys are checked; counts the
+/// verdicts in `verdicts` and returns how many keys `--check-extra` scanned on the target.
+fn check(cfg: &VerifyConfig, prepared: Prepared, verdicts: &Verdicts, stop: &Stop) -> u64 {
+    let Prepared { keys, comparers, extra } = prepared;
+    let (source_counters, target_counters) = (Counters::default(), Counters::default());
+    // No scanner fails a key (a --keys-from file was checked whole at preflight); a reporter needs a
+    // CSV channel all the same.
+    let (fail_tx, fail_rx) = bounded(64);
+    let (diff_tx, diff_rx) = bounded::<Difference>(1024);
+    let recorder = Recorder { verdicts, diffs: cfg.diff_path.is_some().then_some(diff_tx) };
+    thread::scope(|s| {
+        if let Some(path) = cfg.diff_path.as_deref() {
+            let file = CsvFile { path, append: false, header: &DIFF_HEADER, what: "diff CSV" };
+            s.spawn(move || csv::write_csv(diff_rx, file, stop, diff_row));
+        }
+        let (tx, rx) = bounded(2 * COMPARERS);
+        // verify does not resume: its scanners' ledgers are never read.
+        let scanner = |keys: Box<dyn Source>, tx: Sender<Batch<Key>>, counters| {
+            let rep = Reporter::new(counters, stop, fail_tx.clone(), None);
+            s.spawn(move || {
+                let starts = vec![Some(Position::default()); keys.lanes()];
+                let ledger = Ledger::new(&starts);
+                source::run(keys, cfg.batch, &starts, tx, rep, &ledger, None)
+            });
+        };
+        scanner(keys, tx, &source_counters);
+        for comparer in comparers {
+            let (rx, rec) = (rx.clone(), recorder.clone());
+            s.spawn(move || compare_thread(comparer, rx, rec, stop));
+        }
+        if let Some((keys, extra)) = extra {
+            let (tx, rx) = bounded(2);
+            scanner(keys, tx, &target_counters);
+            let rec = recorder.clone();
+            s.spawn(move || extra_thread(extra, rx, rec, stop));
+        }
+        drop((fail_tx, recorder));
+        s.spawn(move || {
+            for f in fail_rx {
+                log::warn!("cannot check {}: {} {}", f.key, f.code, f.message);
+                Counters::add(&verdicts.errors, 1);
+            }
+        });
+    });
+    target_counters.snapshot().scanned
+}
+
 /// A diff CSV record: `time,key,difference,message`, the key escaped like in the error CSV.
 fn diff_row(d: Difference) -> [String; 4] {
-    [report::rfc3339(d.time), d.key.escaped(), d.kind.name().to_string(), conn::one_line(&d.message)]
+    [csv::rfc3339(d.time), d.key.escaped(), d.kind.name().to_string(), reply::one_line(&d.message)]
 }
 
 /// One compare thread: checks each batch of source keys whole, then records its verdicts. A batch whose
@@ -329,7 +351,7 @@ mod tests {
     #[test]
     fn diff_csv_is_read_back_by_keys_from() {
         // `copy --keys-from` takes a file whose header starts with `time,key,` as a redis-ferry CSV.
-        assert_eq!(DIFF_HEADER[..2], report::CSV_HEADER[..2]);
+        assert_eq!(DIFF_HEADER[..2], csv::CSV_HEADER[..2]);
     }
 
     #[test]

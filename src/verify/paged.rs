@@ -13,9 +13,8 @@
 
 use redis::{Cmd, FromRedisValue, Value};
 
-use crate::config::KeyType;
-use crate::conn::Conn;
-use crate::key::Key;
+use crate::key::{Key, KeyType};
+use crate::redis::conn::Conn;
 
 /// Keys with more elements than this are compared in pages.
 pub const BIG_ELEMENTS: i64 = 1000;
@@ -43,7 +42,7 @@ pub fn compare(
     ty: KeyType,
     len: i64,
 ) -> redis::RedisResult<Option<String>> {
-    let mut both = Both { source, target };
+    let mut both = Sides { source, target };
     match ty {
         KeyType::String => both.string(key, len),
         KeyType::List => both.list(key, len),
@@ -55,14 +54,14 @@ pub fn compare(
 }
 
 /// The two connections of one compare thread, for the time of one key.
-struct Both<'a> {
+struct Sides<'a> {
     /// Connection to the source.
     source: &'a mut Conn,
     /// Connection to the target.
     target: &'a mut Conn,
 }
 
-impl Both<'_> {
+impl Sides<'_> {
     fn string(&mut self, key: &[u8], len: i64) -> redis::RedisResult<Option<String>> {
         let mut start = 0;
         while start < len {

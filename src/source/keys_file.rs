@@ -18,7 +18,9 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 
+use super::{Batcher, Source, SourceError};
 use crate::key::Key;
+use crate::resume::Position;
 
 /// The longest line read, in bytes (a key, or a CSV row with its escaped key).
 pub const MAX_LINE: usize = 64 << 20;
@@ -243,6 +245,24 @@ pub struct KeysFile {
     pub lines: KeyLines<Box<dyn BufRead + Send>>,
     /// How many keys it holds.
     pub keys: u64,
+}
+
+impl Source for KeysFile {
+    /// Reads the keys in order, always from the first (a file has no resume point); only an I/O error
+    /// can stop it, since every line was checked at preflight.
+    fn feed(self: Box<Self>, _start: &[Option<Position>], batcher: &mut Batcher) -> Result<(), SourceError> {
+        let mut lines = self.lines;
+        loop {
+            let key = match lines.next_key() {
+                Ok(Some(key)) => key,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SourceError::new(format!("cannot read --keys-from: {e}"))),
+            };
+            if !batcher.push(key) {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Copies what is read into a file on the way.

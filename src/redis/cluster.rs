@@ -1,5 +1,5 @@
 //! Redis Cluster facts: which slot a key hashes to, and which node serves which slot, as CLUSTER NODES
-//! tells it. [`crate::conn::Conn`] uses this map to send each key's commands to its node; the pipeline
+//! tells it. [`super::conn::Conn`] uses this map to send each key's commands to its node; the cluster source
 //! uses the list of primaries to start one scanner per primary. Pure parsing: no I/O here.
 
 /// Number of hash slots in a Redis Cluster.

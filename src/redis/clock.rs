@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::conn::Conn;
+use super::conn::Conn;
 
 /// Clock skew between two of source, target and this machine above which preflight warns.
 pub const SKEW_WARN_MS: i64 = 1000;
@@ -78,7 +78,7 @@ pub fn skew(source: &mut Conn, target: &mut Conn) -> SourceClock {
         Err(e) => {
             log::warn!(
                 "the source refuses TIME ({}): deadlines read with PTTL are anchored on this machine's clock",
-                crate::conn::classify(&e).1
+                super::reply::classify(&e).1
             );
             return SourceClock::local();
         }
@@ -104,7 +104,7 @@ pub fn skew(source: &mut Conn, target: &mut Conn) -> SourceClock {
             worst = worst.max(target_ahead.abs());
         }
         Err(e) => {
-            log::warn!("the target refuses TIME ({}): its clock is not compared", crate::conn::classify(e).1)
+            log::warn!("the target refuses TIME ({}): its clock is not compared", super::reply::classify(e).1)
         }
     }
     let uncertainty = src.rtt.max(dst.as_ref().map_or(Duration::ZERO, |d| d.rtt)).as_millis();

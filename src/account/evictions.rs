@@ -2,7 +2,7 @@
 //! when it is full, silently, and some of them may be keys this run just copied. The watcher reads the
 //! target's `evicted_keys` (summed over a cluster's primaries) every [`EVERY`] on a connection of its
 //! own and keeps how much it grew since preflight in [`Counters::evicted`], which the progress line, the
-//! summary (`evicted=N`) and the report show; a run that saw evictions exits 1 (see `pipeline.rs`).
+//! summary (`evicted=N`) and the report show; a run that saw evictions exits 1 (see `copy.rs`).
 //! It reads once more when the run is over, so the figure is the whole run's. This file only reads.
 
 use std::sync::atomic::Ordering;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::conn::Conn;
-use crate::preflight::Memory;
-use crate::report::Counters;
+use super::Counters;
+use crate::redis::conn::Conn;
+use crate::redis::memory::Memory;
 
 /// How often `evicted_keys` is read during the run.
 pub const EVERY: Duration = Duration::from_secs(1);

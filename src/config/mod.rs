@@ -1,0 +1,538 @@
+//! Raw flags in, a validated [`CopyConfig`] / [`VerifyConfig`] out: typed values, no I/O but reading the
+//! TLS certificate and key files that flags name (read once here, so every reconnection uses the same ones)
+//! and the password variables.
+//!
+//! Every check whose failure is the user's to fix happens here, before any connection is made, and each
+//! error names the flag or value at fault. SOURCE and TARGET are parsed in `endpoint.rs`, the TLS flags
+//! checked in `tls.rs`. What can only be known by looking at files or talking to a server (two flags
+//! naming one file, a server that is not reachable, a password that is wrong) is checked at preflight.
+
+mod endpoint;
+mod tls;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use tls::TlsFlags;
+
+use crate::cli::{CopyArgs, VerifyArgs};
+use crate::files::Use;
+use crate::key::KeyType;
+use crate::redis::endpoint::{Endpoint, Retry, Role, Timeouts, Tls};
+
+/// A configuration error: one line naming the flag or value, for exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Where the keys to work on come from.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    /// SCAN the source: one pass per type (or one untyped pass), each pattern with SCAN MATCH.
+    Scan {
+        /// MATCH patterns, as bytes; never empty (`*` by default).
+        patterns: Vec<Vec<u8>>,
+        /// TYPE filters; empty means every type.
+        types: Vec<KeyType>,
+        /// SCAN COUNT hint.
+        count: u64,
+    },
+    /// Read keys from a file (`-` is standard input).
+    File(String),
+}
+
+/// What to do with a key that already exists on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Leave it alone: EXISTS pre-filter, RESTORE without REPLACE, BUSYKEY counts as skipped.
+    Skip,
+    /// Overwrite it: RESTORE ... REPLACE.
+    Replace,
+}
+
+/// How a key's value is moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// DUMP/RESTORE, with a type-aware copy for big keys and for keys a server refuses to DUMP or RESTORE.
+    Auto,
+    /// DUMP/RESTORE only.
+    Dump,
+    /// Type-aware reads and writes for every key.
+    Typed,
+}
+
+/// A file a flag names (see [`crate::files`]).
+#[derive(Debug, Clone)]
+pub struct NamedFile {
+    /// The flag, for messages.
+    pub flag: String,
+    /// The path as given (`-` is standard input).
+    pub path: String,
+    /// Read or written.
+    pub how: Use,
+}
+
+impl NamedFile {
+    /// As [`crate::files::Named`], for [`crate::files::refuse_shared`].
+    pub fn named(&self) -> crate::files::Named<'_> {
+        crate::files::Named { flag: &self.flag, path: &self.path, how: self.how }
+    }
+}
+
+/// Everything `copy` needs, checked and typed.
+#[derive(Debug, Clone)]
+pub struct CopyConfig {
+    /// The server read from.
+    pub source: Endpoint,
+    /// The server written to.
+    pub target: Endpoint,
+    /// Where the keys come from.
+    pub keys: Keys,
+    /// Skip or replace keys already on the target.
+    pub on_conflict: OnConflict,
+    /// DUMP/RESTORE or type-aware.
+    pub mode: Mode,
+    /// `--mode auto`: keys above this many bytes (MEMORY USAGE) are copied type-aware; `None`
+    /// (`--big-key-bytes 0`) asks no size at all.
+    pub big_key_bytes: Option<u64>,
+    /// `--typed-threads`: threads of the type-aware copier; `None` leaves it to the plan (1, or 4 when
+    /// every key goes type-aware). Always `None` with `--mode dump`.
+    pub typed_threads: Option<usize>,
+    /// Keys per pipelined batch; at least 1.
+    pub batch: usize,
+    /// Fetch threads.
+    pub readers: usize,
+    /// Write threads.
+    pub writers: usize,
+    /// Keys per second through the token bucket; `None` is unlimited.
+    pub rate: Option<NonZeroU32>,
+    /// Depth of the token bucket (`--burst`); at least `batch`.
+    pub burst: usize,
+    /// `--max-latency`: the source's p90 PING time above which the rate is lowered; `None` for none.
+    pub max_latency: Option<Duration>,
+    /// Pause of each writer after each batch.
+    pub sleep_after_batch: Duration,
+    /// Path of the error CSV.
+    pub errors_path: String,
+    /// Append to the CSV rather than overwrite it.
+    pub errors_append: bool,
+    /// `--lock`: the file to flock for the whole run; `None` takes no lock.
+    pub lock: Option<String>,
+    /// `--report`: where to write the JSON report at the end; `None` writes none.
+    pub report: Option<String>,
+    /// `--checkpoint`: where the scan position is saved and resumed from; `None` for none.
+    pub checkpoint: Option<String>,
+    /// Abort once this many keys failed; `None` never aborts.
+    pub max_errors: Option<u64>,
+    /// Stop after this many keys have been copied.
+    pub limit: Option<u64>,
+    /// Read but do not write.
+    pub dry_run: bool,
+    /// Interval of progress lines; `None` for none.
+    pub progress: Option<Duration>,
+    /// Connection timeouts for both sides.
+    pub timeouts: Timeouts,
+    /// How transient failures are retried.
+    pub retry: Retry,
+    /// Every file the flags name: no two may be one file (checked at preflight).
+    pub files: Vec<NamedFile>,
+}
+
+/// Everything `verify` needs, checked and typed.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// The reference server.
+    pub source: Endpoint,
+    /// The server compared with it.
+    pub target: Endpoint,
+    /// Where the keys come from.
+    pub keys: Keys,
+    /// Keys per pipelined batch.
+    pub batch: usize,
+    /// Largest TTL difference still counted as equal.
+    pub ttl_tolerance: Duration,
+    /// `--check-extra`: also scan the target for keys the source does not have.
+    pub check_extra: bool,
+    /// `--diff`: the CSV that lists every difference; `None` writes none.
+    pub diff_path: Option<String>,
+    /// Connection timeouts for both sides.
+    pub timeouts: Timeouts,
+    /// Every file the flags name: no two may be one file (checked at preflight).
+    pub files: Vec<NamedFile>,
+}
+
+/// Default number of fetch threads: measured on 2 cores with both servers local (see README).
+pub const DEFAULT_READERS: usize = 2;
+/// Default number of write threads.
+pub const DEFAULT_WRITERS: usize = 2;
+/// Default `--big-key-bytes`: a key of 8 MiB blocks a server for tens of milliseconds in one DUMP or
+/// RESTORE (measured in the README); above it, a paged copy is gentler and keeps memory bounded.
+pub const DEFAULT_BIG_KEY_BYTES: u64 = 8 << 20;
+/// Default `--typed-threads` when only some keys go type-aware (`--mode auto`): big keys are rare, one
+/// at a time is gentle.
+pub const DEFAULT_TYPED_THREADS_AUTO: usize = 1;
+/// Default `--typed-threads` when every key goes type-aware (`--mode typed`, or auto deciding so up
+/// front): each key takes several round trips, so more threads overlap them (measured in the README).
+pub const DEFAULT_TYPED_THREADS_TYPED: usize = 4;
+/// The largest `--scan-count`.
+const MAX_SCAN_COUNT: u64 = 100_000;
+/// Default `--batch`.
+pub const DEFAULT_BATCH: usize = 500;
+const MAX_BATCH: u64 = 100_000;
+/// The `--rate` bucket's burst (`--burst`, else `--batch`) may hold at most this many seconds of the rate.
+const MAX_BURST_SECONDS: u64 = 60;
+/// The longest `--sleep-after-batch`: 10 s after every batch is already 50 keys/s at the default batch.
+const MAX_SLEEP_AFTER_BATCH_MS: u64 = 10_000;
+const MAX_THREADS: u64 = 64;
+
+fn key_source(
+    patterns: &[String],
+    types: &[String],
+    scan_count: u64,
+    keys_from: &Option<String>,
+) -> Result<Keys, ConfigError> {
+    if let Some(path) = keys_from {
+        if !patterns.is_empty() {
+            return Err(bad("--match cannot be combined with --keys-from (the file already names the keys)"));
+        }
+        if !types.is_empty() {
+            return Err(bad("--type cannot be combined with --keys-from (the file already names the keys)"));
+        }
+        if path.is_empty() {
+            return Err(bad("--keys-from needs a file name, or - for standard input"));
+        }
+        return Ok(Keys::File(path.clone()));
+    }
+    if scan_count == 0 {
+        return Err(bad("--scan-count must be at least 1 (got 0)"));
+    }
+    if scan_count > MAX_SCAN_COUNT {
+        return Err(bad(format!(
+            "--scan-count must be at most {MAX_SCAN_COUNT} (got {scan_count}): one SCAN call blocks the server \
+             for as long as it takes to visit that many slots"
+        )));
+    }
+    let mut types_parsed: Vec<KeyType> = Vec::new();
+    for t in types {
+        let t = KeyType::parse(t).map_err(ConfigError)?;
+        if !types_parsed.contains(&t) {
+            types_parsed.push(t);
+        }
+    }
+    let mut pats: Vec<Vec<u8>> = Vec::new();
+    for p in patterns {
+        if !pats.iter().any(|q| q == p.as_bytes()) {
+            pats.push(p.as_bytes().to_vec());
+        }
+    }
+    if pats.is_empty() || pats.iter().any(|p| p == b"*") {
+        pats = vec![b"*".to_vec()];
+    }
+    Ok(Keys::Scan { patterns: pats, types: types_parsed, count: scan_count })
+}
+
+fn timeouts(connect: u64, io: u64) -> Result<Timeouts, ConfigError> {
+    if connect == 0 {
+        return Err(bad("--connect-timeout must be at least 1 second (got 0)"));
+    }
+    if io == 0 {
+        return Err(bad("--timeout must be at least 1 second (got 0)"));
+    }
+    Ok(Timeouts { connect: Duration::from_secs(connect), io: Duration::from_secs(io) })
+}
+
+fn threads(flag: &str, value: Option<u64>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(bad(format!("--{flag} must be at least 1 (got 0)"))),
+        Some(n) if n > MAX_THREADS => Err(bad(format!("--{flag} must be at most {MAX_THREADS} (got {n})"))),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+fn big_key_bytes(mode: Mode, value: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match (mode, value) {
+        (Mode::Auto, None) => Ok(Some(DEFAULT_BIG_KEY_BYTES)),
+        (Mode::Auto, Some(0)) => Ok(None),
+        (Mode::Auto, Some(n)) => Ok(Some(n)),
+        (_, None) => Ok(None),
+        (Mode::Dump, Some(_)) => {
+            Err(bad("--big-key-bytes only applies to --mode auto (--mode dump never goes type-aware)"))
+        }
+        (Mode::Typed, Some(_)) => {
+            Err(bad("--big-key-bytes only applies to --mode auto (--mode typed copies every key type-aware)"))
+        }
+    }
+}
+
+fn batch(value: u64) -> Result<usize, ConfigError> {
+    match value {
+        0 => Err(bad("--batch must be at least 1 (got 0)")),
+        n if n > MAX_BATCH => Err(bad(format!("--batch must be at most {MAX_BATCH} (got {n})"))),
+        n => Ok(n as usize),
+    }
+}
+
+fn endpoints(
+    source: &str,
+    target: &str,
+    source_db: Option<i64>,
+    target_db: Option<i64>,
+    [source_tls, target_tls]: [TlsFlags<'_>; 2],
+) -> Result<(Endpoint, Endpoint), ConfigError> {
+    let mut source = Endpoint::parse(Role::Source, source, source_db, Endpoint::env_password(Role::Source))?;
+    let mut target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
+    source.tls = Tls::from_flags(Role::Source, source_tls, source.tls.is_some())?;
+    target.tls = Tls::from_flags(Role::Target, target_tls, target.tls.is_some())?;
+    Ok((source, target))
+}
+
+/// Checks that `--lock`, `--report` and `--checkpoint` each name a file when given.
+fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
+    for (flag, value) in
+        [("--lock", &args.lock), ("--report", &args.report), ("--checkpoint", &args.checkpoint)]
+    {
+        if value.as_deref() == Some("") {
+            return Err(bad(format!("{flag} needs a file name")));
+        }
+    }
+    Ok((args.lock.clone(), args.report.clone()))
+}
+
+/// Every file a run names, with what it does with it: for [`crate::files::refuse_shared`], which
+/// preflight calls before it opens or locks any of them.
+fn named_files(
+    keys_from: &Option<String>,
+    outputs: &[(&str, &Option<String>)],
+    tls: [TlsFlags<'_>; 2],
+) -> Vec<NamedFile> {
+    let mut files = Vec::new();
+    let mut add = |flag: String, path: Option<&str>, how: Use| {
+        if let Some(path) = path.filter(|p| !p.is_empty()) {
+            files.push(NamedFile { flag, path: path.to_string(), how });
+        }
+    };
+    add("--keys-from".into(), keys_from.as_deref(), Use::Read);
+    for (flag, path) in outputs {
+        add(flag.to_string(), path.as_deref(), Use::Write);
+    }
+    for (role, flags) in [Role::Source, Role::Target].into_iter().zip(tls) {
+        for (what, path) in [("ca", flags.ca), ("cert", flags.cert), ("key", flags.key)] {
+            add(format!("--{}-tls-{what}", role.name()), path, Use::Read);
+        }
+    }
+    files
+}
+
+/// The per-side TLS flags, which `copy` and `verify` spell the same way.
+macro_rules! tls_flags {
+    ($args:expr) => {
+        [
+            TlsFlags {
+                ca: $args.source_tls_ca.as_deref(),
+                cert: $args.source_tls_cert.as_deref(),
+                key: $args.source_tls_key.as_deref(),
+                insecure: $args.source_tls_insecure,
+            },
+            TlsFlags {
+                ca: $args.target_tls_ca.as_deref(),
+                cert: $args.target_tls_cert.as_deref(),
+                key: $args.target_tls_key.as_deref(),
+                insecure: $args.target_tls_insecure,
+            },
+        ]
+    };
+}
+
+/// The flags that set how fast keys go: `--batch`, `--rate`, `--burst`, `--max-latency`,
+/// `--sleep-after-batch`, checked together (a batch waits for all its tokens).
+struct Pacing {
+    /// Keys per batch.
+    batch: usize,
+    /// `--rate`.
+    rate: Option<NonZeroU32>,
+    /// The bucket's depth.
+    burst: usize,
+    /// `--max-latency`.
+    max_latency: Option<Duration>,
+    /// `--sleep-after-batch`.
+    sleep_after_batch: Duration,
+}
+
+impl Pacing {
+    fn of(args: &CopyArgs) -> Result<Pacing, ConfigError> {
+        let rate = match args.rate {
+            None => None,
+            Some(0) => return Err(bad("--rate must be at least 1 key per second (got 0)")),
+            Some(r) => Some(
+                u32::try_from(r)
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .ok_or_else(|| bad(format!("--rate must be at most {} (got {r})", u32::MAX)))?,
+            ),
+        };
+        // A batch waits for all its tokens: by default a batch is at most one second of --rate.
+        let batch = match (args.batch, rate) {
+            (Some(n), _) => batch(n)?,
+            (None, Some(r)) => (r.get() as usize).min(DEFAULT_BATCH),
+            (None, None) => DEFAULT_BATCH,
+        };
+        let burst = match args.burst {
+            None => batch,
+            Some(_) if rate.is_none() && args.max_latency.is_none() => {
+                return Err(bad(
+                    "--burst sizes the --rate token bucket; give it with --rate or --max-latency",
+                ))
+            }
+            Some(b) if b < batch as u64 => {
+                return Err(bad(format!(
+                    "--burst must be at least --batch ({batch}), so a batch can pass (got {b})"
+                )))
+            }
+            Some(b) if b > u64::from(u32::MAX) => {
+                return Err(bad(format!("--burst must be at most {} (got {b})", u32::MAX)))
+            }
+            Some(b) => b as usize,
+        };
+        if let Some(r) = rate.map(|r| u64::from(r.get())).filter(|r| burst as u64 > MAX_BURST_SECONDS * r) {
+            let (flag, n) = if args.burst.is_some() { ("--burst", burst) } else { ("--batch", batch) };
+            return Err(bad(format!(
+            "{flag} {n} with --rate {r}: a batch waits for all its tokens, so {burst} keys would pass at once \
+             and then nothing for {} s; give {flag} {} or less, or a higher --rate",
+            burst as u64 / r,
+            MAX_BURST_SECONDS * r
+        )));
+        }
+        let max_latency = match args.max_latency {
+            None => None,
+            Some(0) => return Err(bad("--max-latency must be at least 1 millisecond (got 0)")),
+            Some(ms) if ms > 60_000 => {
+                return Err(bad(format!("--max-latency must be at most 60000 ms (got {ms})")))
+            }
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
+        let sleep_after_batch = match args.sleep_after_batch {
+            ms if ms > MAX_SLEEP_AFTER_BATCH_MS => {
+                return Err(bad(format!(
+                "--sleep-after-batch must be at most {MAX_SLEEP_AFTER_BATCH_MS} ms (got {ms}); for a slower \
+                     copy use --rate"
+            )))
+            }
+            ms => Duration::from_millis(ms),
+        };
+        Ok(Pacing { batch, rate, burst, max_latency, sleep_after_batch })
+    }
+}
+
+impl CopyConfig {
+    /// Validates the raw `copy` flags.
+    pub fn from_args(args: &CopyArgs) -> Result<CopyConfig, ConfigError> {
+        let (source, target) =
+            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
+        let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
+        let on_conflict = match args.on_conflict.as_str() {
+            "skip" => OnConflict::Skip,
+            "replace" => OnConflict::Replace,
+            other => return Err(bad(format!("--on-conflict `{other}` is not skip or replace"))),
+        };
+        let mode = match args.mode.as_str() {
+            "auto" => Mode::Auto,
+            "dump" => Mode::Dump,
+            "typed" => Mode::Typed,
+            other => return Err(bad(format!("--mode `{other}` is not auto, dump or typed"))),
+        };
+        let Pacing { batch, rate, burst, max_latency, sleep_after_batch } = Pacing::of(args)?;
+        if args.errors.is_empty() {
+            return Err(bad("--errors needs a file name"));
+        }
+        if args.limit == Some(0) {
+            return Err(bad("--limit must be at least 1 (got 0); leave it out to copy everything"));
+        }
+        let (lock, report) = cron_files(args)?;
+        if args.checkpoint.is_some() && args.keys_from.is_some() {
+            return Err(bad("--checkpoint resumes a SCAN; it cannot be combined with --keys-from"));
+        }
+        if args.checkpoint.is_some() && args.dry_run {
+            return Err(bad("--checkpoint cannot be combined with --dry-run (there is nothing to resume)"));
+        }
+        Ok(CopyConfig {
+            source,
+            target,
+            keys,
+            on_conflict,
+            mode,
+            big_key_bytes: big_key_bytes(mode, args.big_key_bytes)?,
+            typed_threads: match (mode, args.typed_threads) {
+                (Mode::Dump, Some(_)) => {
+                    return Err(bad(
+                        "--typed-threads has no use with --mode dump (nothing is copied type-aware)",
+                    ))
+                }
+                (_, None) => None,
+                (_, n) => Some(threads("typed-threads", n, DEFAULT_TYPED_THREADS_AUTO)?),
+            },
+            batch,
+            readers: threads("readers", args.readers, DEFAULT_READERS)?,
+            writers: threads("writers", args.writers, DEFAULT_WRITERS)?,
+            rate,
+            burst,
+            max_latency,
+            sleep_after_batch,
+            errors_path: args.errors.clone(),
+            errors_append: args.errors_append,
+            lock,
+            report,
+            checkpoint: args.checkpoint.clone(),
+            max_errors: (args.max_errors > 0).then_some(args.max_errors),
+            limit: args.limit,
+            dry_run: args.dry_run,
+            progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
+            timeouts: timeouts(args.connect_timeout, args.timeout)?,
+            retry: Retry { attempts: args.retries, ..Retry::DEFAULT },
+            files: named_files(
+                &args.keys_from,
+                &[
+                    ("--errors", &Some(args.errors.clone())),
+                    ("--lock", &args.lock),
+                    ("--report", &args.report),
+                    ("--checkpoint", &args.checkpoint),
+                ],
+                tls_flags!(args),
+            ),
+        })
+    }
+}
+
+impl VerifyConfig {
+    /// Validates the raw `verify` flags.
+    pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
+        let (source, target) =
+            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
+        let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
+        if args.check_extra && matches!(keys, Keys::File(_)) {
+            return Err(bad(
+                "--check-extra cannot be combined with --keys-from (it scans the target with --match / --type)",
+            ));
+        }
+        if let Some(path) = &args.diff {
+            if path.is_empty() {
+                return Err(bad("--diff needs a file name"));
+            }
+        }
+        Ok(VerifyConfig {
+            source,
+            target,
+            keys,
+            batch: batch(args.batch)?,
+            ttl_tolerance: Duration::from_millis(args.ttl_tolerance),
+            check_extra: args.check_extra,
+            diff_path: args.diff.clone(),
+            timeouts: timeouts(args.connect_timeout, args.timeout)?,
+            files: named_files(&args.keys_from, &[("--diff", &args.diff)], tls_flags!(args)),
+        })
+    }
+}

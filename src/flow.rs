@@ -1,0 +1,183 @@
+//! What every stage shares: the [`Batch`] that travels on the channels, the [`Fetched`] key on its way
+//! to a sink, [`exchange`] (the one way a stage sends a pipelined batch and learns what became of each
+//! key, surviving faults) and [`forward`] (passing what is left of a batch on). Stages return nothing: a
+//! failed key is a CSV row, and a fatal error is recorded in the shared stop flag, which also aborts the
+//! run.
+
+use crossbeam_channel::Sender;
+use redis::{Pipeline, Value};
+
+use crate::account::{Reporter, Stage, Stop};
+use crate::key::Key;
+use crate::redis::conn::Conn;
+use crate::redis::reply;
+use crate::resume::Ledger;
+
+/// A batch of keys (or fetched items) with the id the [`Ledger`] knows it by.
+/// It dereferences to its items, so a stage reads it like the `Vec` it carries.
+#[derive(Debug)]
+pub struct Batch<T> {
+    /// The ledger's id of the scan batch these items came from.
+    pub id: u64,
+    /// The keys or items.
+    pub items: Vec<T>,
+}
+
+impl<T> std::ops::Deref for Batch<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.items
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
+
+/// What was read of a key, and so how the write stage makes it again.
+#[derive(Debug)]
+pub enum Payload {
+    /// Its DUMP payload, for RESTORE.
+    Dump(Vec<u8>),
+    /// The whole value of a string, for SET (`--mode auto`: no DUMP serialization on the source, no
+    /// checksum, no compression attempt, for what is most keys of most databases).
+    String(Vec<u8>),
+}
+
+/// A key read from the source, ready to be written.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The key.
+    pub key: Key,
+    /// What the write stage sends.
+    pub payload: Payload,
+    /// Absolute expiry in Unix milliseconds; `None` for a key without TTL.
+    pub expire_at_ms: Option<i64>,
+}
+
+/// Sends one pipelined batch and returns, for each of its `n` keys, the key's `K` replies (error
+/// replies included, as `Value::ServerError`), or `None` for a key that failed and was reported.
+/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it. [`exchange_units`] is the same
+/// for keys that take different numbers of commands.
+pub fn exchange<'k, const K: usize>(
+    conn: &mut Conn,
+    n: usize,
+    key: impl Fn(usize) -> &'k Key,
+    build: impl Fn(&mut Pipeline, usize),
+    stage: Stage,
+    rep: &Reporter,
+) -> Vec<Option<[Value; K]>> {
+    exchange_units(conn, n, key, build, stage, rep)
+        .into_iter()
+        .map(|unit| unit.map(|u| u.try_into().expect("build appends K commands for every key")))
+        .collect()
+}
+
+/// Sends one pipelined batch and returns, for each of its `n` keys, the replies to the commands
+/// `build(pipe, i)` appended for it, or `None` for a key that failed and was reported.
+///
+/// This is the one place where faults are survived. A key whose replies include a transient error
+/// (OOM, LOADING, BUSY, TRYAGAIN, ...) and the keys left unanswered when the connection broke are sent
+/// again, and only they, after a growing pause and a reconnect, up to the connection's retry policy;
+/// keys already answered are never sent twice. After the last attempt they become failures with the
+/// last error; if the connection could not even be re-established, the run is aborted too. A resent
+/// RESTORE whose first attempt reached the server but whose answer was lost comes back as BUSYKEY
+/// (skip policy; the write stage counts it as skipped) or overwrites with the same payload (replace).
+pub fn exchange_units<'k>(
+    conn: &mut Conn,
+    n: usize,
+    key: impl Fn(usize) -> &'k Key,
+    build: impl Fn(&mut Pipeline, usize),
+    stage: Stage,
+    rep: &Reporter,
+) -> Vec<Option<Vec<Value>>> {
+    let mut answers: Vec<Option<Vec<Value>>> = (0..n).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..n).collect();
+    let retry = conn.retry();
+    let mut attempt = 0;
+    let mut last_error: Option<(String, String)> = None;
+    while !pending.is_empty() {
+        let mut again = Vec::new();
+        match conn.ensure() {
+            Err(e) => {
+                last_error = Some(("IO".into(), e.to_string()));
+                again = pending;
+            }
+            Ok(()) => {
+                let (mut replies, broken) = conn.round(&pending, |i| Some(key(i).as_bytes()), &build);
+                if let Some(err) = &broken {
+                    log::warn!("{}: {}", conn.failed_at(), reply::one_line(&err.to_string()));
+                    last_error = Some(reply::classify(err));
+                }
+                for (p, &i) in pending.iter().enumerate() {
+                    // Unanswered: the connection broke before its replies came.
+                    let Some(group) = replies.take_unit(p) else {
+                        again.push(i);
+                        continue;
+                    };
+                    let busy = group.iter().find_map(|v| match v {
+                        Value::ServerError(e) if reply::is_transient(e.code()) => {
+                            Some(reply::classify_reply(e))
+                        }
+                        _ => None,
+                    });
+                    match busy {
+                        Some(why) => {
+                            last_error = Some(why);
+                            again.push(i);
+                        }
+                        None => answers[i] = Some(group),
+                    }
+                }
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        attempt += 1;
+        if attempt > retry.attempts || rep.stop.discard() {
+            let (code, message) = last_error.take().unwrap_or_else(|| ("IO".into(), "no reply".into()));
+            for &i in &again {
+                rep.fail(key(i).clone(), stage, code.clone(), message.clone());
+            }
+            if conn.ensure().is_err() {
+                rep.stop.fatal(format!(
+                    "{} stage lost the connection to {} {}: {message}",
+                    stage.name(),
+                    conn.endpoint().role.name(),
+                    conn.endpoint()
+                ));
+            }
+            break;
+        }
+        let pause = retry.pause(attempt);
+        log::debug!("{} keys to retry at {} in {pause:?} (attempt {attempt})", again.len(), stage.name());
+        rep.stop.sleep(pause, Stop::discard);
+        pending = again;
+    }
+    answers
+}
+
+/// Passes on what is left of a batch and closes, in the ledger, the keys of it that reached a bucket
+/// here (`taken` came in, `items` go on). If the next stage is gone (it only goes after an abort),
+/// the items are given back as unreached and stay open in the ledger; the caller keeps draining.
+pub fn forward<T>(
+    out: &Sender<Batch<T>>,
+    id: u64,
+    taken: usize,
+    items: Vec<T>,
+    rep: &Reporter,
+    ledger: &Ledger,
+) {
+    ledger.done(id, taken - items.len());
+    if items.is_empty() {
+        return;
+    }
+    if let Err(lost) = out.send(Batch { id, items }) {
+        rep.unreached(lost.into_inner().items.len());
+    }
+}

@@ -1,0 +1,20 @@
+//! Talking to Redis: the bottom floor, which knows nothing of stages, sources or sinks.
+//!
+//! - [`endpoint`]: where a server is and how to reach it (plain data, the leaf every room uses);
+//! - [`connect`]: making one connection (login, db, TLS) and saying why it could not be made;
+//! - [`conn`]: the routed connection each thread owns (one server, or every primary of a cluster);
+//! - [`cluster`]: key slots and the slot map (CLUSTER NODES), pure parsing;
+//! - [`server`]: what INFO says a server is; [`memory`]: its memory, summed over a cluster;
+//! - [`reply`]: what replies and errors mean (the CSV's error vocabulary, transient errors, refusals);
+//! - [`clock`]: time as the servers keep it, and deadlines;
+//! - [`glob`]: Redis's own glob matching.
+
+pub mod clock;
+pub mod cluster;
+pub mod conn;
+pub mod connect;
+pub mod endpoint;
+pub mod glob;
+pub mod memory;
+pub mod reply;
+pub mod server;

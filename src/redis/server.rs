@@ -1,0 +1,116 @@
+//! What a server is, read from INFO: version, cluster or not, run id, replication, memory; and the RDB
+//! format version a Redis version writes. Pure parsing: the INFO itself is read by the caller.
+
+/// Facts about a server read from INFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `redis_version` as (major, minor, patch); (0, 0, 0) when absent.
+    pub version: (u32, u32, u32),
+    /// `cluster_enabled:1`.
+    pub cluster: bool,
+    /// `run_id`: changes with every start of the server (and with it the order SCAN cursors follow).
+    pub run_id: String,
+    /// `role:slave`: a replica, of `master_host:master_port`.
+    pub replica_of: Option<String>,
+    /// `slave_read_only:1`: a replica that refuses writes.
+    pub read_only: bool,
+    /// `maxmemory` in bytes; 0 is no limit.
+    pub maxmemory: u64,
+    /// `maxmemory_policy` (`noeviction`, `allkeys-lru`, ...).
+    pub policy: String,
+    /// `used_memory` in bytes.
+    pub used_memory: u64,
+    /// `used_memory_dataset`: the memory of the keys and values, in bytes.
+    pub dataset: u64,
+    /// `evicted_keys`: keys evicted since the server started (or its stats were reset).
+    pub evicted_keys: u64,
+}
+
+impl ServerInfo {
+    /// Parses the text of INFO.
+    pub fn parse(text: &str) -> ServerInfo {
+        let mut info = ServerInfo::default();
+        let (mut master_host, mut master_port) = (None, None);
+        let number = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+        for line in text.lines() {
+            let Some((name, v)) = line.split_once(':') else { continue };
+            let v = v.trim();
+            match name {
+                "redis_version" => {
+                    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                    info.version =
+                        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                }
+                "cluster_enabled" => info.cluster = v == "1",
+                "run_id" => info.run_id = v.to_string(),
+                "role" if v == "slave" => info.replica_of = Some(String::new()),
+                "master_host" => master_host = Some(v.to_string()),
+                "master_port" => master_port = Some(v.to_string()),
+                "slave_read_only" | "replica_read_only" => info.read_only = v == "1",
+                "maxmemory" => info.maxmemory = number(v),
+                "maxmemory_policy" => info.policy = v.to_string(),
+                "used_memory" => info.used_memory = number(v),
+                "used_memory_dataset" => info.dataset = number(v),
+                "evicted_keys" => info.evicted_keys = number(v),
+                _ => {}
+            }
+        }
+        if let (Some(primary), Some(host), Some(port)) = (info.replica_of.as_mut(), master_host, master_port)
+        {
+            *primary = format!("{host}:{port}");
+        }
+        info
+    }
+
+    /// PEXPIRETIME exists from Redis 7.0 on.
+    pub fn has_pexpiretime(&self) -> bool {
+        self.version >= (7, 0, 0)
+    }
+
+    /// The server evicts keys when it is full: a memory limit and a policy other than `noeviction`.
+    pub fn evicts(&self) -> bool {
+        self.maxmemory > 0 && !self.policy.is_empty() && self.policy != "noeviction"
+    }
+}
+
+/// The RDB format version a Redis version writes in its DUMP payloads (`None` when unknown).
+pub fn rdb_version(version: (u32, u32, u32)) -> Option<u32> {
+    Some(match (version.0, version.1) {
+        (0, _) | (1, _) | (2, 0..=5) => return None,
+        (2, _) => 6,
+        (3, _) => 7,
+        (4, _) => 8,
+        (5, _) | (6, _) => 9,
+        (7, 0 | 1) => 10,
+        (7, 2 | 3) => 11,
+        _ => 12,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdb_versions_by_redis_version() {
+        assert_eq!(rdb_version((7, 0, 15)), Some(10));
+        assert_eq!(rdb_version((7, 2, 4)), Some(11));
+        assert_eq!(rdb_version((6, 2, 0)), Some(9));
+        assert_eq!(rdb_version((8, 0, 0)), Some(12));
+        assert_eq!(rdb_version((2, 4, 0)), None);
+    }
+
+    #[test]
+    fn parses_info() {
+        let info = ServerInfo::parse(
+            "# Server\r\nredis_version:7.0.15\r\nrun_id:ab12\r\n# Cluster\r\ncluster_enabled:0\r\n",
+        );
+        assert_eq!(info.run_id, "ab12");
+        assert_eq!(info.version, (7, 0, 15));
+        assert!(!info.cluster);
+        assert!(info.has_pexpiretime());
+        let info = ServerInfo::parse("redis_version:6.2.1\ncluster_enabled:1\n");
+        assert!(info.cluster);
+        assert!(!info.has_pexpiretime());
+    }
+}

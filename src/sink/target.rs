@@ -1,0 +1,129 @@
+//! The target server as a sink: RESTORE the fetched keys (SET a string read by value), one pipeline per
+//! batch, on the writer thread's own connection.
+//!
+//! Each key keeps its deadline: `RESTORE key <abs-ms> payload ABSTTL` (or ttl 0 for a key without
+//! expiry), `SET key value PXAT <abs-ms>`, so time in flight is not added. The target's clock decides
+//! whether that deadline has passed, as Redis does (it creates nothing for a past ABSTTL or PXAT): an
+//! `EXISTS key` right after the write, in the same pipeline, tells whether the key is there, and a key
+//! with a deadline that is not there is counted as expired. This machine's clock decides nothing (see
+//! `redis/clock.rs`). Skip policy: no REPLACE (SET ... NX), and a BUSYKEY reply (a nil) counts as
+//! skipped, which is atomic on the server.
+
+use redis::Value;
+
+use super::{Sink, Ttl, WritePolicy, Written};
+use crate::account::{Reporter, Stage};
+use crate::config::OnConflict;
+use crate::flow::{exchange_units, Fetched, Payload};
+use crate::redis::conn::Conn;
+use crate::redis::reply::{self, kind, restore_refused};
+
+/// Writes to the target on a connection of its own.
+pub struct Target {
+    /// The writer thread's connection.
+    pub conn: Conn,
+    /// How keys are written.
+    pub policy: WritePolicy,
+    /// Keys whose RESTORE the target refuses for reasons of its own are handed back (`--mode auto`,
+    /// for the type-aware copy) instead of failing.
+    pub hand_on: bool,
+}
+
+impl Sink for Target {
+    fn write(&mut self, items: Vec<Fetched>, rep: &Reporter) -> Written {
+        let mut written = Written::default();
+        let mut live: Vec<(Fetched, Ttl)> = Vec::with_capacity(items.len());
+        for f in items {
+            match self.policy.ttl(&f) {
+                Some(ttl) => live.push((f, ttl)),
+                None => written.expired += 1,
+            }
+        }
+        if live.is_empty() {
+            return written;
+        }
+        let replace = self.policy.on_conflict == OnConflict::Replace;
+        let answers = exchange_units(
+            &mut self.conn,
+            live.len(),
+            |i| &live[i].0.key,
+            |pipe, i| {
+                let (f, ttl) = &live[i];
+                write_command(pipe, f, *ttl, replace);
+                // Whether the target kept it: its clock says whether the deadline had passed.
+                if f.expire_at_ms.is_some() {
+                    pipe.cmd("EXISTS").arg(f.key.as_bytes());
+                }
+            },
+            Stage::Write,
+            rep,
+        );
+        for ((f, _), answer) in live.into_iter().zip(answers) {
+            let Some(replies) = answer else { continue };
+            let mut replies = replies.into_iter();
+            let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
+            match reply {
+                // A key with a deadline that is not there: the target found the deadline passed (it
+                // creates nothing for a past ABSTTL or PXAT), or it expired right after.
+                Value::Okay | Value::SimpleString(_) if exists == Some(Value::Int(0)) => written.expired += 1,
+                Value::Okay | Value::SimpleString(_) => written.copied += 1,
+                // RESTORE's BUSYKEY, SET NX's nil: the key exists on the target.
+                Value::ServerError(err) if err.code() == "BUSYKEY" => written.skipped += 1,
+                Value::Nil if matches!(f.payload, Payload::String(_)) => written.skipped += 1,
+                Value::ServerError(err)
+                    if self.hand_on && matches!(f.payload, Payload::Dump(_)) && restore_refused(&err) =>
+                {
+                    written.refused.push((f.key, reply::classify_reply(&err).1));
+                }
+                Value::ServerError(err) => {
+                    let (code, message) = reply::classify_reply(&err);
+                    rep.fail(f.key, Stage::Write, code, message);
+                }
+                other => rep.fail(
+                    f.key,
+                    Stage::Write,
+                    "PROTOCOL".into(),
+                    format!("unexpected RESTORE or SET reply: {}", kind(&other)),
+                ),
+            }
+        }
+        written
+    }
+}
+
+/// Appends the write of one key: RESTORE for a DUMP payload, SET for a string read by value.
+fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: bool) {
+    match &f.payload {
+        Payload::Dump(payload) => {
+            let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
+            match ttl {
+                Ttl::None => cmd.arg(0),
+                Ttl::At(ms) | Ttl::Left(ms) => cmd.arg(ms),
+            };
+            cmd.arg(&payload[..]);
+            if replace {
+                cmd.arg("REPLACE");
+            }
+            if let Ttl::At(_) = ttl {
+                cmd.arg("ABSTTL");
+            }
+        }
+        // SET replaces a key of any type, as RESTORE REPLACE does; NX is the skip policy's atomic "only if
+        // absent", as RESTORE without REPLACE is.
+        Payload::String(value) => {
+            let cmd = pipe.cmd("SET").arg(f.key.as_bytes()).arg(&value[..]);
+            match ttl {
+                Ttl::None => {}
+                Ttl::At(ms) => {
+                    cmd.arg("PXAT").arg(ms);
+                }
+                Ttl::Left(ms) => {
+                    cmd.arg("PX").arg(ms);
+                }
+            }
+            if !replace {
+                cmd.arg("NX");
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Routing in `--mode auto`: which path the keys take, decided up front ([`Plan`], from INFO and probes
+//! that run nothing), and the keys sent to the type-aware copier one by one on the way ([`Fallback`],
+//! [`Router`]): keys above `--big-key-bytes`, and keys a server refuses to DUMP or RESTORE.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_channel::Sender;
+use redis::{Cmd, Value};
+
+use crate::account::Reporter;
+use crate::config::{CopyConfig, Mode};
+use crate::flow::Batch;
+use crate::key::Key;
+use crate::redis::conn::Conn;
+use crate::redis::reply::{self, command_denied};
+use crate::redis::server::{rdb_version, ServerInfo};
+
+/// Detour a key goes the type-aware way in `--mode auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detour {
+    /// MEMORY USAGE (or the DUMP length) is above `--big-key-bytes`.
+    Big,
+    /// The source refused DUMP.
+    DumpRefused,
+    /// The target refused RESTORE.
+    RestoreRefused,
+}
+
+/// The fallback state shared by fetch and write threads: which reasons were logged already, and
+/// whether the size check by MEMORY USAGE still works.
+#[derive(Debug)]
+pub struct Fallback {
+    /// Keys above this many bytes go type-aware.
+    pub big_key_bytes: u64,
+    /// MEMORY USAGE is pipelined before DUMP (turned off when the source refuses it).
+    size_check: AtomicBool,
+    /// Strings are read by value (GETRANGE) and written with SET (turned off when a server refuses).
+    strings: AtomicBool,
+    /// Keys that are not read by value go by DUMP/RESTORE; when false, they all go type-aware.
+    pub dump: bool,
+    /// One flag per [`Detour`]: the first key of that kind was logged.
+    said: [AtomicBool; 3],
+    /// Keys routed so far, per [`Detour`].
+    routed: [AtomicU64; 3],
+}
+
+impl Fallback {
+    /// A fallback for `--big-key-bytes` `big_key_bytes`; `size_check` says MEMORY USAGE may be used,
+    /// `strings` that strings may be read by value and written with SET, `dump` that the other keys go
+    /// by DUMP/RESTORE (else all of them go type-aware).
+    pub fn new(big_key_bytes: u64, size_check: bool, strings: bool, dump: bool) -> Fallback {
+        Fallback {
+            big_key_bytes,
+            size_check: AtomicBool::new(size_check),
+            strings: AtomicBool::new(strings),
+            dump,
+            said: Default::default(),
+            routed: Default::default(),
+        }
+    }
+
+    /// True while MEMORY USAGE is asked before DUMP.
+    pub fn size_check(&self) -> bool {
+        self.size_check.load(Ordering::Relaxed)
+    }
+
+    /// MEMORY USAGE was refused: from now on a big key is found by its DUMP length.
+    pub fn no_size_check(&self, why: &str) {
+        if self.size_check.swap(false, Ordering::Relaxed) {
+            log::warn!(
+                "the source refuses MEMORY USAGE ({why}): keys above --big-key-bytes are now found by their DUMP \
+                 length, so each one is read whole once before it goes type-aware"
+            );
+        }
+    }
+
+    /// True while strings are read by value first.
+    pub fn strings(&self) -> bool {
+        self.strings.load(Ordering::Relaxed)
+    }
+
+    /// A server refused GETRANGE: from now on strings are DUMPed like other keys.
+    pub fn no_strings(&self, why: &str) {
+        if self.strings.swap(false, Ordering::Relaxed) {
+            log::warn!("the source refuses GETRANGE ({why}): strings are now copied with DUMP/RESTORE too");
+        }
+    }
+
+    /// Records that `key` goes type-aware for `why`; the first key of each kind is logged.
+    pub fn note(&self, why: Detour, key: &Key, detail: &str) {
+        let i = why as usize;
+        self.routed[i].fetch_add(1, Ordering::Relaxed);
+        if self.said[i].swap(true, Ordering::Relaxed) {
+            log::debug!("{key}: type-aware copy ({detail})");
+            return;
+        }
+        let what = match why {
+            Detour::Big => format!("keys above --big-key-bytes {}", self.big_key_bytes),
+            Detour::DumpRefused => "keys the source will not DUMP".to_string(),
+            Detour::RestoreRefused => "keys the target will not RESTORE".to_string(),
+        };
+        log::info!("{what} are copied type-aware, key by key (first: {key}: {detail})");
+    }
+
+    /// Keys routed for each reason: (big, DUMP refused, RESTORE refused).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let n = |i: usize| self.routed[i].load(Ordering::Relaxed);
+        (n(0), n(1), n(2))
+    }
+}
+
+/// One fetch or write thread's way to the typed threads (it owns its sender, so the typed threads
+/// see the channel disconnect once every such thread has returned).
+pub struct Router<'a> {
+    /// To the typed threads.
+    pub tx: Sender<Batch<Key>>,
+    /// Shared fallback state.
+    pub fallback: &'a Fallback,
+}
+
+impl Router<'_> {
+    /// Hands `keys` of ledger batch `id` to the typed threads; if they are gone (only after a panic),
+    /// the keys are given back as unreached.
+    pub fn send(&self, id: u64, keys: Vec<Key>, rep: &Reporter) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(lost) = self.tx.send(Batch { id, items: keys }) {
+            rep.unreached(lost.into_inner().items.len());
+        }
+    }
+}
+
+/// How a copy moves its keys, decided up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// No key goes by DUMP/RESTORE: every key goes type-aware, but for short strings when `strings` is
+    /// set (then the fetch and write stages run for them alone; else they are not started).
+    pub all_typed: bool,
+    /// Typed threads are started (`--mode auto` or `typed`).
+    pub typed_threads: bool,
+    /// MEMORY USAGE works on the source (auto only).
+    pub size_check: bool,
+    /// Short strings go by value, in batches: GETRANGE on the source, SET on the target (auto, typed).
+    pub strings: bool,
+    /// The one log line saying which path the copy takes and why.
+    pub why: String,
+}
+
+/// Decides, before anything is copied, which path the keys take: from INFO (the RDB versions the
+/// two servers read and write) and, in `--mode auto`, from probes that run nothing: DUMP and MEMORY
+/// USAGE on the source and RESTORE on the target, each queued inside MULTI and then DISCARDed, which
+/// tells whether the server knows the command and the user may run it (see [`refused`]).
+pub fn plan(
+    cfg: &CopyConfig,
+    conns: Option<(&mut Conn, &mut Conn)>,
+    source: &ServerInfo,
+    target: &ServerInfo,
+) -> Plan {
+    let probe = probe_name();
+    let (src, dst) = match (cfg.mode, conns) {
+        (Mode::Dump, _) | (_, None) => {
+            return Plan {
+                all_typed: false,
+                typed_threads: false,
+                size_check: false,
+                strings: false,
+                why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
+            }
+        }
+        (_, Some(conns)) => conns,
+    };
+    let set = redis::cmd("SET").arg(&probe[..]).arg(&b""[..]).clone();
+    let strings = refused(src, &probe, redis::cmd("GETRANGE").arg(&probe[..]).arg(0).arg(0)).is_none()
+        && refused(dst, &probe, &set).is_none();
+    let by_value = if strings { "strings up to 16 KiB by value (GETRANGE, SET), " } else { "" };
+    let all = |why: String| Plan {
+        all_typed: true,
+        typed_threads: true,
+        size_check: false,
+        strings,
+        why: format!("{by_value}{why}"),
+    };
+    if cfg.mode == Mode::Typed {
+        return all("type-aware reads and writes for every other key (--mode typed)".into());
+    }
+    let (rs, rt) = (rdb_version(source.version), rdb_version(target.version));
+    if let (Some(rs), Some(rt)) = (rs, rt) {
+        if rs > rt {
+            return all(format!(
+                "type-aware for every other key: the source writes RDB version {rs} DUMP payloads, \
+                 which the target (RDB version {rt}) cannot RESTORE"
+            ));
+        }
+    }
+    if let Some(why) = refused(src, &probe, redis::cmd("DUMP").arg(&probe[..])) {
+        return all(format!("type-aware for every other key: the source refuses DUMP ({why})"));
+    }
+    let restore = redis::cmd("RESTORE").arg(&probe[..]).arg(0).arg(&b"not a payload"[..]).clone();
+    if let Some(why) = refused(dst, &probe, &restore) {
+        return all(format!("type-aware for every other key: the target refuses RESTORE ({why})"));
+    }
+    let size_check = cfg.big_key_bytes.is_some()
+        && refused(src, &probe, redis::cmd("MEMORY").arg("USAGE").arg(&probe[..])).is_none();
+    let big = match cfg.big_key_bytes {
+        None => String::new(),
+        Some(n) if size_check => format!("keys above --big-key-bytes {n} (MEMORY USAGE) and "),
+        Some(n) => {
+            format!("keys above --big-key-bytes {n} (by DUMP length: the source refuses MEMORY USAGE) and ")
+        }
+    };
+    Plan {
+        all_typed: false,
+        typed_threads: true,
+        size_check,
+        strings,
+        why: format!(
+            "{by_value}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or \
+             RESTORE"
+        ),
+    }
+}
+
+/// Whether `conn`'s server refuses `cmd` for good: unknown (renamed, disabled) or denied to the user
+/// (NOPERM for the command, not for the key it names); `Some(why)` then. The command is queued inside
+/// MULTI and DISCARDed, so these checks are made and nothing runs: not even a DUMP is counted in the
+/// server's commandstats, and a dry run writes nothing. A connection failure says nothing (`None`):
+/// the keys then find out one by one.
+fn refused(conn: &mut Conn, probe: &[u8], cmd: &Cmd) -> Option<String> {
+    let (mut replies, broken) = conn.round(
+        &[0],
+        |_| Some(probe),
+        |pipe, _| {
+            pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
+        },
+    );
+    if broken.is_some() {
+        return None;
+    }
+    match replies.unit(0).and_then(|unit| unit.get(1)) {
+        Some(Value::ServerError(e)) if command_denied(e) => Some(reply::classify_reply(e).1),
+        _ => None,
+    }
+}
+
+fn probe_name() -> Vec<u8> {
+    let mut name = b"redis-ferry:probe:".to_vec();
+    name.extend_from_slice(format!("{:016x}", random()).as_bytes());
+    name
+}
+
+/// A number that differs between calls and processes, for a probe's key name.
+fn random() -> u64 {
+    super::typed::temp::random()
+}

@@ -78,8 +78,8 @@ pub struct CopyArgs {
     /// SCAN COUNT hint (default 1000)
     #[argh(option, default = "1000")]
     pub scan_count: u64,
-    /// copy the keys listed in FILE instead of scanning: one key per line, or an error CSV written by
-    /// redis-ferry; - reads standard input
+    /// copy the keys listed in FILE instead of scanning: one key per line, or a CSV written by redis-ferry
+    /// (error or diff CSV, also as a spreadsheet saves it); - reads standard input
     #[argh(option)]
     pub keys_from: Option<String>,
     /// skip (leave an existing target key alone) or replace (overwrite it); default skip

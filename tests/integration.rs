@@ -28,62 +28,6 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use support::*;
 
-/// A source and a target server plus a temp dir for error CSVs.
-struct Pair {
-    src: RedisServer,
-    dst: RedisServer,
-    dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        Pair::with_target_args(&[])
-    }
-
-    fn with_target_args(dst_args: &[&str]) -> Pair {
-        Pair {
-            src: RedisServer::new(),
-            dst: RedisServer::with_args(dst_args),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// A path for an error CSV inside this test's temp dir.
-    fn csv(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `redis-ferry copy SRC(host:port) DST(url) --errors <dir>/errors.csv EXTRA...`
-    fn copy(&self, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "copy".to_string(),
-            self.src.addr(),
-            self.dst.url(),
-            "--errors".to_string(),
-            path_str(&self.csv("errors.csv")),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        ferry(args)
-    }
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_str().expect("utf-8 temp path").to_string()
-}
-
-fn set_of(keys: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
-    keys.iter().cloned().collect()
-}
-
-fn run(con: &mut redis::Connection, args: &[&[u8]]) {
-    let _: Value = q(con, args);
-}
-
-/// (scanned, copied, skipped, expired, failed)
-fn buckets(s: &Summary) -> (u64, u64, u64, u64, u64) {
-    (s.scanned, s.copied, s.skipped, s.expired, s.failed)
-}
-
 // ---------------------------------------------------------------------------------------------------
 // 1. every core type round-trips with value and TTL
 // ---------------------------------------------------------------------------------------------------
@@ -403,29 +347,6 @@ fn expiring_keys_are_counted_expired_or_copied_with_their_ttl() {
 // ---------------------------------------------------------------------------------------------------
 // 7. bad input: exit 2, one line on stderr naming the culprit, nothing written
 // ---------------------------------------------------------------------------------------------------
-
-/// Asserts a refused run: exit 2, exactly one non-empty stderr line that contains one of `needles`,
-/// no panic, no `secret` anywhere in the output; then that the target is empty and the source intact.
-#[track_caller]
-fn assert_refused(p: &Pair, out: &Output, needles: &[&str], secret: Option<&str>, src_digest: &str) {
-    assert_refused_naming(out, needles);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(secret) = secret {
-        assert!(!stderr.contains(secret), "password on stderr\n{}", dump(out));
-        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret), "password on stdout");
-    }
-    assert_eq!(dbsize(&mut p.dst.conn()), 0, "target written although the input was refused");
-    assert_eq!(digest(&mut p.src.conn()), src_digest, "source changed");
-}
-
-/// A pair whose source holds 50 keys; returns it with the source digest.
-fn filled_pair(dst_args: &[&str]) -> (Pair, String) {
-    let p = Pair::with_target_args(dst_args);
-    let mut s = p.src.conn();
-    fill_strings(&mut s, "bad:", 50);
-    let d = digest(&mut s);
-    (p, d)
-}
 
 #[test]
 fn bad_input_unknown_flag() {
@@ -903,41 +824,6 @@ fn target_password_from_environment_and_db_flags() {
 // ---------------------------------------------------------------------------------------------------
 // 11. Ctrl-C, --errors-append, --sleep-after-batch, --progress, --help, --max-errors 0, more bad input
 // ---------------------------------------------------------------------------------------------------
-
-/// The ACL user on the target that may only touch `ok:*` keys: every other key fails with NOPERM
-/// (at EXISTS, or at RESTORE with `--on-conflict replace`). Returns the TARGET URL logging in as it.
-fn ok_only_target(p: &Pair) -> String {
-    const PASSWORD: &str = "ferry-acl-pass-7731";
-    let pw = format!(">{PASSWORD}");
-    run(&mut p.dst.conn(), &[b"ACL", b"SETUSER", b"ferry", b"on", pw.as_bytes(), b"~ok:*", b"+@all"]);
-    format!("redis://ferry:{PASSWORD}@127.0.0.1:{}", p.dst.port())
-}
-
-/// Writes `n` hashes `{prefix}{i}` (a second type, so failures are not all strings).
-fn fill_hashes(con: &mut redis::Connection, prefix: &str, n: usize) -> Vec<Vec<u8>> {
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("{prefix}{i}").into_bytes()).collect();
-    for chunk in keys.chunks(1000) {
-        let mut p = redis::pipe();
-        for k in chunk {
-            p.cmd("HSET").arg(k).arg("f").arg("v").ignore();
-        }
-        p.exec(con).expect("fill hashes");
-    }
-    keys
-}
-
-/// Waits until the target holds at least one key (the copy is under way, so the Ctrl-C handler is
-/// installed), then `settle` more, then sends SIGINT. Panics if the run ends first.
-fn interrupt_mid_copy(run: &mut FerryProcess, target: &mut redis::Connection, settle: Duration) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while dbsize(target) == 0 {
-        assert!(run.running(), "redis-ferry exited before writing anything");
-        assert!(Instant::now() < deadline, "redis-ferry wrote nothing within 20 s");
-        thread::sleep(Duration::from_millis(10));
-    }
-    thread::sleep(settle);
-    run.signal("INT");
-}
 
 /// Every non-empty stdout line; for checking that stdout holds the results only.
 fn stdout_lines(out: &Output) -> Vec<String> {

@@ -24,7 +24,6 @@ use redis::cluster::ClusterConnection;
 use redis::{Cmd, Connection, ConnectionLike, RedisResult, Value};
 
 use crate::support::*;
-use crate::{buckets, path_str, set_of};
 
 // ---------------------------------------------------------------------------------------------------
 // One side of a copy: a standalone server or a cluster

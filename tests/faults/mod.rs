@@ -8,7 +8,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::Pair;
 
 /// Waits (bounded) until `cond` holds.
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -47,7 +46,7 @@ fn target_restarted_mid_copy_loses_nothing() {
         "--batch",
         "200",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
     let dst = p.dst.conn();
     let mut dst = dst;
@@ -77,7 +76,7 @@ fn source_connections_killed_mid_scan_lose_nothing() {
         "--scan-count",
         "100",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
     let mut dst = p.dst.conn();
     let mut killed = 0;
@@ -112,7 +111,7 @@ fn target_oom_until_it_gets_more_memory_loses_nothing() {
         "--batch",
         "100",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
     let mut dst = p.dst.conn();
     // Let it run into the wall: writes refused with OOM are being retried. (The target's used_memory is
@@ -147,7 +146,7 @@ fn target_oom_for_good_leaves_exactly_the_unwritten_keys_in_the_csv() {
         "--max-errors",
         "0",
         "--errors",
-        &crate::path_str(&csv),
+        &path_str(&csv),
     ]);
     assert_exit(&out, 1);
     let sum = summary(&out);

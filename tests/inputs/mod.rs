@@ -8,7 +8,6 @@
 use std::process::{Command, Stdio};
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 /// A pair whose source holds `fail:0..n` strings and a target that refuses to write any of them: the
 /// ACL user `w` may write only `ok:*` keys, so every copy fails each key with NOPERM.

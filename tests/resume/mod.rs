@@ -7,7 +7,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 fn num(s: &Summary, key: &str) -> u64 {
     s.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {}", s.line))

@@ -12,7 +12,6 @@ use std::net::TcpListener;
 use redis::Value;
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 fn copy(source: &str, target: &str, dir: &Pair, extra: &[&str]) -> std::process::Output {
     let csv = path_str(&dir.csv("errors.csv"));

@@ -6,7 +6,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 /// Waits until `cond` holds (panics after `within`).
 #[track_caller]

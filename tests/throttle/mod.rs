@@ -9,7 +9,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::{buckets, Pair};
 
 #[test]
 fn rate_also_meters_keys_that_end_up_skipped() {
@@ -94,7 +93,7 @@ fn max_latency_lowers_the_rate_while_the_source_is_slow() {
         &p.src.addr(),
         &p.dst.addr(),
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
         "--rate",
         "1000",
         "--batch",

@@ -32,7 +32,6 @@ use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Connection, TlsCertificates};
 
 use crate::support::*;
-use crate::{buckets, set_of};
 
 /// A certificate authority made for one test.
 struct Ca {

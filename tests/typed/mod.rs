@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use redis::{Connection, Value};
 
 use crate::support::*;
-use crate::{buckets, path_str, Pair};
 
 /// Every key of the target whose name starts with the temporary prefix.
 fn temp_keys(con: &mut Connection) -> Vec<String> {

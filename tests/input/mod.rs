@@ -1,9 +1,13 @@
-//! Files and flags: no file a run reads can be one it writes, however it is named (a symlink, `./x`,
-//! a hard link, standard input redirected from it); `--keys-from` reads a redis-ferry CSV in every form
-//! a spreadsheet saves it again (a byte order mark, quoted headers, `;`, CRLF) and refuses, by line, a
-//! file that looks like one but is not; bad input found only by reading a file or a number's range is
-//! still one `error:` line and exit 2 with nothing written; the results on standard output survive a
-//! closed pipe quietly and report a full disk.
+//! The command line and the files a run reads. `--help` prints the usage and every flag on standard
+//! output. Bad input is refused before anything is written, with exit 2 and one line on standard
+//! error naming the culprit: an unknown flag, a value out of range, flags that do not go together, a
+//! malformed URL, a target that cannot be reached or logged in to (the password never shown), a file
+//! that cannot be written, and input found bad only by reading a file or a number's range. No file a
+//! run reads can be one it writes, however it is named (a symlink, `./x`, a hard link, standard input
+//! redirected from it). `--keys-from -` takes plain keys from standard input literally, and
+//! `--keys-from` reads a redis-ferry CSV in every form a spreadsheet saves it again (a byte order
+//! mark, quoted headers, `;`, CRLF) and refuses, by line, a file that looks like one but is not. The
+//! results on standard output survive a closed pipe quietly and report a full disk.
 
 use std::process::{Command, Stdio};
 
@@ -209,4 +213,181 @@ fn results_survive_a_closed_pipe_quietly_and_report_a_full_disk() {
             ["error: cannot write the results to standard output: No space left on device (os error 28)"]
         );
     }
+}
+
+#[test]
+fn help_prints_usage_on_stdout_and_exits_0() {
+    let out = ferry(["--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry"), "{}", dump(&out));
+    assert!(text.contains("copy") && text.contains("verify"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "--help wrote to stderr\n{}", dump(&out));
+
+    let out = ferry(["copy", "--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry copy"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "copy --help wrote to stderr\n{}", dump(&out));
+    let flags = [
+        "--match",
+        "--type",
+        "--scan-count",
+        "--keys-from",
+        "--on-conflict",
+        "--mode",
+        "--batch",
+        "--readers",
+        "--writers",
+        "--rate",
+        "--sleep-after-batch",
+        "--errors",
+        "--errors-append",
+        "--max-errors",
+        "--limit",
+        "--dry-run",
+        "--progress",
+        "--source-db",
+        "--target-db",
+        "--lock",
+        "--report",
+    ];
+    let missing: Vec<&str> = flags.iter().copied().filter(|f| !text.contains(f)).collect();
+    assert!(missing.is_empty(), "copy --help does not mention {missing:?}\n{text}");
+}
+
+#[test]
+fn keys_from_stdin_takes_plain_keys_literally() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "k", 20);
+    // Plain lines are literal: no unescaping of `\x41`, commas and spaces kept.
+    run(&mut s, &[b"SET", b"back\\x41slash", b"literal"]);
+    run(&mut s, &[b"SET", b"sp ace, comma", b"literal"]);
+    run(&mut s, &[b"SET", b"backAslash", b"must not be copied"]);
+    let input = b"k3\nk5\r\nk7\n\nk9\nnot-on-source\nback\\x41slash\nsp ace, comma";
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry_with(
+        ["copy", &p.src.addr(), &p.dst.url(), "--errors", &csv, "--keys-from", "-"],
+        &[],
+        Some(input),
+    );
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    // A listed key that does not exist on the source "vanished before it could be written": expired.
+    assert_eq!(buckets(&sum), (7, 6, 0, 1, 0), "{}", sum.line);
+    let want: Vec<Vec<u8>> = ["k3", "k5", "k7", "k9", "back\\x41slash", "sp ace, comma"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let mut d = p.dst.conn();
+    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&set_of(&want)));
+    assert_same(&mut s, &mut d, &want);
+}
+
+#[test]
+fn bad_input_unknown_flag() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--bogus-flag"]);
+    assert_refused(&p, &out, &["--bogus-flag"], None, &d);
+}
+
+#[test]
+fn bad_input_batch_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--batch", "0"]);
+    assert_refused(&p, &out, &["--batch"], None, &d);
+}
+
+#[test]
+fn bad_input_on_conflict_value() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--on-conflict", "bogus"]);
+    assert_refused(&p, &out, &["--on-conflict"], None, &d);
+}
+
+#[test]
+fn bad_input_type_value() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--type", "bogus"]);
+    assert_refused(&p, &out, &["--type"], None, &d);
+}
+
+#[test]
+fn bad_input_rate_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--rate", "0"]);
+    assert_refused(&p, &out, &["--rate"], None, &d);
+}
+
+#[test]
+fn bad_input_readers_zero() {
+    let (p, d) = filled_pair(&[]);
+    let out = p.copy(&["--readers", "0"]);
+    assert_refused(&p, &out, &["--readers"], None, &d);
+}
+
+#[test]
+fn bad_input_malformed_url() {
+    let (p, d) = filled_pair(&[]);
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), "redis://127.0.0.1:notaport", "--errors", &csv]);
+    assert_refused(&p, &out, &["notaport"], None, &d);
+}
+
+#[test]
+fn bad_input_unreachable_target() {
+    let (p, d) = filled_pair(&[]);
+    // A port that was free a moment ago, with nothing listening.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), &nowhere, "--errors", &csv]);
+    assert_refused(&p, &out, &[&nowhere, "target"], None, &d);
+}
+
+#[test]
+fn bad_input_wrong_password() {
+    let (p, d) = filled_pair(&["--requirepass", "right-pass-1234"]);
+    let wrong = "wrong-pass-5678";
+    let target = format!("redis://:{wrong}@127.0.0.1:{}", p.dst.port());
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &csv]);
+    assert_refused(&p, &out, &[&p.dst.addr(), "target"], Some(wrong), &d);
+}
+
+#[test]
+fn bad_input_unwritable_error_csv() {
+    let (p, d) = filled_pair(&[]);
+    let out = ferry(["copy", &p.src.addr(), &p.dst.url(), "--errors", "/nonexistent-dir/x.csv"]);
+    assert_refused(&p, &out, &["/nonexistent-dir/x.csv", "--errors"], None, &d);
+}
+
+#[test]
+fn bad_input_match_with_keys_from() {
+    let (p, d) = filled_pair(&[]);
+    // A readable file naming keys that exist, so only the combination can be at fault.
+    let list = p.csv("keys.txt");
+    std::fs::write(&list, "bad:1\nbad:2\n").unwrap();
+    let out = p.copy(&["--match", "x", "--keys-from", &path_str(&list)]);
+    assert_refused(&p, &out, &["--match"], None, &d);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keys-from"), "{}", dump(&out));
+}
+
+#[test]
+fn bad_input_unwritable_report_path() {
+    let (p, d) = filled_pair(&[]);
+    let lock = p.csv("run.lock");
+    let out = p.copy(&["--report", "/nonexistent-dir/report.json", "--lock", &path_str(&lock)]);
+    assert_refused(&p, &out, &["--report"], None, &d);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/report.json"), "{}", dump(&out));
+    // The report path is checked before the lock is taken: no lock file either.
+    assert!(!lock.exists(), "the lock file was created for a refused run");
+}
+
+#[test]
+fn bad_input_report_and_errors_name_the_same_file() {
+    let (p, d) = filled_pair(&[]);
+    // Pair::copy passes --errors <dir>/errors.csv.
+    let out = p.copy(&["--report", &path_str(&p.csv("errors.csv"))]);
+    assert_refused(&p, &out, &["--report"], None, &d);
 }

@@ -9,9 +9,242 @@
 //! mark, quoted headers, `;`, CRLF) and refuses, by line, a file that looks like one but is not. The
 //! results on standard output survive a closed pipe quietly and report a full disk.
 
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::support::*;
+
+#[test]
+fn help_prints_usage_on_stdout_and_exits_0() {
+    let out = ferry(["--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry"), "{}", dump(&out));
+    assert!(text.contains("copy") && text.contains("verify"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "--help wrote to stderr\n{}", dump(&out));
+
+    let out = ferry(["copy", "--help"]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Usage: redis-ferry copy"), "{}", dump(&out));
+    assert!(out.stderr.is_empty(), "copy --help wrote to stderr\n{}", dump(&out));
+    let flags = [
+        "--match",
+        "--type",
+        "--scan-count",
+        "--keys-from",
+        "--on-conflict",
+        "--mode",
+        "--batch",
+        "--readers",
+        "--writers",
+        "--rate",
+        "--sleep-after-batch",
+        "--errors",
+        "--errors-append",
+        "--max-errors",
+        "--limit",
+        "--dry-run",
+        "--progress",
+        "--source-db",
+        "--target-db",
+        "--lock",
+        "--report",
+    ];
+    let missing: Vec<&str> = flags.iter().copied().filter(|f| !text.contains(f)).collect();
+    assert!(missing.is_empty(), "copy --help does not mention {missing:?}\n{text}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bad input: exit 2, one line on stderr naming the culprit, nothing written
+// ---------------------------------------------------------------------------------------------------
+
+/// How a [`BadInput`] case runs `copy` against its pair.
+enum Attempt {
+    /// [`Pair::copy`] with these flags.
+    Flags(&'static [&'static str]),
+    /// A run that is more than flags: its own TARGET or `--errors`, a path in the pair's dir, a file
+    /// written first. Returns the output and the needles known only once the run is built (an
+    /// address), which come before the case's `needles`.
+    Built(fn(&Pair) -> (Output, Vec<String>)),
+}
+
+/// One way to give `copy` bad input. Each case runs against its own [`filled_pair`] and is checked by
+/// [`assert_refused`]: exit 2, one stderr line naming one of the needles, no `secret` in the output,
+/// nothing written to the target, the source unchanged.
+struct BadInput {
+    /// The case (the test it was before the table), printed before it runs, so that a failure shows
+    /// which case it was.
+    name: &'static str,
+    /// Extra `redis-server` arguments for the target.
+    target_args: &'static [&'static str],
+    attempt: Attempt,
+    /// The one stderr line names one of these (after any the attempt returns).
+    needles: &'static [&'static str],
+    /// A password that must appear nowhere in the output.
+    secret: Option<&'static str>,
+    /// What the case checks beyond [`assert_refused`], after it.
+    then: Option<fn(&Pair, &Output)>,
+}
+
+/// The defaults of a case: a plain target, no secret, no further check.
+const CASE: BadInput = BadInput {
+    name: "",
+    target_args: &[],
+    attempt: Attempt::Flags(&[]),
+    needles: &[],
+    secret: None,
+    then: None,
+};
+
+impl BadInput {
+    /// A case that is [`Pair::copy`] with `flags`, refused naming one of `needles`.
+    const fn flags(
+        name: &'static str,
+        flags: &'static [&'static str],
+        needles: &'static [&'static str],
+    ) -> Self {
+        BadInput { name, attempt: Attempt::Flags(flags), needles, ..CASE }
+    }
+}
+
+/// The password the `wrong_password` case logs in with (the target wants another one).
+const WRONG_PASSWORD: &str = "wrong-pass-5678";
+
+#[test]
+fn bad_input_is_refused_with_one_line_naming_the_culprit_and_nothing_written() {
+    let cases = [
+        BadInput::flags("unknown_flag", &["--bogus-flag"], &["--bogus-flag"]),
+        BadInput::flags("batch_zero", &["--batch", "0"], &["--batch"]),
+        BadInput::flags("on_conflict_value", &["--on-conflict", "bogus"], &["--on-conflict"]),
+        BadInput::flags("type_value", &["--type", "bogus"], &["--type"]),
+        BadInput::flags("rate_zero", &["--rate", "0"], &["--rate"]),
+        BadInput::flags("readers_zero", &["--readers", "0"], &["--readers"]),
+        BadInput {
+            name: "malformed_url",
+            attempt: Attempt::Built(|p| {
+                let csv = path_str(&p.csv("errors.csv"));
+                (ferry(["copy", &p.src.addr(), "redis://127.0.0.1:notaport", "--errors", &csv]), vec![])
+            }),
+            needles: &["notaport"],
+            ..CASE
+        },
+        BadInput {
+            name: "unreachable_target",
+            attempt: Attempt::Built(|p| {
+                // A port that was free a moment ago, with nothing listening.
+                let nowhere = format!("127.0.0.1:{}", free_port());
+                let csv = path_str(&p.csv("errors.csv"));
+                (ferry(["copy", &p.src.addr(), &nowhere, "--errors", &csv]), vec![nowhere])
+            }),
+            needles: &["target"],
+            ..CASE
+        },
+        BadInput {
+            name: "wrong_password",
+            target_args: &["--requirepass", "right-pass-1234"],
+            attempt: Attempt::Built(|p| {
+                let target = format!("redis://:{WRONG_PASSWORD}@127.0.0.1:{}", p.dst.port());
+                let csv = path_str(&p.csv("errors.csv"));
+                (ferry(["copy", &p.src.addr(), &target, "--errors", &csv]), vec![p.dst.addr()])
+            }),
+            needles: &["target"],
+            secret: Some(WRONG_PASSWORD),
+            ..CASE
+        },
+        BadInput {
+            name: "unwritable_error_csv",
+            attempt: Attempt::Built(|p| {
+                (ferry(["copy", &p.src.addr(), &p.dst.url(), "--errors", "/nonexistent-dir/x.csv"]), vec![])
+            }),
+            needles: &["/nonexistent-dir/x.csv", "--errors"],
+            ..CASE
+        },
+        BadInput {
+            name: "match_with_keys_from",
+            attempt: Attempt::Built(|p| {
+                // A readable file naming keys that exist, so only the combination can be at fault.
+                let list = p.csv("keys.txt");
+                std::fs::write(&list, "bad:1\nbad:2\n").unwrap();
+                (p.copy(&["--match", "x", "--keys-from", &path_str(&list)]), vec![])
+            }),
+            needles: &["--match"],
+            then: Some(|_, out| {
+                assert!(String::from_utf8_lossy(&out.stderr).contains("--keys-from"), "{}", dump(out));
+            }),
+            ..CASE
+        },
+        BadInput {
+            name: "unwritable_report_path",
+            attempt: Attempt::Built(|p| {
+                let lock = p.csv("run.lock");
+                (p.copy(&["--report", "/nonexistent-dir/report.json", "--lock", &path_str(&lock)]), vec![])
+            }),
+            needles: &["--report"],
+            then: Some(|p, out| {
+                let lock = p.csv("run.lock");
+                assert!(
+                    String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/report.json"),
+                    "{}",
+                    dump(out)
+                );
+                // The report path is checked before the lock is taken: no lock file either.
+                assert!(!lock.exists(), "the lock file was created for a refused run");
+            }),
+            ..CASE
+        },
+        BadInput {
+            name: "report_and_errors_name_the_same_file",
+            // Pair::copy passes --errors <dir>/errors.csv.
+            attempt: Attempt::Built(|p| (p.copy(&["--report", &path_str(&p.csv("errors.csv"))]), vec![])),
+            needles: &["--report"],
+            ..CASE
+        },
+    ];
+    for case in &cases {
+        eprintln!("case: {}", case.name);
+        let (p, d) = filled_pair(case.target_args);
+        let (out, mut needles) = match case.attempt {
+            Attempt::Flags(flags) => (p.copy(flags), Vec::new()),
+            Attempt::Built(attempt) => attempt(&p),
+        };
+        needles.extend(case.needles.iter().map(|n| n.to_string()));
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        assert_refused(&p, &out, &needles, case.secret, &d);
+        if let Some(then) = case.then {
+            then(&p, &out);
+        }
+    }
+}
+
+#[test]
+fn bad_input_found_by_reading_is_one_line_and_exit_2() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "k:", 20);
+    let dir = path_str(p.dir.path());
+    let list = p.csv("keys.txt");
+    std::fs::write(&list, "k:1\n").unwrap();
+    let list = path_str(&list);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--keys-from", &dir], "is a directory"),
+        (&["--scan-count", "18446744073709551615"], "--scan-count"),
+        (&["--sleep-after-batch", "18446744073709551615"], "--sleep-after-batch"),
+        (&["--rate", "1", "--batch", "500"], "--batch 500 with --rate 1"),
+        (&["--rate", "2", "--burst", "1000"], "--burst 1000 with --rate 2"),
+    ];
+    for (extra, needle) in cases {
+        let out = p.copy(extra);
+        assert_refused_naming(&out, &[needle]);
+    }
+    for source in ["127.0.0.1:6379:99", "redis://127.0.0.1:1:2"] {
+        let out = ferry(["copy", source, &p.dst.addr(), "--keys-from", &list]);
+        assert_refused_naming(&out, &["more than one `:`"]);
+    }
+    assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    // A --rate without --batch batches one second of it: the copy moves keys from the start.
+    let out = p.copy(&["--rate", "10", "--progress", "0"]);
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, 20);
+}
 
 /// A pair whose source holds `fail:0..n` strings and a target that refuses to write any of them: the
 /// ACL user `w` may write only `ok:*` keys, so every copy fails each key with NOPERM.
@@ -87,6 +320,35 @@ fn a_file_read_and_a_file_written_are_never_one_file_under_any_name() {
     assert_refused_naming(&out, &["are the same file"]);
 }
 
+#[test]
+fn keys_from_stdin_takes_plain_keys_literally() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "k", 20);
+    // Plain lines are literal: no unescaping of `\x41`, commas and spaces kept.
+    run(&mut s, &[b"SET", b"back\\x41slash", b"literal"]);
+    run(&mut s, &[b"SET", b"sp ace, comma", b"literal"]);
+    run(&mut s, &[b"SET", b"backAslash", b"must not be copied"]);
+    let input = b"k3\nk5\r\nk7\n\nk9\nnot-on-source\nback\\x41slash\nsp ace, comma";
+    let csv = path_str(&p.csv("errors.csv"));
+    let out = ferry_with(
+        ["copy", &p.src.addr(), &p.dst.url(), "--errors", &csv, "--keys-from", "-"],
+        &[],
+        Some(input),
+    );
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    // A listed key that does not exist on the source "vanished before it could be written": expired.
+    assert_eq!(buckets(&sum), (7, 6, 0, 1, 0), "{}", sum.line);
+    let want: Vec<Vec<u8>> = ["k3", "k5", "k7", "k9", "back\\x41slash", "sp ace, comma"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let mut d = p.dst.conn();
+    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&set_of(&want)));
+    assert_same(&mut s, &mut d, &want);
+}
+
 /// Rewrites a redis-ferry error CSV the way a spreadsheet saves it: a byte order mark, every field
 /// quoted, `sep` between fields, CRLF line ends, a blank row at the end.
 fn as_spreadsheet(rows: &[ErrorRow], sep: &str) -> Vec<u8> {
@@ -152,36 +414,6 @@ fn keys_from_reads_the_csv_as_a_spreadsheet_saves_it_and_refuses_a_broken_one_by
     }
 }
 
-#[test]
-fn bad_input_found_by_reading_is_one_line_and_exit_2() {
-    let p = Pair::new();
-    fill_strings(&mut p.src.conn(), "k:", 20);
-    let dir = path_str(p.dir.path());
-    let list = p.csv("keys.txt");
-    std::fs::write(&list, "k:1\n").unwrap();
-    let list = path_str(&list);
-    let cases: &[(&[&str], &str)] = &[
-        (&["--keys-from", &dir], "is a directory"),
-        (&["--scan-count", "18446744073709551615"], "--scan-count"),
-        (&["--sleep-after-batch", "18446744073709551615"], "--sleep-after-batch"),
-        (&["--rate", "1", "--batch", "500"], "--batch 500 with --rate 1"),
-        (&["--rate", "2", "--burst", "1000"], "--burst 1000 with --rate 2"),
-    ];
-    for (extra, needle) in cases {
-        let out = p.copy(extra);
-        assert_refused_naming(&out, &[needle]);
-    }
-    for source in ["127.0.0.1:6379:99", "redis://127.0.0.1:1:2"] {
-        let out = ferry(["copy", source, &p.dst.addr(), "--keys-from", &list]);
-        assert_refused_naming(&out, &["more than one `:`"]);
-    }
-    assert_eq!(dbsize(&mut p.dst.conn()), 0);
-    // A --rate without --batch batches one second of it: the copy moves keys from the start.
-    let out = p.copy(&["--rate", "10", "--progress", "0"]);
-    assert_exit(&out, 0);
-    assert_eq!(summary(&out).copied, 20);
-}
-
 /// Runs `redis-ferry ARGS` with standard output on `stdout`; returns the exit code and standard error.
 fn run_with_stdout(args: &[&str], stdout: Stdio) -> (Option<i32>, String) {
     let out = Command::new(BIN).args(args).stdout(stdout).stderr(Stdio::piped()).output().unwrap();
@@ -213,181 +445,4 @@ fn results_survive_a_closed_pipe_quietly_and_report_a_full_disk() {
             ["error: cannot write the results to standard output: No space left on device (os error 28)"]
         );
     }
-}
-
-#[test]
-fn help_prints_usage_on_stdout_and_exits_0() {
-    let out = ferry(["--help"]);
-    assert_exit(&out, 0);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("Usage: redis-ferry"), "{}", dump(&out));
-    assert!(text.contains("copy") && text.contains("verify"), "{}", dump(&out));
-    assert!(out.stderr.is_empty(), "--help wrote to stderr\n{}", dump(&out));
-
-    let out = ferry(["copy", "--help"]);
-    assert_exit(&out, 0);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("Usage: redis-ferry copy"), "{}", dump(&out));
-    assert!(out.stderr.is_empty(), "copy --help wrote to stderr\n{}", dump(&out));
-    let flags = [
-        "--match",
-        "--type",
-        "--scan-count",
-        "--keys-from",
-        "--on-conflict",
-        "--mode",
-        "--batch",
-        "--readers",
-        "--writers",
-        "--rate",
-        "--sleep-after-batch",
-        "--errors",
-        "--errors-append",
-        "--max-errors",
-        "--limit",
-        "--dry-run",
-        "--progress",
-        "--source-db",
-        "--target-db",
-        "--lock",
-        "--report",
-    ];
-    let missing: Vec<&str> = flags.iter().copied().filter(|f| !text.contains(f)).collect();
-    assert!(missing.is_empty(), "copy --help does not mention {missing:?}\n{text}");
-}
-
-#[test]
-fn keys_from_stdin_takes_plain_keys_literally() {
-    let p = Pair::new();
-    let mut s = p.src.conn();
-    fill_strings(&mut s, "k", 20);
-    // Plain lines are literal: no unescaping of `\x41`, commas and spaces kept.
-    run(&mut s, &[b"SET", b"back\\x41slash", b"literal"]);
-    run(&mut s, &[b"SET", b"sp ace, comma", b"literal"]);
-    run(&mut s, &[b"SET", b"backAslash", b"must not be copied"]);
-    let input = b"k3\nk5\r\nk7\n\nk9\nnot-on-source\nback\\x41slash\nsp ace, comma";
-    let csv = path_str(&p.csv("errors.csv"));
-    let out = ferry_with(
-        ["copy", &p.src.addr(), &p.dst.url(), "--errors", &csv, "--keys-from", "-"],
-        &[],
-        Some(input),
-    );
-    assert_exit(&out, 0);
-    let sum = summary(&out);
-    // A listed key that does not exist on the source "vanished before it could be written": expired.
-    assert_eq!(buckets(&sum), (7, 6, 0, 1, 0), "{}", sum.line);
-    let want: Vec<Vec<u8>> = ["k3", "k5", "k7", "k9", "back\\x41slash", "sp ace, comma"]
-        .iter()
-        .map(|k| k.as_bytes().to_vec())
-        .collect();
-    let mut d = p.dst.conn();
-    assert_eq!(show_keys(&all_keys(&mut d)), show_keys(&set_of(&want)));
-    assert_same(&mut s, &mut d, &want);
-}
-
-#[test]
-fn bad_input_unknown_flag() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--bogus-flag"]);
-    assert_refused(&p, &out, &["--bogus-flag"], None, &d);
-}
-
-#[test]
-fn bad_input_batch_zero() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--batch", "0"]);
-    assert_refused(&p, &out, &["--batch"], None, &d);
-}
-
-#[test]
-fn bad_input_on_conflict_value() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--on-conflict", "bogus"]);
-    assert_refused(&p, &out, &["--on-conflict"], None, &d);
-}
-
-#[test]
-fn bad_input_type_value() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--type", "bogus"]);
-    assert_refused(&p, &out, &["--type"], None, &d);
-}
-
-#[test]
-fn bad_input_rate_zero() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--rate", "0"]);
-    assert_refused(&p, &out, &["--rate"], None, &d);
-}
-
-#[test]
-fn bad_input_readers_zero() {
-    let (p, d) = filled_pair(&[]);
-    let out = p.copy(&["--readers", "0"]);
-    assert_refused(&p, &out, &["--readers"], None, &d);
-}
-
-#[test]
-fn bad_input_malformed_url() {
-    let (p, d) = filled_pair(&[]);
-    let csv = path_str(&p.csv("errors.csv"));
-    let out = ferry(["copy", &p.src.addr(), "redis://127.0.0.1:notaport", "--errors", &csv]);
-    assert_refused(&p, &out, &["notaport"], None, &d);
-}
-
-#[test]
-fn bad_input_unreachable_target() {
-    let (p, d) = filled_pair(&[]);
-    // A port that was free a moment ago, with nothing listening.
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let csv = path_str(&p.csv("errors.csv"));
-    let out = ferry(["copy", &p.src.addr(), &nowhere, "--errors", &csv]);
-    assert_refused(&p, &out, &[&nowhere, "target"], None, &d);
-}
-
-#[test]
-fn bad_input_wrong_password() {
-    let (p, d) = filled_pair(&["--requirepass", "right-pass-1234"]);
-    let wrong = "wrong-pass-5678";
-    let target = format!("redis://:{wrong}@127.0.0.1:{}", p.dst.port());
-    let csv = path_str(&p.csv("errors.csv"));
-    let out = ferry(["copy", &p.src.addr(), &target, "--errors", &csv]);
-    assert_refused(&p, &out, &[&p.dst.addr(), "target"], Some(wrong), &d);
-}
-
-#[test]
-fn bad_input_unwritable_error_csv() {
-    let (p, d) = filled_pair(&[]);
-    let out = ferry(["copy", &p.src.addr(), &p.dst.url(), "--errors", "/nonexistent-dir/x.csv"]);
-    assert_refused(&p, &out, &["/nonexistent-dir/x.csv", "--errors"], None, &d);
-}
-
-#[test]
-fn bad_input_match_with_keys_from() {
-    let (p, d) = filled_pair(&[]);
-    // A readable file naming keys that exist, so only the combination can be at fault.
-    let list = p.csv("keys.txt");
-    std::fs::write(&list, "bad:1\nbad:2\n").unwrap();
-    let out = p.copy(&["--match", "x", "--keys-from", &path_str(&list)]);
-    assert_refused(&p, &out, &["--match"], None, &d);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--keys-from"), "{}", dump(&out));
-}
-
-#[test]
-fn bad_input_unwritable_report_path() {
-    let (p, d) = filled_pair(&[]);
-    let lock = p.csv("run.lock");
-    let out = p.copy(&["--report", "/nonexistent-dir/report.json", "--lock", &path_str(&lock)]);
-    assert_refused(&p, &out, &["--report"], None, &d);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/report.json"), "{}", dump(&out));
-    // The report path is checked before the lock is taken: no lock file either.
-    assert!(!lock.exists(), "the lock file was created for a refused run");
-}
-
-#[test]
-fn bad_input_report_and_errors_name_the_same_file() {
-    let (p, d) = filled_pair(&[]);
-    // Pair::copy passes --errors <dir>/errors.csv.
-    let out = p.copy(&["--report", &path_str(&p.csv("errors.csv"))]);
-    assert_refused(&p, &out, &["--report"], None, &d);
 }

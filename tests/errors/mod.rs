@@ -11,13 +11,11 @@ use crate::support::*;
 
 #[test]
 fn failed_keys_land_in_the_csv_and_retry_through_keys_from() {
-    const PASSWORD: &str = "ferry-acl-pass-7731";
+    const PASSWORD: &str = OK_ONLY_PASSWORD;
     let p = Pair::new();
     let (mut s, mut d) = (p.src.conn(), p.dst.conn());
     // The user may touch ok:* only; every secret:* key fails with NOPERM (at EXISTS or at RESTORE).
-    let pw = format!(">{PASSWORD}");
-    run(&mut d, &[b"ACL", b"SETUSER", b"ferry", b"on", pw.as_bytes(), b"~ok:*", b"+@all"]);
-    let target = format!("redis://ferry:{PASSWORD}@127.0.0.1:{}", p.dst.port());
+    let target = ok_only_target(&p);
 
     let ok = fill_strings(&mut s, "ok:", 20);
     let mut secret: Vec<Vec<u8>> = Vec::new();

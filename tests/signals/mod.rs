@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Waits until `cond` holds (panics after `within`).
-#[track_caller]
-fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_stop_does_not_wait_out_the_pause_after_each_queued_batch() {
     let p = Pair::new();

@@ -111,7 +111,7 @@ fn stream_value(con: &mut impl ConnectionLike, key: &[u8]) -> Value {
     let groups: Vec<Value> = q(con, &[b"XINFO", b"GROUPS", key]);
     let mut per_group: Vec<(Vec<u8>, Value)> = Vec::new();
     for g in groups {
-        let fields = flat_map(&g);
+        let fields = field_map(&g);
         let get = |name: &str| {
             fields.get(name).cloned().unwrap_or_else(|| panic!("XINFO GROUPS without {name}: {g:?}"))
         };
@@ -135,8 +135,8 @@ fn stream_value(con: &mut impl ConnectionLike, key: &[u8]) -> Value {
     Value::Array(vec![entries, Value::Array(per_group.into_iter().map(|(_, v)| v).collect())])
 }
 
-/// A RESP2 flat `[k, v, k, v]` array or a RESP3 map as a name -> value map.
-fn flat_map(v: &Value) -> BTreeMap<String, Value> {
+/// A RESP2 flat `[k, v, k, v]` array or a RESP3 map (XINFO fields) as a name -> value map.
+pub fn field_map(v: &Value) -> BTreeMap<String, Value> {
     let key = |k: &Value| match k {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),

@@ -221,6 +221,11 @@ pub fn dump(out: &Output) -> String {
     )
 }
 
+/// A run's standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Asserts the run's exit code (a signal death counts as a mismatch).
 #[track_caller]
 pub fn assert_exit(out: &Output, code: i32) {
@@ -241,6 +246,16 @@ pub fn assert_refused_naming(out: &Output, needles: &[&str]) {
         dump(out)
     );
     assert!(out.stdout.is_empty(), "a refused run printed a summary\n{}", dump(out));
+}
+
+/// Waits until `cond` holds, polling every 10 ms (panics after `within`).
+#[track_caller]
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits until the target holds at least one key (the copy is under way, so the Ctrl-C handler is

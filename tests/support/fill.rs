@@ -4,7 +4,7 @@
 
 use redis::{Connection, ConnectionLike, Value};
 
-use super::{exec_pipe, q};
+use super::{exec_pipe, q, run};
 
 /// Writes `n` string keys `{prefix}{i}` = `value-{i}` through pipelines; returns the keys.
 pub fn fill_strings(con: &mut Connection, prefix: &str, n: usize) -> Vec<Vec<u8>> {
@@ -66,10 +66,6 @@ pub fn awkward_keys() -> Vec<Vec<u8>> {
 /// With `big`, adds a 10 MiB string. Returns every key written.
 pub fn fill_every_type(con: &mut impl ConnectionLike, big: bool) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
-    fn run(con: &mut impl ConnectionLike, args: &[&[u8]]) {
-        let _: Value = q(con, args);
-    }
-
     // Strings: plain, empty, integer-encoded, all 256 byte values, with TTLs.
     let all_bytes: Vec<u8> = (0..=255u8).collect();
     run(con, &[b"SET", b"str:plain", b"hello world"]);

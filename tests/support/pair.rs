@@ -33,6 +33,12 @@ impl Pair {
         self.dir.path().join(name)
     }
 
+    /// `redis-ferry copy SOURCE TARGET --errors <dir>/errors.csv --progress 0 EXTRA...` with other
+    /// endpoints than the pair's own (another user's URL, another server).
+    pub fn copy_between(&self, source: &str, target: &str, extra: &[&str]) -> Output {
+        ferry(copy_args(source, target, &self.csv("errors.csv"), extra))
+    }
+
     /// `redis-ferry copy SRC(host:port) DST(url) --errors <dir>/errors.csv EXTRA...`
     pub fn copy(&self, extra: &[&str]) -> Output {
         let mut args = vec![
@@ -45,6 +51,21 @@ impl Pair {
         args.extend(extra.iter().map(|s| s.to_string()));
         ferry(args)
     }
+}
+
+/// The arguments of `redis-ferry copy SOURCE TARGET --errors ERRORS --progress 0 EXTRA...`.
+pub fn copy_args(source: &str, target: &str, errors: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "copy".to_string(),
+        source.to_string(),
+        target.to_string(),
+        "--errors".to_string(),
+        path_str(errors),
+        "--progress".to_string(),
+        "0".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// A path as a command-line argument.
@@ -75,11 +96,13 @@ pub fn assert_refused(p: &Pair, out: &Output, needles: &[&str], secret: Option<&
     assert_eq!(digest(&mut p.src.conn()), src_digest, "source changed");
 }
 
+/// The password of the ACL user `ferry` that [`ok_only_target`] creates.
+pub const OK_ONLY_PASSWORD: &str = "ferry-acl-pass-7731";
+
 /// The ACL user on the target that may only touch `ok:*` keys: every other key fails with NOPERM
 /// (at EXISTS, or at RESTORE with `--on-conflict replace`). Returns the TARGET URL logging in as it.
 pub fn ok_only_target(p: &Pair) -> String {
-    const PASSWORD: &str = "ferry-acl-pass-7731";
-    let pw = format!(">{PASSWORD}");
+    let pw = format!(">{OK_ONLY_PASSWORD}");
     run(&mut p.dst.conn(), &[b"ACL", b"SETUSER", b"ferry", b"on", pw.as_bytes(), b"~ok:*", b"+@all"]);
-    format!("redis://ferry:{PASSWORD}@127.0.0.1:{}", p.dst.port())
+    format!("redis://ferry:{OK_ONLY_PASSWORD}@127.0.0.1:{}", p.dst.port())
 }

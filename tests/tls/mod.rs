@@ -136,10 +136,6 @@ impl TlsServer {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The one `error:` line of a refused run; asserts there is exactly one and that it reads as words, not
 /// as a Rust Debug dump.
 #[track_caller]

@@ -39,8 +39,7 @@ fn target_restarted_mid_copy_loses_nothing() {
         "--errors",
         &path_str(&p.csv("errors.csv")),
     ]);
-    let dst = p.dst.conn();
-    let mut dst = dst;
+    let mut dst = p.dst.conn();
     wait_until(Duration::from_secs(30), "the first keys on the target", || dbsize(&mut dst) > 2000);
     p.dst.restart(Duration::from_millis(800));
     let out = ferry.wait();

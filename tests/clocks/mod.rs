@@ -7,7 +7,6 @@
 use redis::Value;
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 /// `redis-ferry ARGS` under `faketime OFFSET` (this process's clock moved, the servers' not).
 fn ferry_faked(offset: &str, args: &[&str]) -> std::process::Output {

@@ -24,7 +24,6 @@ use redis::cluster::ClusterConnection;
 use redis::{Cmd, Connection, ConnectionLike, RedisResult, Value};
 
 use crate::support::*;
-use crate::{buckets, path_str, set_of};
 
 // ---------------------------------------------------------------------------------------------------
 // One side of a copy: a standalone server or a cluster
@@ -146,21 +145,7 @@ impl Side<'_> {
 
 /// `redis-ferry copy SOURCE TARGET --errors <dir>/errors.csv --progress 0 EXTRA...`
 fn copy(source: &str, target: &str, dir: &tempfile::TempDir, extra: &[&str]) -> Output {
-    ferry(copy_args(source, target, dir, extra))
-}
-
-fn copy_args(source: &str, target: &str, dir: &tempfile::TempDir, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "copy".to_string(),
-        source.to_string(),
-        target.to_string(),
-        "--errors".to_string(),
-        path_str(&errors_csv(dir)),
-        "--progress".to_string(),
-        "0".to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    ferry(copy_args(source, target, &errors_csv(dir), extra))
 }
 
 fn errors_csv(dir: &tempfile::TempDir) -> PathBuf {
@@ -202,10 +187,6 @@ fn assert_verified(source: &str, target: &str) -> VerifySummary {
     let v = verify_summary(&out);
     assert_eq!((v.missing, v.different, v.ttl, v.extra, v.errors), (0, 0, 0, 0, 0), "{}", v.line);
     v
-}
-
-fn run(con: &mut impl ConnectionLike, args: &[&[u8]]) {
-    let _: Value = q(con, args);
 }
 
 /// Keys with hash tags: several in one slot (`{user:1000}`, every type, one with a TTL), the empty
@@ -543,9 +524,6 @@ fn wait_until_written(
     run
 }
 
-/// Starts [`RESHARD_MOVES`] on `c` in the background and waits until the first slot has moved (node
-/// `to` of the first move owns more slots); asserts that the copy is still running then, so the
-/// reshard really happens during the copy.
 /// Asserts that the cluster `dst` holds exactly `keys`, and no other key.
 #[track_caller]
 fn assert_cluster_holds_exactly(dst: &RedisCluster, keys: &[Vec<u8>]) {
@@ -565,6 +543,9 @@ fn copy_while_resharding(args: Vec<String>, target_size: impl FnMut() -> i64, c:
     run.wait()
 }
 
+/// Starts [`RESHARD_MOVES`] on `c` in the background and waits until the first slot has moved (node
+/// `to` of the first move owns more slots); asserts that the copy is still running then, so the
+/// reshard really happens during the copy.
 fn reshard_during(run: &mut FerryProcess, c: &RedisCluster) -> Resharding {
     let to = RESHARD_MOVES[0].1;
     let owned = c.slots_of(to);
@@ -598,7 +579,7 @@ fn cluster_reshard_of_the_target_during_a_copy_loses_nothing() {
     let slots_before: Vec<usize> = (0..3).map(|i| dst.slots_of(i)).collect();
     let dir = tempfile::tempdir().unwrap();
 
-    let args = copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]);
+    let args = copy_args(&src.addr(), &dst.url(), &errors_csv(&dir), &["--rate", RESHARD_RATE]);
     let out = copy_while_resharding(args, || dst.cluster_dbsize(), &dst);
     assert_copy_exit(&out, &dir, 0);
     let sum = summary(&out);
@@ -624,7 +605,7 @@ fn cluster_reshard_of_the_source_during_a_copy_loses_nothing() {
     let mut d = dst.conn();
     let dir = tempfile::tempdir().unwrap();
 
-    let args = copy_args(&src.addr(), &dst.url(), &dir, &["--rate", RESHARD_RATE]);
+    let args = copy_args(&src.addr(), &dst.url(), &errors_csv(&dir), &["--rate", RESHARD_RATE]);
     let out = copy_while_resharding(args, || dbsize(&mut d), &src);
     assert_copy_exit(&out, &dir, 0);
     let sum = summary(&out);
@@ -694,7 +675,7 @@ fn cluster_failover_of_a_target_primary_during_a_copy_loses_nothing() {
     let target = dst.addr_of(entry);
     let dir = tempfile::tempdir().unwrap();
 
-    let run = spawn_ferry(copy_args(&src.addr(), &target, &dir, &["--rate", FAILOVER_RATE]));
+    let run = spawn_ferry(copy_args(&src.addr(), &target, &errors_csv(&dir), &["--rate", FAILOVER_RATE]));
     let mut run = wait_until_written(run, FAILOVER_KILL_AT, || dst.cluster_dbsize());
     fail_over_during(&mut run, &mut dst, victim, heir);
     let out = run.wait();
@@ -726,7 +707,7 @@ fn cluster_failover_of_a_source_primary_during_a_copy_loses_nothing() {
     let mut d = dst.conn();
     let dir = tempfile::tempdir().unwrap();
 
-    let run = spawn_ferry(copy_args(&source, &dst.url(), &dir, &["--rate", FAILOVER_RATE]));
+    let run = spawn_ferry(copy_args(&source, &dst.url(), &errors_csv(&dir), &["--rate", FAILOVER_RATE]));
     let mut run = wait_until_written(run, FAILOVER_KILL_AT, || dbsize(&mut d));
     fail_over_during(&mut run, &mut src, victim, heir);
     let out = run.wait();
@@ -852,8 +833,12 @@ impl Interrupted {
         assert_spread(&src);
         let dir = tempfile::tempdir().unwrap();
         let cp = path_str(&dir.path().join("checkpoint.json"));
-        let args =
-            copy_args(&src.addr(), &dst.addr(), &dir, &["--checkpoint", &cp, "--rate", CHECKPOINT_RATE]);
+        let args = copy_args(
+            &src.addr(),
+            &dst.addr(),
+            &errors_csv(&dir),
+            &["--checkpoint", &cp, "--rate", CHECKPOINT_RATE],
+        );
         let mut d = dst.conn();
         let mut first = wait_until_written(spawn_ferry(args.clone()), CHECKPOINT_STOP_AT, || dbsize(&mut d));
         first.signal("INT");

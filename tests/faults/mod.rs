@@ -5,19 +5,9 @@
 //! slowed with `--rate` so that the fault lands in the middle, and no test depends on speed.
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
-use crate::Pair;
-
-/// Waits (bounded) until `cond` holds.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// `n` keys `oom:I` of 1000 bytes each on the source: enough to overrun a target with 3 MB.
 fn fill_kilobytes(p: &Pair, n: u64) {
@@ -47,11 +37,10 @@ fn target_restarted_mid_copy_loses_nothing() {
         "--batch",
         "200",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
-    let dst = p.dst.conn();
-    let mut dst = dst;
-    wait_for("the first keys on the target", || dbsize(&mut dst) > 2000);
+    let mut dst = p.dst.conn();
+    wait_until(Duration::from_secs(30), "the first keys on the target", || dbsize(&mut dst) > 2000);
     p.dst.restart(Duration::from_millis(800));
     let out = ferry.wait();
     assert_exit(&out, 0);
@@ -77,12 +66,12 @@ fn source_connections_killed_mid_scan_lose_nothing() {
         "--scan-count",
         "100",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
     let mut dst = p.dst.conn();
     let mut killed = 0;
     for threshold in [1500, 4000, 7000] {
-        wait_for("progress on the target", || dbsize(&mut dst) > threshold);
+        wait_until(Duration::from_secs(30), "progress on the target", || dbsize(&mut dst) > threshold);
         let n: i64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
@@ -112,13 +101,13 @@ fn target_oom_until_it_gets_more_memory_loses_nothing() {
         "--batch",
         "100",
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
     ]);
     let mut dst = p.dst.conn();
     // Let it run into the wall: writes refused with OOM are being retried. (The target's used_memory is
     // no sign of that: it is over the limit while a pipeline sits in the query buffer, and can fall back
     // under it between retries.)
-    wait_for("the target to refuse writes with OOM", || {
+    wait_until(Duration::from_secs(30), "the target to refuse writes with OOM", || {
         let info: String = redis::cmd("INFO").arg("errorstats").query(&mut dst).unwrap();
         info.lines().any(|l| l.starts_with("errorstat_OOM:count="))
     });
@@ -147,7 +136,7 @@ fn target_oom_for_good_leaves_exactly_the_unwritten_keys_in_the_csv() {
         "--max-errors",
         "0",
         "--errors",
-        &crate::path_str(&csv),
+        &path_str(&csv),
     ]);
     assert_exit(&out, 1);
     let sum = summary(&out);

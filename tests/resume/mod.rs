@@ -3,22 +3,12 @@
 //! source (`verify`), having scanned only what was left (give or take one SCAN page). A checkpoint made
 //! for another copy is refused with exit 2.
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
-use crate::{path_str, Pair};
 
 fn num(s: &Summary, key: &str) -> u64 {
     s.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {}", s.line))
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn fill_big(p: &Pair, n: usize) {
@@ -55,7 +45,7 @@ fn interrupted_copy_resumes_where_it_stopped() {
     let cp = path_str(&p.csv("checkpoint.json"));
     let mut first = copy_with_checkpoint(&p, &cp, &["--rate", "40000", "--batch", "500"]);
     let mut dst = p.dst.conn();
-    wait_for("a good part of the copy", || dbsize(&mut dst) > 40_000);
+    wait_until(Duration::from_secs(60), "a good part of the copy", || dbsize(&mut dst) > 40_000);
     first.signal("INT");
     let out = first.wait();
     assert_exit(&out, 130);
@@ -86,7 +76,7 @@ fn killed_copy_resumes_from_its_last_periodic_checkpoint() {
     let mut first = copy_with_checkpoint(&p, &cp, &["--rate", "30000", "--batch", "500"]);
     let mut dst = p.dst.conn();
     // At least one periodic save (every 2 s) has happened once the target holds this much.
-    wait_for("a good part of the copy", || dbsize(&mut dst) > 90_000);
+    wait_until(Duration::from_secs(60), "a good part of the copy", || dbsize(&mut dst) > 90_000);
     first.signal("KILL");
     let _ = first.wait();
     let saved = std::fs::read_to_string(&cp).expect("a periodic checkpoint was written");

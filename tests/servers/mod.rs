@@ -12,14 +12,6 @@ use std::net::TcpListener;
 use redis::Value;
 
 use crate::support::*;
-use crate::{path_str, Pair};
-
-fn copy(source: &str, target: &str, dir: &Pair, extra: &[&str]) -> std::process::Output {
-    let csv = path_str(&dir.csv("errors.csv"));
-    let mut args = vec!["copy", source, target, "--errors", &csv, "--progress", "0"];
-    args.extend_from_slice(extra);
-    ferry(args)
-}
 
 #[test]
 fn the_same_server_under_another_name_is_refused_and_the_source_is_never_written() {
@@ -32,7 +24,7 @@ fn the_same_server_under_another_name_is_refused_and_the_source_is_never_written
     for target in
         [format!("localhost:{port}"), format!("127.1:{port}"), format!("redis://127.0.0.1:{port}/0")]
     {
-        let out = copy(&p.src.addr(), &target, &p, &["--on-conflict", "replace"]);
+        let out = p.copy_between(&p.src.addr(), &target, &["--on-conflict", "replace"]);
         assert_refused_naming(&out, &["are the same server"]);
         let out = ferry(["verify", &p.src.addr(), &target]);
         assert_refused_naming(&out, &["are the same server"]);
@@ -40,7 +32,7 @@ fn the_same_server_under_another_name_is_refused_and_the_source_is_never_written
     assert_eq!(digest(&mut src), before, "the source was written");
     assert_eq!(command_calls(&mut src, "restore") + command_calls(&mut src, "set"), writes);
     // Another db of the same server is another database.
-    let out = copy(&p.src.addr(), &format!("redis://localhost:{port}/1"), &p, &[]);
+    let out = p.copy_between(&p.src.addr(), &format!("redis://localhost:{port}/1"), &[]);
     assert_exit(&out, 0);
     assert_eq!(summary(&out).copied, 200);
 }
@@ -60,11 +52,11 @@ fn a_user_name_is_always_used_and_a_missing_password_is_explained() {
     acl(&mut dst, &["limited", "on", ">secret", "~allowed:*", "+@all"]);
     acl(&mut dst, &["open", "on", "nopass", "~allowed:*", "+@all"]);
     let port = p.dst.port();
-    let out = copy(&p.src.addr(), &format!("redis://limited@127.0.0.1:{port}"), &p, &[]);
+    let out = p.copy_between(&p.src.addr(), &format!("redis://limited@127.0.0.1:{port}"), &[]);
     assert_refused_naming(&out, &["authentication failed"]);
     assert_eq!(dbsize(&mut dst), 0);
     // The nopass user logs in as itself: its ACL holds, every key is refused with NOPERM.
-    let out = copy(&p.src.addr(), &format!("redis://open@127.0.0.1:{port}"), &p, &[]);
+    let out = p.copy_between(&p.src.addr(), &format!("redis://open@127.0.0.1:{port}"), &[]);
     assert_exit(&out, 1);
     assert_eq!(summary(&out).failed, 20);
     assert_eq!(dbsize(&mut dst), 0);
@@ -74,7 +66,7 @@ fn a_user_name_is_always_used_and_a_missing_password_is_explained() {
     // A server that wants a password, given none: which side, and how to give it.
     let locked = RedisServer::with_args(&["--requirepass", "pw"]);
     for target in [locked.addr(), format!("redis://127.0.0.1:{}/2", locked.port())] {
-        let out = copy(&p.src.addr(), &target, &p, &[]);
+        let out = p.copy_between(&p.src.addr(), &target, &[]);
         assert_refused_naming(&out, &["REDIS_FERRY_TARGET_PASSWORD"]);
         assert!(String::from_utf8_lossy(&out.stderr).contains("requires a password"), "{}", dump(&out));
     }
@@ -86,7 +78,7 @@ fn a_read_only_replica_is_refused_as_target_even_for_a_dry_run() {
     fill_strings(&mut p.src.conn(), "k:", 50);
     let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &p.dst.port().to_string()]);
     for extra in [&[][..], &["--dry-run"][..]] {
-        let out = copy(&p.src.addr(), &replica.addr(), &p, extra);
+        let out = p.copy_between(&p.src.addr(), &replica.addr(), extra);
         assert_refused_naming(&out, &["is a read-only replica"]);
     }
     assert!(!p.csv("errors.csv").exists());
@@ -96,7 +88,7 @@ fn a_read_only_replica_is_refused_as_target_even_for_a_dry_run() {
 fn a_missing_db_and_a_port_that_is_not_redis_are_named() {
     let p = Pair::new();
     fill_strings(&mut p.src.conn(), "k:", 5);
-    let out = copy(&p.src.addr(), &p.dst.addr(), &p, &["--target-db", "16"]);
+    let out = p.copy_between(&p.src.addr(), &p.dst.addr(), &["--target-db", "16"]);
     assert_refused_naming(&out, &["--target-db 16"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("has 16 databases, 0 to 15"), "{}", dump(&out));
     // Something that answers, but not in RESP: an SSH banner, an HTTP reply.
@@ -110,7 +102,7 @@ fn a_missing_db_and_a_port_that_is_not_redis_are_named() {
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
         });
-        let out = copy(&addr, &p.dst.addr(), &p, &[]);
+        let out = p.copy_between(&addr, &p.dst.addr(), &[]);
         assert_refused_naming(&out, &["does not speak the Redis protocol"]);
         server.join().unwrap();
     }
@@ -129,7 +121,7 @@ fn evictions_on_the_target_are_counted_and_fail_the_run() {
         pipe.exec(&mut src).unwrap();
     }
     let report = p.csv("report.json");
-    let out = copy(&p.src.addr(), &p.dst.addr(), &p, &["--report", &path_str(&report)]);
+    let out = p.copy_between(&p.src.addr(), &p.dst.addr(), &["--report", &path_str(&report)]);
     assert_exit(&out, 1);
     let s = summary(&out);
     let evicted: u64 = s.get("evicted").expect("evicted= in the summary").parse().unwrap();

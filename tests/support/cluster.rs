@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::Connection;
 
-use super::{reader, RedisServer};
+use super::ferry::reader;
+use super::RedisServer;
 
 /// The arguments that make a `redis-server` a cluster node; `nodes.conf` lands in its own `--dir`.
 pub const CLUSTER_NODE_ARGS: [&str; 6] =
@@ -254,6 +255,7 @@ impl RedisCluster {
     }
 
     /// Node `i`'s cluster id.
+    #[allow(dead_code)] // harness API that no test calls at the moment
     pub fn node_id(&self, i: usize) -> &str {
         &self.ids[i]
     }
@@ -347,6 +349,7 @@ impl RedisCluster {
     }
 
     /// Polls until the live nodes agree again (see the module doc).
+    #[allow(dead_code)] // harness API that no test calls at the moment
     pub fn wait_stable(&self) {
         let expect = Expect { known: self.nodes.len(), replicas: None, gone: &[] };
         if let Err(e) = wait_stable(&self.live_ports(), &expect, None) {

@@ -1,4 +1,5 @@
-//! Gentleness: `--rate` meters every key that enters the pipeline, skipped ones included; `--burst`
+//! Gentleness: `--rate` takes at least the token bucket's time and meters every key that enters the
+//! pipeline, skipped ones included; `--sleep-after-batch` pauses each writer after each batch; `--burst`
 //! and `--max-latency` are checked by the flags they take; and `--max-latency` lowers the rate when the
 //! source answers slowly (made slow here by a thread running `DEBUG SLEEP 0.05` back to back). Only
 //! lower bounds on time are asserted, never that something is fast.
@@ -9,7 +10,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::{buckets, Pair};
 
 #[test]
 fn rate_also_meters_keys_that_end_up_skipped() {
@@ -94,7 +94,7 @@ fn max_latency_lowers_the_rate_while_the_source_is_slow() {
         &p.src.addr(),
         &p.dst.addr(),
         "--errors",
-        &crate::path_str(&p.csv("errors.csv")),
+        &path_str(&p.csv("errors.csv")),
         "--rate",
         "1000",
         "--batch",
@@ -121,4 +121,38 @@ fn max_latency_lowers_the_rate_while_the_source_is_slow() {
     // 70-200 keys/s: over 4 s. 2.7 s still holds if the probe's first decision comes as late as 1.1 s.
     let min = Duration::from_millis(2700);
     assert!(elapsed >= min, "the lowered rate did not slow the copy: {elapsed:?} < {min:?}\n{}", dump(&out));
+}
+
+#[test]
+fn rate_limit_takes_at_least_the_token_bucket_time() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    let keys = fill_strings(&mut s, "rate:", 3000);
+    let started = Instant::now();
+    let out = p.copy(&["--rate", "1000", "--batch", "100"]);
+    let elapsed = started.elapsed();
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (3000, 3000, 0, 0, 0), "{}", sum.line);
+    // Token bucket with burst = batch: at least (N - batch) / rate seconds; 10% slack for timers.
+    // Only a lower bound: never assert that something is fast.
+    let min = Duration::from_secs_f64((keys.len() - 100) as f64 / 1000.0 * 0.9);
+    assert!(elapsed >= min, "3000 keys at --rate 1000 took {elapsed:?}, expected at least {min:?}");
+}
+
+#[test]
+fn sleep_after_batch_pauses_each_writer_after_each_batch() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "nap:", 1000);
+    let started = Instant::now();
+    let out = p.copy(&["--sleep-after-batch", "200", "--batch", "100", "--writers", "1"]);
+    let elapsed = started.elapsed();
+    assert_exit(&out, 0);
+    let sum = summary(&out);
+    assert_eq!(buckets(&sum), (1000, 1000, 0, 0, 0), "{}", sum.line);
+    // 10 batches through one writer, 200 ms after each: at least 9 pauses before the last batch is
+    // even written. A lower bound only.
+    let min = Duration::from_millis(9 * 200);
+    assert!(elapsed >= min, "took {elapsed:?}, expected at least {min:?}");
+    assert_eq!(dbsize(&mut p.dst.conn()), 1000);
 }

@@ -32,7 +32,6 @@ use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Connection, TlsCertificates};
 
 use crate::support::*;
-use crate::{buckets, set_of};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -135,10 +134,6 @@ impl TlsServer {
     fn url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.tls_port)
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The one `error:` line of a refused run; asserts there is exactly one and that it reads as words, not

@@ -6,34 +6,16 @@
 //! keep the tool's memory bounded; `--mode dump` reports the same keys as failed. The skip policy
 //! leaves a key that appears on the target during the copy untouched (RENAMENX).
 
-use std::collections::BTreeMap;
-use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
 use crate::support::*;
-use crate::{buckets, path_str, Pair};
 
 /// Every key of the target whose name starts with the temporary prefix.
 fn temp_keys(con: &mut Connection) -> Vec<String> {
     show_keys(&keys_matching(con, "redis-ferry:tmp:*"))
-}
-
-/// `redis-ferry copy SOURCE TARGET --errors <dir>/errors.csv EXTRA...` with the given endpoint URLs.
-fn copy_between(p: &Pair, source: &str, target: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "copy".to_string(),
-        source.to_string(),
-        target.to_string(),
-        "--errors".to_string(),
-        path_str(&p.csv("errors.csv")),
-        "--progress".to_string(),
-        "0".to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    ferry(args)
 }
 
 /// `redis-ferry verify` between the two servers as the default user; asserts it agrees.
@@ -43,10 +25,6 @@ fn assert_verified(p: &Pair) {
     assert_exit(&out, 0);
     let v = verify_summary(&out);
     assert_eq!((v.missing, v.different, v.ttl, v.errors), (0, 0, 0, 0), "{}", v.line);
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Creates an ACL user `name` with password `pw` and the given rules on top of `on >pw`.
@@ -98,26 +76,6 @@ fn typed_mode_round_trips_every_type_and_leaves_no_temporary_key() {
     assert!(temp_keys(&mut d).is_empty(), "temporary keys left: {:?}", temp_keys(&mut d));
 }
 
-fn run(con: &mut Connection, args: &[&[u8]]) {
-    let _: Value = q(con, args);
-}
-
-/// XINFO fields as a name -> value map (RESP2 flat array).
-fn info_map(v: Value) -> BTreeMap<String, Value> {
-    let Value::Array(items) = v else { panic!("XINFO reply {v:?}") };
-    items
-        .chunks(2)
-        .map(|c| {
-            let k = match &c[0] {
-                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                Value::SimpleString(s) => s.clone(),
-                other => format!("{other:?}"),
-            };
-            (k, c[1].clone())
-        })
-        .collect()
-}
-
 #[test]
 fn typed_streams_carry_ids_counters_groups_consumers_and_pending_entries() {
     let p = Pair::new();
@@ -155,8 +113,10 @@ fn typed_streams_carry_ids_counters_groups_consumers_and_pending_entries() {
         let (a, b): (Value, Value) =
             (q(&mut s, &[b"XRANGE", k, b"-", b"+"]), q(&mut d, &[b"XRANGE", k, b"-", b"+"]));
         assert_eq!(a, b, "entries");
-        let (mut a, mut b) =
-            (info_map(q(&mut s, &[b"XINFO", b"STREAM", k])), info_map(q(&mut d, &[b"XINFO", b"STREAM", k])));
+        let (mut a, mut b) = (
+            field_map(&q(&mut s, &[b"XINFO", b"STREAM", k])),
+            field_map(&q(&mut d, &[b"XINFO", b"STREAM", k])),
+        );
         // The radix tree's shape depends on how the entries were inserted, not on the stream.
         for m in [&mut a, &mut b] {
             m.remove("radix-tree-keys");
@@ -173,7 +133,7 @@ fn typed_streams_carry_ids_counters_groups_consumers_and_pending_entries() {
     for g in [&b"g1"[..], b"g3"] {
         let names = |c: &mut Connection| -> Vec<(Value, Value)> {
             let list: Vec<Value> = q(c, &[b"XINFO", b"CONSUMERS", key, g]);
-            list.into_iter().map(info_map).map(|m| (m["name"].clone(), m["pending"].clone())).collect()
+            list.iter().map(field_map).map(|m| (m["name"].clone(), m["pending"].clone())).collect()
         };
         assert_eq!(names(&mut s), names(&mut d), "consumers of {}", String::from_utf8_lossy(g));
     }
@@ -229,22 +189,25 @@ fn fill_hashes_and_lists(con: &mut Connection, n: usize) {
     pipe.exec(con).unwrap();
 }
 
-#[test]
-fn typed_skip_never_overwrites_a_key_that_appears_during_the_copy() {
-    let p = Pair::new();
-    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
-    // 60,000 elements: about 60 pages, each after the first costs a token at --rate 20 (~3 s).
+/// A list of 60,000 integers under `key`: about 60 pages, each after the first costs a token at
+/// `--rate 20` (~3 s).
+fn fill_long_list(con: &mut Connection, key: &str) {
     let mut pipe = redis::pipe();
     for chunk in 0..60 {
         let mut cmd = redis::cmd("RPUSH");
-        cmd.arg("contested");
+        cmd.arg(key);
         for i in 0..1000 {
             cmd.arg(chunk * 1000 + i);
         }
         pipe.add_command(cmd).ignore();
     }
-    pipe.exec(&mut s).unwrap();
+    pipe.exec(con).unwrap();
+}
 
+/// Starts a type-aware copy of the pair at `--rate 20 --batch 1` (a token per page, so a long list
+/// takes seconds) and hands it back once a temporary key is on the target (`d`).
+#[track_caller]
+fn slow_typed_copy_under_way(p: &Pair, d: &mut Connection) -> FerryProcess {
     let copying = spawn_ferry([
         "copy",
         &p.src.addr(),
@@ -261,10 +224,19 @@ fn typed_skip_never_overwrites_a_key_that_appears_during_the_copy() {
         &path_str(&p.csv("errors.csv")),
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while temp_keys(&mut d).is_empty() {
+    while temp_keys(d).is_empty() {
         assert!(Instant::now() < deadline, "no temporary key appeared on the target");
         thread::sleep(Duration::from_millis(5));
     }
+    copying
+}
+
+#[test]
+fn typed_skip_never_overwrites_a_key_that_appears_during_the_copy() {
+    let p = Pair::new();
+    let (mut s, mut d) = (p.src.conn(), p.dst.conn());
+    fill_long_list(&mut s, "contested");
+    let copying = slow_typed_copy_under_way(&p, &mut d);
     // The key did not exist when the check stage looked; it does now, before the rename.
     run(&mut d, &[b"SET", b"contested", b"written by someone else"]);
     let out = copying.wait();
@@ -313,13 +285,13 @@ fn auto_copies_everything_when_acl_users_may_not_dump_or_restore_and_dump_mode_f
     let (src_url, dst_url) = (user_url(&p.src, "nodump"), user_url(&p.dst, "norestore"));
 
     // --mode dump: every key fails, at fetch (the source refuses DUMP).
-    let out = copy_between(&p, &src_url, &p.dst.url(), &["--mode", "dump"]);
+    let out = p.copy_between(&src_url, &p.dst.url(), &["--mode", "dump"]);
     assert_exit(&out, 1);
     assert_eq!(buckets(&summary(&out)), (n, 0, 0, 0, n));
     let rows = read_errors(&p.csv("errors.csv"));
     assert!(rows.iter().all(|r| r.stage == "fetch" && r.error == "NOPERM"), "{rows:?}");
     // --mode dump: every key fails at write (the target refuses RESTORE).
-    let out = copy_between(&p, &p.src.url(), &dst_url, &["--mode", "dump"]);
+    let out = p.copy_between(&p.src.url(), &dst_url, &["--mode", "dump"]);
     assert_exit(&out, 1);
     assert_eq!(buckets(&summary(&out)), (n, 0, 0, 0, n));
     let rows = read_errors(&p.csv("errors.csv"));
@@ -327,7 +299,7 @@ fn auto_copies_everything_when_acl_users_may_not_dump_or_restore_and_dump_mode_f
     assert_eq!(dbsize(&mut d), 0);
 
     // --mode auto (the default), both users: decided up front, every key type-aware, all copied.
-    let out = copy_between(&p, &src_url, &dst_url, &[]);
+    let out = p.copy_between(&src_url, &dst_url, &[]);
     assert_exit(&out, 0);
     assert_eq!(buckets(&summary(&out)), (n, n, 0, 0, 0));
     assert!(stderr(&out).contains("the source refuses DUMP"), "{}", dump(&out));
@@ -336,7 +308,7 @@ fn auto_copies_everything_when_acl_users_may_not_dump_or_restore_and_dump_mode_f
 
     // Only the target refuses: the same, said once.
     run(&mut d, &[b"FLUSHALL"]);
-    let out = copy_between(&p, &p.src.url(), &dst_url, &[]);
+    let out = p.copy_between(&p.src.url(), &dst_url, &[]);
     assert_exit(&out, 0);
     assert_eq!(buckets(&summary(&out)), (n, n, 0, 0, 0));
     assert_eq!(stderr(&out).matches("the target refuses RESTORE").count(), 1, "{}", dump(&out));
@@ -365,7 +337,7 @@ fn auto_falls_back_key_by_key_when_only_some_keys_may_be_dumped_or_restored() {
             keys.push(k.into_bytes());
         }
     }
-    let out = copy_between(&p, &user_url(&p.src, "some"), &user_url(&p.dst, "some"), &["--batch", "7"]);
+    let out = p.copy_between(&user_url(&p.src, "some"), &user_url(&p.dst, "some"), &["--batch", "7"]);
     assert_exit(&out, 0);
     assert_eq!(buckets(&summary(&out)), (90, 90, 0, 0, 0));
     let log = stderr(&out);
@@ -513,7 +485,7 @@ fn without_memory_usage_big_keys_are_found_by_their_dump_length() {
     list.exec(&mut s).unwrap();
     let mut keys = fill_strings(&mut s, "small:", 20);
     keys.push(b"big:list".to_vec());
-    let out = copy_between(&p, &user_url(&p.src, "nomemory"), &p.dst.url(), &["--big-key-bytes", "100000"]);
+    let out = p.copy_between(&user_url(&p.src, "nomemory"), &p.dst.url(), &["--big-key-bytes", "100000"]);
     assert_exit(&out, 0);
     assert_eq!(buckets(&summary(&out)), (21, 21, 0, 0, 0));
     let log = stderr(&out);
@@ -533,39 +505,10 @@ fn a_target_restarted_mid_key_starts_the_key_over_and_leaves_no_temporary_key() 
     // AOF on the target, so the half-built temporary key survives the restart and must be cleaned up.
     let mut p = Pair::with_target_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut s = p.src.conn();
-    let mut pipe = redis::pipe();
-    for chunk in 0..60 {
-        let mut cmd = redis::cmd("RPUSH");
-        cmd.arg("restarted");
-        for i in 0..1000 {
-            cmd.arg(chunk * 1000 + i);
-        }
-        pipe.add_command(cmd).ignore();
-    }
-    pipe.exec(&mut s).unwrap();
+    fill_long_list(&mut s, "restarted");
     run(&mut s, &[b"PEXPIRE", b"restarted", b"3600000"]);
-
-    let copying = spawn_ferry([
-        "copy",
-        &p.src.addr(),
-        &p.dst.addr(),
-        "--mode",
-        "typed",
-        "--rate",
-        "20",
-        "--batch",
-        "1",
-        "--progress",
-        "0",
-        "--errors",
-        &path_str(&p.csv("errors.csv")),
-    ]);
     let mut d = p.dst.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while temp_keys(&mut d).is_empty() {
-        assert!(Instant::now() < deadline, "no temporary key appeared on the target");
-        thread::sleep(Duration::from_millis(5));
-    }
+    let copying = slow_typed_copy_under_way(&p, &mut d);
     thread::sleep(Duration::from_millis(300));
     p.dst.restart(Duration::from_millis(500));
     let out = copying.wait();

@@ -50,9 +50,10 @@ fn of_metadata(m: &Metadata) -> Option<Identity> {
     m.is_file().then(|| Identity::Inode(m.dev(), m.ino()))
 }
 
-/// The identity of `path` (`-`: standard input, as it is open now).
-fn identity(path: &str) -> Option<Identity> {
-    if path == "-" {
+/// The identity of `path` (`-` read: standard input, as it is open now; written, `-` is a file of that
+/// name).
+fn identity(path: &str, how: Use) -> Option<Identity> {
+    if path == "-" && how == Use::Read {
         use std::os::fd::AsFd;
         let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
         return of_metadata(&std::fs::File::from(fd).metadata().ok()?);
@@ -78,7 +79,7 @@ fn identity(path: &str) -> Option<Identity> {
 /// Refuses, naming both flags, two entries of `files` that are one file when at least one of them is
 /// written.
 pub fn refuse_shared(files: &[Named]) -> Result<(), String> {
-    let ids: Vec<Option<Identity>> = files.iter().map(|f| identity(f.path)).collect();
+    let ids: Vec<Option<Identity>> = files.iter().map(|f| identity(f.path, f.how)).collect();
     for (i, a) in files.iter().enumerate() {
         for (j, b) in files.iter().enumerate().skip(i + 1) {
             if a.how == Use::Read && b.how == Use::Read {
@@ -207,5 +208,9 @@ mod tests {
             named("--report", "/dev/null", Use::Write),
         ])
         .unwrap();
+        // An output named `-` is a file of that name, not standard input: two of them are one file.
+        assert!(
+            refuse_shared(&[named("--errors", "-", Use::Write), named("--report", "-", Use::Write)]).is_err()
+        );
     }
 }

@@ -59,6 +59,16 @@ pub struct Fetched {
     pub expire_at_ms: Option<i64>,
 }
 
+/// Which replies of a key may have it sent again, when they are a transient error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Any of them: the commands are reads, safe to repeat.
+    OnAnyReply,
+    /// Only the first: it is a write, and the commands after it only observe its effect (the write's
+    /// `EXISTS`); sending the write again after it took effect would read as "already there".
+    OnFirstReply,
+}
+
 /// Sends one pipelined batch and returns, for each of its `n` keys, the key's `K` replies (error
 /// replies included, as `Value::ServerError`), or `None` for a key that failed and was reported.
 /// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it. [`exchange_units`] is the same
@@ -71,7 +81,7 @@ pub fn exchange<'k, const K: usize>(
     stage: Stage,
     rep: &Reporter,
 ) -> Vec<Option<[Value; K]>> {
-    exchange_units(conn, n, key, build, stage, rep)
+    exchange_units(conn, n, key, build, stage, rep, Resend::OnAnyReply)
         .into_iter()
         .map(|unit| unit.map(|u| u.try_into().expect("build appends K commands for every key")))
         .collect()
@@ -81,7 +91,8 @@ pub fn exchange<'k, const K: usize>(
 /// `build(pipe, i)` appended for it, or `None` for a key that failed and was reported.
 ///
 /// This is the one place where faults are survived. A key whose replies include a transient error
-/// (OOM, LOADING, BUSY, TRYAGAIN, ...) and the keys left unanswered when the connection broke are sent
+/// (OOM, LOADING, BUSY, TRYAGAIN, ...; in its first reply only, with [`Resend::OnFirstReply`]) and the
+/// keys left unanswered when the connection broke are sent
 /// again, and only they, after a growing pause and a reconnect, up to the connection's retry policy;
 /// keys already answered are never sent twice. After the last attempt they become failures with the
 /// last error; if the connection could not even be re-established, the run is aborted too. A resent
@@ -94,6 +105,7 @@ pub fn exchange_units<'k>(
     build: impl Fn(&mut Pipeline, usize),
     stage: Stage,
     rep: &Reporter,
+    resend: Resend,
 ) -> Vec<Option<Vec<Value>>> {
     let mut answers: Vec<Option<Vec<Value>>> = (0..n).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..n).collect();
@@ -119,7 +131,12 @@ pub fn exchange_units<'k>(
                         again.push(i);
                         continue;
                     };
-                    let busy = group.iter().find_map(|v| match v {
+                    let deciding = if resend == Resend::OnFirstReply {
+                        &group[..group.len().min(1)]
+                    } else {
+                        &group[..]
+                    };
+                    let busy = deciding.iter().find_map(|v| match v {
                         Value::ServerError(e) if reply::is_transient(e.code()) => {
                             Some(reply::classify_reply(e))
                         }

@@ -80,8 +80,9 @@ pub fn describe(conn: &Conn, info: &ServerInfo) -> String {
     )
 }
 
-/// Refuses a target that is the source itself: the same standalone server and db (by `run_id`), or
-/// a node of the same cluster (by the ids of its primaries). Without an id to compare (a proxy that
+/// Refuses a target that is the source itself: the same standalone server and db (by `run_id`), a
+/// primary and its replica (by `master_replid`, which a replica shares with its primary), or a node of
+/// the same cluster (by the ids of its primaries). Without an id to compare (a proxy that
 /// does not report one), the addresses are compared.
 pub fn distinct(
     (source, source_info): (&Conn, &ServerInfo),
@@ -97,12 +98,21 @@ pub fn distinct(
         }
         (false, false) if s.db != t.db => None,
         (false, false) if !source_info.run_id.is_empty() && !target_info.run_id.is_empty() => {
-            (source_info.run_id == target_info.run_id).then(|| {
-                format!(
+            if source_info.run_id == target_info.run_id {
+                Some(format!(
                     "are the same server (run_id {}) and db {}; nothing to copy",
                     source_info.run_id, s.db
-                )
-            })
+                ))
+            } else if !source_info.replid.is_empty() && source_info.replid == target_info.replid {
+                // A primary and its replica (or two replicas of one primary) hold the same data: writing
+                // one from the other would write the primary with what it already has, or older.
+                Some(format!(
+                    "hold the same data: one replicates the other (master_replid {}); nothing to copy",
+                    source_info.replid
+                ))
+            } else {
+                None
+            }
         }
         (false, false) => (s.host == t.host && s.port == t.port)
             .then(|| format!("are the same address and db {}; nothing to copy", s.db)),
@@ -118,6 +128,10 @@ pub fn distinct(
 /// READONLY). A replica that takes writes is warned about: what is written there goes when it next
 /// syncs with its primary.
 pub fn writable(target: &Conn, info: &ServerInfo) -> Result<(), Fatal> {
+    // A cluster may be given by any node, a replica too: its primaries are written.
+    if target.is_cluster() {
+        return Ok(());
+    }
     let Some(primary) = &info.replica_of else { return Ok(()) };
     let t = target.endpoint();
     if info.read_only {

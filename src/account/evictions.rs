@@ -17,15 +17,30 @@ use crate::redis::memory::Memory;
 /// How often `evicted_keys` is read during the run.
 pub const EVERY: Duration = Duration::from_secs(1);
 
-/// Runs until `done` is disconnected: every [`EVERY`], and once at the end, sets `counters.evicted` to
-/// the target's `evicted_keys` minus `base` (what it was at preflight). A target that does not answer
-/// is asked again next time.
+/// Runs until `done` is disconnected: every [`EVERY`], and once at the end, raises `counters.evicted` to
+/// the target's `evicted_keys` minus `base` (what it was at preflight); the figure never goes down (a
+/// `CONFIG RESETSTAT`, a new primary after a failover). A target that does not answer is asked again next
+/// time, after its slot map is read again; that the watch is blind meanwhile is said once.
 pub fn watch(mut conn: Conn, base: u64, counters: &Counters, done: Receiver<()>) {
+    let mut blind = false;
     loop {
         let last = !matches!(done.recv_timeout(EVERY), Err(RecvTimeoutError::Timeout));
-        match Memory::of(&mut conn) {
-            Ok(m) => counters.evicted.store(m.evicted_keys.saturating_sub(base), Ordering::Relaxed),
-            Err(e) => log::debug!("cannot read the target's evicted_keys: {e}"),
+        let read = conn
+            .ensure()
+            .map_err(|e| e.to_string())
+            .and_then(|()| Memory::of(&mut conn).map_err(|e| e.to_string()));
+        match read {
+            Ok(m) => {
+                counters.evicted.fetch_max(m.evicted_keys.saturating_sub(base), Ordering::Relaxed);
+                blind = false;
+            }
+            Err(e) if !blind => {
+                log::warn!(
+                    "cannot read the target's evicted_keys ({e}); evictions are not watched until it answers"
+                );
+                blind = true;
+            }
+            Err(_) => {}
         }
         if last {
             return;

@@ -183,8 +183,8 @@ const MAX_SCAN_COUNT: u64 = 100_000;
 /// Default `--batch`.
 pub const DEFAULT_BATCH: usize = 500;
 const MAX_BATCH: u64 = 100_000;
-/// The `--rate` bucket's burst (`--burst`, else `--batch`) may hold at most this many seconds of the rate.
-const MAX_BURST_SECONDS: u64 = 60;
+/// A batch may hold at most this many seconds of `--rate`: it waits for all its tokens at once.
+const MAX_BATCH_SECONDS: u64 = 60;
 /// The longest `--sleep-after-batch`: 10 s after every batch is already 50 keys/s at the default batch.
 const MAX_SLEEP_AFTER_BATCH_MS: u64 = 10_000;
 const MAX_THREADS: u64 = 64;
@@ -398,14 +398,14 @@ impl Pacing {
             }
             Some(b) => b as usize,
         };
-        if let Some(r) = rate.map(|r| u64::from(r.get())).filter(|r| burst as u64 > MAX_BURST_SECONDS * r) {
-            let (flag, n) = if args.burst.is_some() { ("--burst", burst) } else { ("--batch", batch) };
+        if let Some(r) = rate.map(|r| u64::from(r.get())).filter(|r| batch as u64 > MAX_BATCH_SECONDS * r) {
             return Err(bad(format!(
-            "{flag} {n} with --rate {r}: a batch waits for all its tokens, so {burst} keys would pass at once \
-             and then nothing for {} s; give {flag} {} or less, or a higher --rate",
-            burst as u64 / r,
-            MAX_BURST_SECONDS * r
-        )));
+                "--batch {batch} with --rate {r}: a batch waits for all its tokens, so the copy would move \
+                 {batch} keys at once and then nothing for {} s, batch after batch; give --batch {} or less, or \
+                 a higher --rate",
+                batch as u64 / r,
+                MAX_BATCH_SECONDS * r
+            )));
         }
         let max_latency = match args.max_latency {
             None => None,

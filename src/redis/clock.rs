@@ -13,6 +13,7 @@
 //! and warns above [`SKEW_WARN_MS`]: a target clock ahead of the source's shortens every copied TTL by
 //! as much. This file does nothing else.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::conn::Conn;
@@ -147,13 +148,8 @@ impl Deadlines {
         }
     }
 
-    /// The source's time now: taken just before a PTTL is sent.
-    pub fn sent(&self) -> i64 {
-        self.clock.now_ms()
-    }
-
-    /// The absolute deadline from a PEXPIRETIME or PTTL reply (not -2) to a command sent at `sent`
-    /// ([`Deadlines::sent`]); `None` for a key without TTL (-1).
+    /// The absolute deadline from a PEXPIRETIME or PTTL reply (not -2) to a command sent at `sent` (see
+    /// [`Sent`]); `None` for a key without TTL (-1).
     pub fn deadline(&self, ttl: i64, sent: i64) -> Option<i64> {
         match ttl {
             -1 => None,
@@ -169,6 +165,37 @@ impl Deadlines {
     pub fn left(&self, deadline: i64) -> Option<i64> {
         let left = deadline - self.clock.now_ms();
         (left > 0).then_some(left)
+    }
+}
+
+/// When each key's commands of a pipeline were last sent, on the source's clock, for the deadlines read
+/// with PTTL: stamped as the commands are built for an attempt, so a key sent again after a fault is
+/// anchored at the attempt that was answered, not at the first. (PEXPIRETIME needs no anchor: nothing
+/// is stamped then.)
+pub struct Sent {
+    /// How deadlines are read.
+    deadlines: Deadlines,
+    /// For each key, the source's time when its commands were last built.
+    at: Vec<Cell<i64>>,
+}
+
+impl Sent {
+    /// Stamps for `n` keys.
+    pub fn new(deadlines: Deadlines, n: usize) -> Sent {
+        let at = if deadlines.pexpiretime { Vec::new() } else { vec![Cell::new(0); n] };
+        Sent { deadlines, at }
+    }
+
+    /// Key `i`'s commands are about to be sent.
+    pub fn stamp(&self, i: usize) {
+        if let Some(at) = self.at.get(i) {
+            at.set(self.deadlines.clock.now_ms());
+        }
+    }
+
+    /// Key `i`'s deadline from its PEXPIRETIME or PTTL reply (not -2); `None` without TTL.
+    pub fn deadline(&self, i: usize, ttl: i64) -> Option<i64> {
+        self.deadlines.deadline(ttl, self.at.get(i).map_or(0, Cell::get))
     }
 }
 
@@ -188,5 +215,20 @@ mod tests {
         assert!(abs.left(1_000_000 - 1).is_none());
         assert!(abs.left(1_000_000 + 60_000).is_some_and(|l| l > 59_000 && l <= 60_000));
         assert_eq!(signed(-5), "5 ms behind");
+    }
+
+    #[test]
+    fn a_pttl_is_anchored_at_the_attempt_that_was_answered() {
+        let clock = SourceClock { at_ms: 1_000_000, anchor: Instant::now() };
+        let sent = Sent::new(Deadlines { pexpiretime: false, clock }, 2);
+        sent.stamp(0);
+        let first = sent.deadline(0, 1000).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        sent.stamp(0);
+        assert!(sent.deadline(0, 1000).unwrap() >= first + 30, "the second attempt's anchor counts");
+        assert_eq!(sent.deadline(1, -1), None);
+        let absolute = Sent::new(Deadlines { pexpiretime: true, clock }, 2);
+        absolute.stamp(1);
+        assert_eq!(absolute.deadline(1, 1_700_000_000_000), Some(1_700_000_000_000));
     }
 }

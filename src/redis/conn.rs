@@ -537,7 +537,8 @@ impl Conn {
     }
 
     /// Runs `cmd` once on every server this connection reaches (every primary of a cluster), in the
-    /// order of [`Conn::primaries`]; no retry.
+    /// order of [`Conn::primaries`]; no retry. A node that fails takes its connection down and, on a
+    /// cluster, has the slot map read again at the next [`Conn::ensure`] (it may have failed over).
     pub fn on_each<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<Vec<T>, RedisError> {
         let timeouts = self.timeouts;
         let mut out = Vec::with_capacity(self.links.len());
@@ -545,6 +546,7 @@ impl Conn {
             let reply = link.connection(timeouts).and_then(|c| cmd.query::<T>(c));
             if reply.as_ref().is_err_and(is_connection_error) {
                 link.inner = None;
+                self.stale = self.slots.is_some();
             }
             out.push(reply?);
         }

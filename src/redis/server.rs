@@ -14,6 +14,8 @@ pub struct ServerInfo {
     pub replica_of: Option<String>,
     /// `slave_read_only:1`: a replica that refuses writes.
     pub read_only: bool,
+    /// `master_replid`: the replication id, which a replica shares with its primary.
+    pub replid: String,
     /// `maxmemory` in bytes; 0 is no limit.
     pub maxmemory: u64,
     /// `maxmemory_policy` (`noeviction`, `allkeys-lru`, ...).
@@ -47,6 +49,7 @@ impl ServerInfo {
                 "master_host" => master_host = Some(v.to_string()),
                 "master_port" => master_port = Some(v.to_string()),
                 "slave_read_only" | "replica_read_only" => info.read_only = v == "1",
+                "master_replid" => info.replid = v.to_string(),
                 "maxmemory" => info.maxmemory = number(v),
                 "maxmemory_policy" => info.policy = v.to_string(),
                 "used_memory" => info.used_memory = number(v),

@@ -14,7 +14,7 @@ use redis::Value;
 use super::{Sink, Ttl, WritePolicy, Written};
 use crate::account::{Reporter, Stage};
 use crate::config::OnConflict;
-use crate::flow::{exchange_units, Fetched, Payload};
+use crate::flow::{exchange_units, Fetched, Payload, Resend};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, kind, restore_refused};
 
@@ -57,6 +57,7 @@ impl Sink for Target {
             },
             Stage::Write,
             rep,
+            Resend::OnFirstReply,
         );
         for ((f, _), answer) in live.into_iter().zip(answers) {
             let Some(replies) = answer else { continue };
@@ -64,7 +65,8 @@ impl Sink for Target {
             let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
             match reply {
                 // A key with a deadline that is not there: the target found the deadline passed (it
-                // creates nothing for a past ABSTTL or PXAT), or it expired right after.
+                // creates nothing for a past ABSTTL or PXAT), or it expired right after. (An EXISTS that
+                // failed says nothing: the write took effect, the key counts as copied.)
                 Value::Okay | Value::SimpleString(_) if exists == Some(Value::Int(0)) => written.expired += 1,
                 Value::Okay | Value::SimpleString(_) => written.copied += 1,
                 // RESTORE's BUSYKEY, SET NX's nil: the key exists on the target.

@@ -3,8 +3,8 @@
 //!
 //! A CSV is recognised by its header: the first line (after a UTF-8 byte order mark, which is ignored
 //! in both forms) names only redis-ferry's columns (`time`, `key`, `stage`, `error`, `message`,
-//! `difference`, in any order and case, quoted or not, some left out) and `key` among them, separated
-//! by `,`, `;` or a tab. Its rows are split by RFC 4180 (quotes, doubled quotes), and the `key` column
+//! `difference`, in any order and case, quoted or not, some left out), `time` and `key` among them,
+//! separated by `,`, `;` or a tab. Its rows are split by RFC 4180 (quotes, doubled quotes), and the `key` column
 //! holds the escaped form ([`Key::parse_escaped`]). Anything else is a plain list: each line is one key,
 //! taken literally (`\r\n` or `\n` ends it; empty lines are skipped).
 //!
@@ -163,14 +163,18 @@ fn header(first: &[u8]) -> Header {
     let lower = line.to_ascii_lowercase();
     let bare: Vec<u8> = lower.iter().copied().filter(|&b| b != b'"' && b != b' ').collect();
     for delimiter in [b',', b';', b'\t'] {
-        let looks = bare.starts_with(&[b"time".as_slice(), &[delimiter], b"key"].concat());
+        // The start of redis-ferry's own header, `time` then `key` as whole fields.
+        let looks = [&b"time"[..], &[delimiter], b"key"].concat();
+        let looks = bare.starts_with(&looks) && bare.get(looks.len()).is_none_or(|&b| b == delimiter);
         let fields = match split_row(&lower, delimiter) {
             Ok(fields) => fields,
             Err(why) if looks => return Header::Broken(format!("a CSV header that cannot be read: {why}")),
             Err(_) => continue,
         };
         let names: Vec<&[u8]> = fields.iter().map(|f| f.trim_ascii()).collect();
-        let known = names.len() >= 2 && names.iter().all(|n| COLUMNS.iter().any(|c| c.as_bytes() == *n));
+        // Both `time` and `key`, and only redis-ferry's columns.
+        let known =
+            names.contains(&&b"time"[..]) && names.iter().all(|n| COLUMNS.iter().any(|c| c.as_bytes() == *n));
         match names.iter().position(|n| *n == b"key") {
             Some(key_column) if known => return Header::Csv(Format::Csv { delimiter, key_column }),
             _ if looks => {
@@ -296,12 +300,15 @@ impl KeysFile {
                 return Err(format!("{flag} {path} is a directory, not a file of keys"));
             }
             if meta.is_file() {
-                // A regular file is read twice; nothing needs to be kept aside.
+                // A regular file is read twice, the second time no further than the first: what another
+                // process appends meanwhile was never checked.
                 let (keys, _) = count(BufReader::new(&file)).map_err(fail)?;
                 let mut file = file;
+                let checked = file.stream_position().map_err(|e| format!("{flag} {path}: {e}"))?;
                 file.rewind().map_err(|e| format!("{flag} {path}: {e}"))?;
                 let lines =
-                    KeyLines::new(Box::new(BufReader::new(file)) as Box<dyn BufRead + Send>).map_err(fail)?;
+                    KeyLines::new(Box::new(BufReader::new(file.take(checked))) as Box<dyn BufRead + Send>)
+                        .map_err(fail)?;
                 return Ok(KeysFile { lines, keys });
             }
             (tempfile(flag)?, Box::new(file))
@@ -358,11 +365,21 @@ mod tests {
         let ours = b"time,key,stage,error,message\n2026-01-01T00:00:00.000Z,\"a,\"\"b\\x0a\\xff\",write,OOM,\"x, y\"\n";
         let bom_quoted = b"\xEF\xBB\xBF\"time\",\"key\",\"stage\",\"error\",\"message\"\r\n\"t\",\"a,\"\"b\\x0a\\xff\",\"w\",\"OOM\",\"m\"\r\n,,,,\r\n";
         let semicolons = b"Time;Key;Difference;Message\r\nt;\"a,\"\"b\\x0a\\xff\";value;m\r\n";
-        let reordered = b"key\tmessage\n\"a,\"\"b\\x0a\\xff\"\tm\n";
+        let reordered = b"key\tmessage\ttime\n\"a,\"\"b\\x0a\\xff\"\tm\tt\n";
         for text in [&ours[..], bom_quoted, semicolons, reordered] {
             let (f, k) = keys(text).unwrap();
             assert!(matches!(f, Format::Csv { .. }), "{}", String::from_utf8_lossy(text));
             assert_eq!(k, [b"a,\"b\n\xff".to_vec()], "{}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn plain_keys_that_start_like_a_header_stay_keys() {
+        for first in [&b"time,keyring:1"[..], b"key,message", b"time;keys"] {
+            let text = [first, b"\nnext\n"].concat();
+            let (f, k) = keys(&text).unwrap();
+            assert_eq!(f, Format::Lines, "{}", String::from_utf8_lossy(first));
+            assert_eq!(k, [first.to_vec(), b"next".to_vec()]);
         }
     }
 
@@ -397,6 +414,20 @@ mod tests {
                 let _ = keys(&t);
             }
         }
+    }
+
+    #[test]
+    fn lines_appended_after_the_check_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let mut file = KeysFile::open("--keys-from", path.to_str().unwrap()).unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"c\nbad\\q\n").unwrap();
+        let mut read = Vec::new();
+        while let Some(k) = file.lines.next_key().unwrap() {
+            read.push(k.0);
+        }
+        assert_eq!((file.keys, read), (2, vec![b"a".to_vec(), b"b".to_vec()]));
     }
 
     #[test]

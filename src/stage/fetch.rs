@@ -17,7 +17,7 @@ use redis::Value;
 use crate::account::{Counters, Reporter, Stage};
 use crate::flow::{exchange, forward, Batch, Fetched, Payload};
 use crate::key::Key;
-use crate::redis::clock::Deadlines;
+use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, command_denied, dump_refused, kind};
 use crate::resume::Ledger;
@@ -47,18 +47,19 @@ pub fn run(
             None => batch,
         };
         let Triage { mut fetched, mut routed, mut expired } = sorted;
-        let sent_at = deadlines.sent();
+        let sent = Sent::new(deadlines, batch.len());
         let answers = exchange::<2>(
             &mut conn,
             batch.len(),
             |i| &batch[i],
             |pipe, i| {
+                sent.stamp(i);
                 pipe.cmd("DUMP").arg(batch[i].as_bytes()).cmd(ttl_cmd).arg(batch[i].as_bytes());
             },
             Stage::Fetch,
             &rep,
         );
-        for (key, answer) in batch.items.into_iter().zip(answers) {
+        for (i, (key, answer)) in batch.items.into_iter().zip(answers).enumerate() {
             let Some([dump, ttl]) = answer else { continue };
             match (dump, ttl) {
                 (Value::ServerError(err), _) if route.is_some() && dump_refused(&err) => {
@@ -79,7 +80,7 @@ pub fn run(
                     routed.push(key);
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
-                    let expire_at_ms = deadlines.deadline(ttl, sent_at);
+                    let expire_at_ms = sent.deadline(i, ttl);
                     fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
                 }
                 (dump, ttl) => rep.fail(
@@ -154,12 +155,13 @@ fn strings(
     let ttl_cmd = deadlines.command();
     // GETRANGE 0 <limit> returns one byte more than the limit for a longer string.
     let limit = STRING_BY_VALUE.min(route.fallback.big_key_bytes);
-    let sent_at = deadlines.sent();
+    let sent = Sent::new(deadlines, batch.len());
     let answers = exchange::<2>(
         conn,
         batch.len(),
         |i| &batch[i],
         |pipe, i| {
+            sent.stamp(i);
             let k = batch[i].as_bytes();
             pipe.cmd("GETRANGE").arg(k).arg(0).arg(limit).cmd(ttl_cmd).arg(k);
         },
@@ -168,7 +170,7 @@ fn strings(
     );
     let Batch { id, items } = batch;
     let mut rest = Vec::new();
-    for (key, answer) in items.into_iter().zip(answers) {
+    for (i, (key, answer)) in items.into_iter().zip(answers).enumerate() {
         let Some([value, ttl]) = answer else { continue };
         match (value, ttl) {
             (_, Value::Int(-2)) => sorted.expired += 1,
@@ -183,7 +185,7 @@ fn strings(
             }
             (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
             (Value::BulkString(value), Value::Int(ttl)) => {
-                let expire_at_ms = deadlines.deadline(ttl, sent_at);
+                let expire_at_ms = sent.deadline(i, ttl);
                 sorted.fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
             }
             (value, ttl) => rep.fail(

@@ -692,6 +692,11 @@ fn cluster_failover_of_a_target_primary_during_a_copy_loses_nothing() {
     assert!(!errors_csv(&dir).exists(), "error CSV created although nothing failed");
     let v = assert_verified(&src.addr(), &target);
     assert_eq!(v.matched, n, "{}", v.line);
+    // Any node gives the cluster, a replica too: its primaries are the ones written.
+    let replica = dst.replicas_of(entry)[0];
+    let out = copy(&src.addr(), &dst.addr_of(replica), &dir, &["--dry-run"]);
+    assert_copy_exit(&out, &dir, 0);
+    assert_eq!(summary(&out).skipped, n);
 }
 
 #[test]

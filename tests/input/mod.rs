@@ -229,7 +229,7 @@ fn bad_input_found_by_reading_is_one_line_and_exit_2() {
         (&["--scan-count", "18446744073709551615"], "--scan-count"),
         (&["--sleep-after-batch", "18446744073709551615"], "--sleep-after-batch"),
         (&["--rate", "1", "--batch", "500"], "--batch 500 with --rate 1"),
-        (&["--rate", "2", "--burst", "1000"], "--burst 1000 with --rate 2"),
+        (&["--rate", "2", "--batch", "1000", "--burst", "1000"], "--batch 1000 with --rate 2"),
     ];
     for (extra, needle) in cases {
         let out = p.copy(extra);

@@ -82,6 +82,15 @@ fn a_read_only_replica_is_refused_as_target_even_for_a_dry_run() {
         assert_refused_naming(&out, &["is a read-only replica"]);
     }
     assert!(!p.csv("errors.csv").exists());
+    // A replica and its primary hold the same data: copying one onto the other is refused too.
+    let mut r = replica.conn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !q::<String>(&mut r, &[b"INFO", b"replication"]).contains("master_link_status:up") {
+        assert!(std::time::Instant::now() < deadline, "the replica did not sync");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = p.copy_between(&replica.addr(), &p.dst.addr(), &["--on-conflict", "replace"]);
+    assert_refused_naming(&out, &["hold the same data: one replicates the other"]);
 }
 
 #[test]

@@ -6,9 +6,9 @@
 //! One key: `TYPE` and its deadline (`PEXPIRETIME`, or `PTTL` on Redis < 7.0); then pages read from the
 //! source (GETRANGE chunks, LRANGE pages, SSCAN / ZSCAN / HSCAN, XRANGE pages), each together with the
 //! deadline again, and written under a temporary name in the key's hash slot, each page in its own
-//! MULTI/EXEC; then one last MULTI/EXEC sets the deadline on the temporary key (`PEXPIREAT`, or `PERSIST`),
-//! asks whether it is still there (`EXISTS`: the target's clock decides whether the deadline has passed,
-//! and then PEXPIREAT deletes the key) and renames it (`RENAME` under `replace`, `RENAMENX` + `DEL` of the temporary key under `skip`). The
+//! MULTI/EXEC; then one last MULTI/EXEC sets the deadline on the temporary key (`PEXPIREAT`, or `PERSIST`;
+//! the target's clock decides whether the deadline has passed, and then PEXPIREAT deletes the key, which
+//! the rename then does not find) and renames it (`RENAME` under `replace`, `RENAMENX` + `DEL` of the temporary key under `skip`). The
 //! deadline goes on the temporary key before the rename, in the same transaction: a reader never sees
 //! the key without its TTL, and no crash can leave it between the two. Streams also carry their last
 //! ID, `entries-added` and `max-deleted-entry-id` (XSETID), their consumer groups (XGROUP CREATE at the
@@ -47,7 +47,7 @@ use crate::account::{Counters, Reporter, Stage, Stop, StopReason};
 use crate::config::OnConflict;
 use crate::flow::{exchange, Batch};
 use crate::key::Key;
-use crate::redis::clock::Deadlines;
+use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, kind};
 use crate::sink::WriteContext;
@@ -271,8 +271,7 @@ impl<'a> Copier<'a> {
     fn attempt(&mut self, b: &mut Build) -> Result<Fate, Fault> {
         let k = b.key.as_bytes().to_vec();
         let ttl_cmd = self.ttl_cmd();
-        let sent = self.servers.deadlines.sent();
-        let [ty, ttl] = self.read::<2>(b.key, |p| {
+        let ([ty, ttl], sent) = self.read::<2>(b.key, |p| {
             p.cmd("TYPE").arg(&k[..]).cmd(ttl_cmd).arg(&k[..]);
         })?;
         let ty = match ty {
@@ -281,7 +280,7 @@ impl<'a> Copier<'a> {
             Value::ServerError(e) => return Err(failed(Stage::Fetch, &e).into()),
             other => return Err(protocol(format!("unexpected TYPE reply: {}", kind(&other))).into()),
         };
-        b.deadline = self.deadline(ttl, sent)?;
+        b.deadline = self.deadline(ttl, &sent)?;
         if ty == "none" {
             return Ok(Fate::Expired);
         }
@@ -310,15 +309,27 @@ impl<'a> Copier<'a> {
     }
 
     /// Sends one pipeline of `K` commands for this key to the source (retried through
-    /// [`exchange`]); a key it reports as failed ends here.
+    /// [`exchange`]); a key it reports as failed ends here. Also returns when the answered attempt was
+    /// sent, on the source's clock, to anchor a PTTL.
     fn read<const K: usize>(
         &mut self,
         key: &Key,
         build: impl Fn(&mut Pipeline),
-    ) -> Result<[Value; K], Fault> {
-        let mut answers =
-            exchange::<K>(&mut self.src, 1, |_| key, |pipe, _| build(pipe), Stage::Fetch, self.rep);
-        answers.pop().flatten().ok_or(Fault::Fate(Fate::Reported))
+    ) -> Result<([Value; K], Sent), Fault> {
+        let sent = Sent::new(self.servers.deadlines, 1);
+        let mut answers = exchange::<K>(
+            &mut self.src,
+            1,
+            |_| key,
+            |pipe, _| {
+                sent.stamp(0);
+                build(pipe)
+            },
+            Stage::Fetch,
+            self.rep,
+        );
+        let replies = answers.pop().flatten().ok_or(Fault::Fate(Fate::Reported))?;
+        Ok((replies, sent))
     }
 
     /// Reads a page, with the key's deadline in the same pipeline (it updates `b.deadline`; a key found
@@ -326,11 +337,10 @@ impl<'a> Copier<'a> {
     fn page(&mut self, b: &mut Build, cmd: &Cmd) -> Result<Value, Fault> {
         let ttl_cmd = self.ttl_cmd();
         let k = b.key.as_bytes().to_vec();
-        let sent = self.servers.deadlines.sent();
-        let [reply, ttl] = self.read::<2>(b.key, |p| {
+        let ([reply, ttl], sent) = self.read::<2>(b.key, |p| {
             p.add_command(cmd.clone()).cmd(ttl_cmd).arg(&k[..]);
         })?;
-        b.deadline = self.deadline(ttl, sent)?;
+        b.deadline = self.deadline(ttl, &sent)?;
         match reply {
             Value::ServerError(e) => Err(failed(Stage::Fetch, &e).into()),
             reply => Ok(reply),
@@ -338,10 +348,10 @@ impl<'a> Copier<'a> {
     }
 
     /// The deadline from a PEXPIRETIME / PTTL reply sent at `sent`; a key gone is expired.
-    fn deadline(&self, ttl: Value, sent: i64) -> Result<Deadline, Fault> {
+    fn deadline(&self, ttl: Value, sent: &Sent) -> Result<Deadline, Fault> {
         match ttl {
             Value::Int(-2) => Err(Fate::Expired.into()),
-            Value::Int(t) => Ok(self.servers.deadlines.deadline(t, sent)),
+            Value::Int(t) => Ok(sent.deadline(0, t)),
             Value::ServerError(e) => Err(failed(Stage::Fetch, &e).into()),
             other => Err(protocol(format!("unexpected {} reply: {}", self.ttl_cmd(), kind(&other))).into()),
         }
@@ -403,8 +413,10 @@ impl<'a> Copier<'a> {
         } else {
             self.transact(&b.tmp, &[final_tx])?.pop().unwrap_or_default()
         };
-        // [PEXPIREAT | PERSIST, EXISTS, RENAME | RENAMENX, (DEL)]: a PEXPIREAT that found the key
-        // (1) and left none (EXISTS 0) met a deadline the target's clock says has passed.
+        // [PEXPIREAT | PERSIST, RENAME | RENAMENX, (DEL)]. PEXPIREAT and PERSIST answer 1 for a temporary
+        // key that was there (it always has a TTL while it is built), 0 for one that vanished (evicted). A
+        // rename that then finds no such key met a deadline the target's clock says has passed: the
+        // PEXPIREAT deleted the key, in the same transaction.
         let vanished = || {
             Err(Fault::Again(
                 Stage::Write,
@@ -412,23 +424,20 @@ impl<'a> Copier<'a> {
                 "no such key: the temporary key vanished from the target before the rename (evicted?)".into(),
             ))
         };
-        match (results.first(), results.get(1), results.get(2)) {
-            (Some(Value::Int(1)), Some(Value::Int(0)), _) if b.deadline.is_some() => Ok(Fate::Expired),
-            (_, Some(Value::Int(0)), _) => vanished(),
-            (_, _, Some(Value::Okay) | Some(Value::SimpleString(_)) | Some(Value::Int(1))) => {
-                Ok(Fate::Copied)
-            }
-            (_, _, Some(Value::Int(0))) => Ok(Fate::Skipped),
-            (_, _, Some(Value::ServerError(e))) if e.details().unwrap_or("").contains("no such key") => {
-                vanished()
-            }
-            (_, _, Some(Value::ServerError(e))) => Ok(failed(Stage::Write, e)),
-            (_, _, other) => Ok(protocol(format!("unexpected RENAME reply: {}", other.map_or("none", kind)))),
+        let no_such_key = |e: &redis::ServerError| e.details().unwrap_or("").contains("no such key");
+        match (results.first(), results.get(1)) {
+            (Some(Value::Int(0)), _) => vanished(),
+            (_, Some(Value::Okay) | Some(Value::SimpleString(_)) | Some(Value::Int(1))) => Ok(Fate::Copied),
+            (_, Some(Value::Int(0))) => Ok(Fate::Skipped),
+            (_, Some(Value::ServerError(e))) if no_such_key(e) && b.deadline.is_some() => Ok(Fate::Expired),
+            (_, Some(Value::ServerError(e))) if no_such_key(e) => vanished(),
+            (_, Some(Value::ServerError(e))) => Ok(failed(Stage::Write, e)),
+            (_, other) => Ok(protocol(format!("unexpected RENAME reply: {}", other.map_or("none", kind)))),
         }
     }
 
     /// The last transaction: deadline on the temporary key (the target's clock decides whether it has
-    /// passed: then the key is gone at once), whether it is still there, then the rename.
+    /// passed: then the key is gone at once), then the rename.
     fn final_tx(&self, b: &Build) -> Pipeline {
         let mut tx = redis::pipe();
         tx.atomic();
@@ -436,7 +445,6 @@ impl<'a> Copier<'a> {
             Some(at) => tx.cmd("PEXPIREAT").arg(&b.tmp[..]).arg(at),
             None => tx.cmd("PERSIST").arg(&b.tmp[..]),
         };
-        tx.cmd("EXISTS").arg(&b.tmp[..]);
         match self.ctx.policy.on_conflict {
             OnConflict::Replace => {
                 tx.cmd("RENAME").arg(&b.tmp[..]).arg(b.key.as_bytes());

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use redis::Value;
+
 use crate::redis::cluster::{hash_tag, key_in_slot, slot};
 use crate::redis::conn::Conn;
 use crate::redis::endpoint::{Endpoint, Timeouts};
@@ -99,21 +101,21 @@ impl InFlight {
     }
 }
 
-/// Deletes the temporary keys in [`IN_FLIGHT`] on a connection of its own, giving up after `within`
-/// (the caller then quits whatever happened). Returns how many were deleted, and how many are left
-/// (they expire within [`SAFETY_TTL_MS`]). A page whose write was already on its way when this runs
-/// may still make its temporary key after the DEL; its safety TTL covers that too.
+/// Deletes the temporary keys in [`IN_FLIGHT`] on a connection of its own, giving up after `within` (the
+/// caller then quits whatever happened): first no typed write may start (the gate closes once the writes
+/// under way are answered), then the names registered are deleted. All of it runs on a thread of its
+/// own, so that a target that does not answer costs no more than `within`. Returns how many were
+/// deleted, and how many may be left (they expire within [`SAFETY_TTL_MS`]).
 pub fn drop_in_flight(within: Duration) -> (usize, usize) {
-    // No typed write starts from now on; the ones under way are answered first.
-    *IN_FLIGHT.gate.write().unwrap_or_else(|e| e.into_inner()) = true;
-    let names = IN_FLIGHT.names().clone();
-    let Some((target, cluster)) = IN_FLIGHT.target.get().cloned() else { return (0, names.len()) };
-    if names.is_empty() {
+    let Some((target, cluster)) = IN_FLIGHT.target.get().cloned() else { return (0, 0) };
+    let registered = IN_FLIGHT.names().len();
+    if registered == 0 {
         return (0, 0);
     }
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let total = names.len();
     std::thread::spawn(move || {
+        *IN_FLIGHT.gate.write().unwrap_or_else(|e| e.into_inner()) = true;
+        let names = IN_FLIGHT.names().clone();
         let timeouts = Timeouts { connect: within / 2, io: within / 2 };
         let conn =
             if cluster { Conn::open_cluster(&target, timeouts) } else { Conn::open(&target, timeouts) };
@@ -126,12 +128,12 @@ pub fn drop_in_flight(within: Duration) -> (usize, usize) {
                     pipe.cmd("DEL").arg(&names[i][..]);
                 },
             );
-            (0..names.len()).filter(|&i| replies.take::<1>(i).is_some()).count()
+            // An error reply (NOPERM, CLUSTERDOWN) deleted nothing.
+            (0..names.len()).filter(|&i| matches!(replies.take::<1>(i), Some([Value::Int(_)]))).count()
         });
-        let _ = tx.send(deleted);
+        let _ = tx.send((deleted, names.len() - deleted));
     });
-    let deleted = rx.recv_timeout(within).unwrap_or(0);
-    (deleted, total - deleted)
+    rx.recv_timeout(within).unwrap_or((0, registered))
 }
 
 #[cfg(test)]

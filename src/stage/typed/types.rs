@@ -61,7 +61,7 @@ impl Copier<'_> {
             let mut writes = vec![write];
             if offset == 0 && !last {
                 let k = b.key.as_bytes().to_vec();
-                let [len] = self.read::<1>(b.key, |p| {
+                let ([len], _) = self.read::<1>(b.key, |p| {
                     p.cmd("STRLEN").arg(&k[..]);
                 })?;
                 if let Value::Int(len) = len {
@@ -231,8 +231,7 @@ impl Copier<'_> {
     fn stream_meta(&mut self, b: &mut Build) -> Result<(), Fault> {
         let k = b.key.as_bytes().to_vec();
         let ttl_cmd = self.ttl_cmd();
-        let sent = self.servers.deadlines.sent();
-        let [info, groups, ttl] = self.read::<3>(b.key, |p| {
+        let ([info, groups, ttl], sent) = self.read::<3>(b.key, |p| {
             p.cmd("XINFO")
                 .arg("STREAM")
                 .arg(&k[..])
@@ -242,7 +241,7 @@ impl Copier<'_> {
                 .cmd(ttl_cmd)
                 .arg(&k[..]);
         })?;
-        b.deadline = self.deadline(ttl, sent)?;
+        b.deadline = self.deadline(ttl, &sent)?;
         let info = fields(info, "XINFO STREAM")?;
         let groups = match groups {
             Value::Array(groups) => {

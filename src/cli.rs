@@ -199,6 +199,9 @@ pub struct CopyArgs {
 }
 
 /// Compare the matched keys of SOURCE and TARGET: type, value and TTL.
+// The flags `copy` and `verify` share (filters, db, TLS, timeouts) are spelled out in both structs: argh
+// has no flatten, and each `///` line is that flag's --help text. `config/` reads them in one place each
+// (`tls_flags!`, `endpoints`, `key_source`, `timeouts`).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
 pub struct VerifyArgs {

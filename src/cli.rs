@@ -20,15 +20,37 @@ pub fn parse() -> Result<Args, Exit> {
         }
     }
     let name = strings.first().map(|s| s.rsplit('/').next().unwrap_or(s)).unwrap_or("redis-ferry");
-    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
-    Args::from_args(&[name], &rest).map_err(|early| match early.status {
+    // argh takes a lone `-` for an unknown flag: it goes through as a word no argument can be (one with
+    // a NUL), and comes back as `-` in the fields that may name standard input.
+    let rest: Vec<&str> = strings.iter().skip(1).map(|s| if s == "-" { STDIN } else { s.as_str() }).collect();
+    let mut args = Args::from_args(&[name], &rest).map_err(|early| match early.status {
         Ok(()) => out::results(&early.output, Exit::Ok),
         Err(()) => {
-            let line = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
+            let line = early.output.split_whitespace().collect::<Vec<_>>().join(" ").replace(STDIN, "-");
             fail(&format!("{line} (see --help)"))
         }
-    })
+    })?;
+    let back = |s: &mut String| {
+        if s == STDIN {
+            *s = "-".to_string();
+        }
+    };
+    match &mut args.command {
+        Command::Copy(a) => {
+            [&mut a.source, &mut a.target].into_iter().chain(a.keys_from.as_mut()).for_each(back)
+        }
+        Command::Verify(a) => {
+            [&mut a.source, &mut a.target].into_iter().chain(a.keys_from.as_mut()).for_each(back)
+        }
+        Command::Report(ReportArgs { command: ReportCommand::Merge(m) }) => {
+            m.reports.iter_mut().for_each(back)
+        }
+    }
+    Ok(args)
 }
+
+/// A lone `-` (standard input) while argh parses; no argument can hold a NUL.
+const STDIN: &str = "\0-";
 
 /// A refused command line: one `error:` line, exit 2.
 fn fail(message: &str) -> Exit {
@@ -55,6 +77,37 @@ pub enum Command {
     Copy(CopyArgs),
     /// `verify SOURCE TARGET`
     Verify(VerifyArgs),
+    /// `report merge REPORT...`
+    Report(ReportArgs),
+}
+
+/// Work with the `--report` files of runs.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "report")]
+pub struct ReportArgs {
+    /// what to do with them
+    #[argh(subcommand)]
+    pub command: ReportCommand,
+}
+
+/// What `report` does.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum ReportCommand {
+    /// `merge REPORT...`
+    Merge(MergeArgs),
+}
+
+/// Merge the --report files of a sharded run (--shard I/N) into one summary line: the counters summed,
+/// every shard 0..N-1 checked to be there once with the same N, source, target and options (the newest
+/// report wins for a shard that ran twice); exits with the worst shard's code (1 when shards are missing).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "merge")]
+pub struct MergeArgs {
+    /// the report files; - reads reports from standard input, one JSON object per line (or several
+    /// objects, as `kubectl` prints termination messages)
+    #[argh(positional)]
+    pub reports: Vec<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -78,6 +131,14 @@ pub struct CopyArgs {
     /// SCAN COUNT hint (default 1000)
     #[argh(option, default = "1000")]
     pub scan_count: u64,
+    /// only keys whose hash slot (CRC16 of the key or its {hash tag}, mod 16384) is in these ranges:
+    /// A-B[,C-D...], or single slots
+    #[argh(option)]
+    pub slots: Option<String>,
+    /// only the keys of shard I of N (0-based, as JOB_COMPLETION_INDEX): the slot range redis-cli gives the
+    /// I-th of N primaries; N processes with I = 0..N-1 take every key once
+    #[argh(option)]
+    pub shard: Option<String>,
     /// copy the keys listed in FILE instead of scanning: one key per line, or a CSV written by redis-ferry
     /// (error or diff CSV, also as a spreadsheet saves it); - reads standard input
     #[argh(option)]
@@ -220,6 +281,14 @@ pub struct VerifyArgs {
     /// SCAN COUNT hint (default 1000)
     #[argh(option, default = "1000")]
     pub scan_count: u64,
+    /// only keys whose hash slot (CRC16 of the key or its {hash tag}, mod 16384) is in these ranges:
+    /// A-B[,C-D...], or single slots
+    #[argh(option)]
+    pub slots: Option<String>,
+    /// only the keys of shard I of N (0-based, as JOB_COMPLETION_INDEX): the slot range redis-cli gives the
+    /// I-th of N primaries; N processes with I = 0..N-1 take every key once
+    #[argh(option)]
+    pub shard: Option<String>,
     /// check the keys listed in FILE instead of scanning (one per line, or a redis-ferry CSV); - is stdin
     #[argh(option)]
     pub keys_from: Option<String>,

@@ -40,7 +40,7 @@ use crate::sink::budget::Budget;
 use crate::sink::dry_run::DryRun;
 use crate::sink::target::Target;
 use crate::sink::{Sink, WriteContext, WritePolicy};
-use crate::source::{self, Source};
+use crate::source::{self, Batching, Source};
 use crate::stage::route::{self, Fallback, Plan, Router};
 use crate::stage::{check, fetch, typed, write};
 use crate::throttle::{latency, Throttle};
@@ -219,7 +219,7 @@ impl Connections {
         let probe = match cfg.max_latency {
             Some(limit) => {
                 let timeouts = Timeouts { io: latency::probe_timeout(limit), ..cfg.timeouts };
-                Some(Conn::open(&cfg.source, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?)
+                Some(Conn::open(&cfg.source, timeouts).map_err(Fatal::from)?)
             }
             None => None,
         };
@@ -265,7 +265,7 @@ fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         None => None,
     };
     let Servers { scan, check, source, target, deadlines, target_memory, sides } = Servers::check(cfg)?;
-    let keys = source::open(&cfg.keys, keys_file, scan, cfg.timeouts)?;
+    let keys = source::open(&cfg.keys, keys_file, scan, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))?;
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
     let (slot_map, run_id) = (keys.slot_map(), keys.run_id().map(String::from));
     let resume = match &cfg.checkpoint {
@@ -279,13 +279,18 @@ fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         typed::temp::IN_FLIGHT.aim(&cfg.target, target.cluster);
     }
     log::info!(
-        "copying from {} ({}) to {} ({}), mode {:?}: {}{}",
+        "copying from {} ({}) to {} ({}), mode {:?}: {}{}{}",
         cfg.source,
         sides[0],
         cfg.target,
         sides[1],
         cfg.mode,
         conns.plan.why,
+        cfg.split.as_ref().map_or(String::new(), |s| format!(
+            "; only {}, {} of 16384",
+            s.describe(),
+            s.slots.len()
+        )),
         if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
     );
     Ok(Prepared { check, target, deadlines, target_memory, keys, conns, identity, resume, slot_map, run_id })
@@ -381,6 +386,7 @@ fn run(cfg: &CopyConfig, p: Prepared, stop: &Stop) -> Outcome {
             elapsed: start.elapsed(),
             dry_run: cfg.dry_run,
             stop: stop.reason(),
+            earlier: cfg.checkpoint.as_ref().map(|_| p.resume.base),
         },
         error: stop.error(),
     }
@@ -461,9 +467,14 @@ impl Stages<'_> {
         let mut stages = Vec::new();
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
-        stages.push(
-            s.spawn(move || source::run(keys, cfg.batch, starts, scan_tx, rep, ledger, Some(throttle))),
-        );
+        stages.push(s.spawn(move || {
+            let rules = Batching {
+                size: cfg.batch,
+                throttle: Some(throttle),
+                slots: cfg.split.as_ref().map(|s| &s.slots),
+            };
+            source::run(keys, rules, starts, scan_tx, rep, ledger)
+        }));
         let fetch_rx = match cfg.on_conflict {
             OnConflict::Skip => {
                 let (tx, rx) = bounded(2 * cfg.readers);

@@ -19,6 +19,9 @@ pub enum Exit {
     Aborted,
     /// Another run holds the `--lock` file.
     Locked,
+    /// A server could not be reached at the start (refused, timed out, not found); nothing was written,
+    /// and trying again later may work (unlike bad input, exit 2).
+    Unreachable,
     /// Interrupted by Ctrl-C (SIGINT) or SIGTERM after finishing the batches in flight.
     Interrupted,
 }
@@ -32,7 +35,38 @@ impl Exit {
             Exit::BadInput => 2,
             Exit::Aborted => 3,
             Exit::Locked => 4,
+            Exit::Unreachable => 5,
             Exit::Interrupted => 130,
+        }
+    }
+}
+
+impl Exit {
+    /// The exit of a code read back (from a report); an unknown code counts as an abort.
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            1 => Exit::KeysFailed,
+            2 => Exit::BadInput,
+            4 => Exit::Locked,
+            5 => Exit::Unreachable,
+            130 => Exit::Interrupted,
+            _ => Exit::Aborted,
+        }
+    }
+
+    /// How bad an exit is for a scheduler that merges several (`report merge` keeps the worst): a clean
+    /// run, then keys that failed (retry those), an interrupted run, an abort, a server not reached (retry
+    /// later), a lock held, and bad input (never retry) last.
+    pub fn severity(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::KeysFailed => 1,
+            Exit::Interrupted => 2,
+            Exit::Aborted => 3,
+            Exit::Unreachable => 4,
+            Exit::Locked => 5,
+            Exit::BadInput => 6,
         }
     }
 }
@@ -54,9 +88,14 @@ pub struct Fatal {
 }
 
 impl Fatal {
-    /// Bad input or nothing to connect to: exit 2.
+    /// Bad input: exit 2.
     pub fn bad_input(message: impl Into<String>) -> Fatal {
         Fatal { exit: Exit::BadInput, message: message.into() }
+    }
+
+    /// A server that could not be reached at the start: exit 5.
+    pub fn unreachable(message: impl Into<String>) -> Fatal {
+        Fatal { exit: Exit::Unreachable, message: message.into() }
     }
 }
 
@@ -71,6 +110,18 @@ mod tests {
         assert_eq!(Exit::BadInput.code(), 2);
         assert_eq!(Exit::Aborted.code(), 3);
         assert_eq!(Exit::Locked.code(), 4);
+        assert_eq!(Exit::Unreachable.code(), 5);
+        for exit in [
+            Exit::Ok,
+            Exit::KeysFailed,
+            Exit::BadInput,
+            Exit::Aborted,
+            Exit::Locked,
+            Exit::Unreachable,
+            Exit::Interrupted,
+        ] {
+            assert_eq!(Exit::from_code(exit.code()), exit);
+        }
         assert_eq!(Exit::Interrupted.code(), 130);
     }
 }

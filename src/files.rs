@@ -148,6 +148,36 @@ pub fn check_replaceable(flag: &str, path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes `bytes` to `path`, atomically by [`replace_file`] where it can, in place (truncated, written,
+/// synced) where it cannot: an existing path that is not a regular file (a device, a pipe: renaming over
+/// `/dev/null` would replace it), or a file that rename cannot replace (one bind-mounted into a container,
+/// as Kubernetes mounts `/dev/termination-log`).
+pub fn write_file(path: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let in_place = || -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).truncate(true).open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all().or_else(|e| if e.kind() == io::ErrorKind::InvalidInput { Ok(()) } else { Err(e) })
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return in_place(),
+        Ok(_) => {}
+        Err(_) => return replace_file(path, bytes),
+    }
+    replace_file(path, bytes).or_else(|_| in_place())
+}
+
+/// Checks, without leaving a trace, that [`write_file`] can write `path`: replaced atomically, or, for an
+/// existing file or device, in place.
+pub fn check_writable_somehow(flag: &str, path: &str) -> Result<(), String> {
+    let replaceable =
+        std::fs::metadata(path).map_or(true, |m| m.is_file()) && check_replaceable(flag, path).is_ok();
+    if replaceable || OpenOptions::new().write(true).open(path).is_ok() {
+        return Ok(());
+    }
+    check_replaceable(flag, path)
+}
+
 /// Replaces `path` with `bytes` atomically: writes `FILE.tmp` in the same directory, syncs it, renames
 /// it over FILE. A reader sees the old file or the new one, never half of one.
 pub fn replace_file(path: &str, bytes: &[u8]) -> io::Result<()> {

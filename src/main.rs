@@ -28,7 +28,7 @@ mod verify;
 use std::process::ExitCode;
 
 use crate::account::{Stop, StopReason};
-use crate::cli::Command;
+use crate::cli::{Command, ReportArgs, ReportCommand};
 use crate::config::{CopyConfig, VerifyConfig};
 use crate::exit::Exit;
 
@@ -57,6 +57,7 @@ fn run() -> Exit {
             Ok((exit, summary)) => out::results(&summary, exit),
             Err(e) => fail(e.exit, &e.message),
         }),
+        Command::Report(ReportArgs { command: ReportCommand::Merge(m) }) => Ok(cron::merge::main(&m.reports)),
     };
     outcome.unwrap_or_else(|e| fail(Exit::BadInput, &e.to_string()))
 }

@@ -21,9 +21,13 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
     let role = endpoint.role.name();
     // db 0 first: a cluster refuses SELECT, and the db is checked below with a clearer message.
     let first = Endpoint { db: 0, ..endpoint.clone() };
-    let mut conn = Conn::open(&first, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+    let mut conn = Conn::open(&first, timeouts).map_err(Fatal::from)?;
     let info = conn.server_info().map_err(|e| {
-        Fatal::bad_input(format!("cannot read INFO from {role} {first}: {}", reply::explain(&e, endpoint)))
+        let message = format!("cannot read INFO from {role} {first}: {}", reply::explain(&e, endpoint));
+        match reply::is_connection_error(&e) {
+            true => Fatal::unreachable(message),
+            false => Fatal::bad_input(message),
+        }
     })?;
     let db_flag = |why: &str| {
         Fatal::bad_input(format!(
@@ -35,7 +39,7 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
         if endpoint.db != 0 {
             return Err(db_flag("is a Redis Cluster, which has only db 0"));
         }
-        conn = Conn::open_cluster(endpoint, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+        conn = Conn::open_cluster(endpoint, timeouts).map_err(Fatal::from)?;
     }
     if endpoint.db != 0 {
         let count = conn
@@ -49,7 +53,7 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
             if e.reason.contains("DB index is out of range") {
                 db_flag("has no such database")
             } else {
-                Fatal::bad_input(e.to_string())
+                Fatal::from(e)
             }
         })?;
     }
@@ -63,7 +67,7 @@ pub fn open_like(endpoint: &Endpoint, info: &ServerInfo, timeouts: Timeouts) -> 
         true => Conn::open_cluster(endpoint, timeouts),
         false => Conn::open(endpoint, timeouts),
     };
-    conn.map_err(|e| Fatal::bad_input(e.to_string()))
+    conn.map_err(Fatal::from)
 }
 
 /// What a side is, for the run's first log line: `redis 7.0.15`, and for a cluster its primaries.

@@ -47,6 +47,9 @@ pub struct Summary {
     pub dry_run: bool,
     /// Why it stopped early, if it did.
     pub stop: StopReason,
+    /// With `--checkpoint`: the counters of the earlier runs of this copy (not in the summary line, which
+    /// counts this run; in the report's `total`).
+    pub earlier: Option<Snapshot>,
 }
 
 impl Summary {

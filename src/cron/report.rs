@@ -26,6 +26,10 @@ pub struct Report<'a> {
     pub version: &'static str,
     /// The subcommand, `copy`.
     pub command: &'static str,
+    /// `--shard I/N`: this process's shard; null for `--slots` or a whole copy.
+    pub shard: Option<ShardOf>,
+    /// The hash slots the run took (`--slots`, `--shard`), `0-5460,10923`; null for a whole copy.
+    pub slots: Option<String>,
     /// The process id of the run.
     pub pid: u32,
     /// When the run started (right after taking the lock), RFC 3339 UTC.
@@ -45,9 +49,25 @@ pub struct Report<'a> {
     pub seconds: f64,
     /// The summary line's `keys_per_sec`: `scanned / seconds`, rounded.
     pub keys_per_sec: f64,
+    /// With `--checkpoint`: the buckets over every run of this copy so far (this run's plus the earlier
+    /// runs' the checkpoint kept), which `report merge` adds up for a shard that was started again; null
+    /// without a checkpoint.
+    pub total: Option<Snapshot>,
     /// The options the run used, defaults filled in.
     pub options: Options<'a>,
 }
+
+/// Shard `index` of `of`, as `--shard index/of` gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ShardOf {
+    /// 0 to `of` - 1.
+    pub index: u32,
+    /// How many shards the run was split into.
+    pub of: u32,
+}
+
+/// The most bytes a report holds: a Kubernetes termination message is cut at 4096.
+pub const MAX_REPORT_BYTES: usize = 4096;
 
 /// The options of a run, named like their flags, with the defaults filled in. No user name, no password.
 #[derive(Debug, Serialize)]
@@ -127,6 +147,8 @@ impl<'a> Report<'a> {
             tool: "redis-ferry",
             version: env!("CARGO_PKG_VERSION"),
             command: "copy",
+            shard: cfg.split.as_ref().and_then(|s| s.shard).map(|(index, of)| ShardOf { index, of }),
+            slots: cfg.split.as_ref().map(|s| s.slots.ranges_text()),
             pid: std::process::id(),
             start: rfc3339(start),
             end: rfc3339(SystemTime::now()),
@@ -137,16 +159,37 @@ impl<'a> Report<'a> {
             // Rounded like the summary line, so the two agree.
             seconds: (secs * 1000.0).round() / 1000.0,
             keys_per_sec: rate.round(),
+            total: summary.and_then(|s| s.earlier.map(|e| e.plus(s.counts))),
             options: Options::new(cfg),
         }
     }
 
-    /// Writes the report atomically: `FILE.tmp` in the same directory, synced, then renamed over FILE.
+    /// Writes the report: atomically (`FILE.tmp` in the same directory, synced, renamed over FILE), or in
+    /// place where rename cannot replace FILE (see [`files::write_file`]).
     pub fn write(&self, path: &str) -> Result<(), String> {
-        let mut bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| format!("cannot write the report {path}: {e}"))?;
-        bytes.push(b'\n');
-        files::replace_file(path, &bytes).map_err(|e| format!("cannot write the report {path}: {e}"))
+        files::write_file(path, &self.bytes()).map_err(|e| format!("cannot write the report {path}: {e}"))
+    }
+
+    /// The report as JSON in at most [`MAX_REPORT_BYTES`]: pretty-printed when it fits, else on one line,
+    /// else with its largest parts (a long error, many `--match` patterns, long paths) halved until it fits.
+    pub fn bytes(&self) -> Vec<u8> {
+        let pretty = |v: &serde_json::Value| {
+            let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+            b.push(b'\n');
+            b
+        };
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        let bytes = pretty(&value);
+        if bytes.len() <= MAX_REPORT_BYTES {
+            return bytes;
+        }
+        loop {
+            let mut line = serde_json::to_vec(&value).unwrap_or_default();
+            line.push(b'\n');
+            if line.len() <= MAX_REPORT_BYTES || !cut_largest(&mut value) {
+                return line;
+            }
+        }
     }
 }
 
@@ -216,12 +259,60 @@ fn mask_passwords(text: &str, cfg: &CopyConfig) -> String {
 
 /// Checks, without leaving a trace, that the report can be written (see [`files::check_replaceable`]).
 pub fn check_report_writable(path: &str) -> Result<(), String> {
-    files::check_replaceable("--report", path)
+    files::check_writable_somehow("--report", path)
+}
+
+/// Halves the largest part of the report that can shrink: a string longer than 16 bytes (cut, with `…`)
+/// or a list of more than two items (its second half replaced by one `"… N more"`). False when
+/// nothing is left to cut.
+fn cut_largest(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    fn size(v: &Value) -> usize {
+        serde_json::to_vec(v).map_or(0, |b| b.len())
+    }
+    fn shrinkable(v: &Value) -> bool {
+        matches!(v, Value::String(s) if s.len() > 16) || matches!(v, Value::Array(items) if items.len() > 2)
+    }
+    /// The JSON pointer and size of the largest shrinkable node under `v` (itself included).
+    fn largest(v: &Value, at: String) -> Option<(String, usize)> {
+        let children: Vec<(String, &Value)> = match v {
+            Value::Array(items) => items.iter().enumerate().map(|(i, c)| (format!("{at}/{i}"), c)).collect(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, c)| (format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), c))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let own = shrinkable(v).then(|| (at.clone(), size(v)));
+        children.into_iter().filter_map(|(p, c)| largest(c, p)).chain(own).max_by_key(|(_, n)| *n)
+    }
+    let Some(node) = largest(value, String::new()).and_then(|(at, _)| value.pointer_mut(&at)) else {
+        return false;
+    };
+    match node {
+        Value::String(s) => {
+            let mut cut = s.len() / 2;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        Value::Array(items) => {
+            let keep = items.len() / 2;
+            let more = items.len() - keep;
+            items.truncate(keep);
+            items.push(Value::String(format!("… {more} more")));
+        }
+        _ => return false,
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::os::unix::fs::FileTypeExt;
     use std::path::Path;
     use std::time::Duration;
 
@@ -254,6 +345,7 @@ mod tests {
             elapsed: Duration::from_millis(2500),
             dry_run: false,
             stop: StopReason::Interrupted,
+            earlier: None,
         };
         let report =
             Report::new(&cfg, SystemTime::now(), Some(&summary), Exit::Interrupted, Some("lost s3cret-pw"));
@@ -283,6 +375,48 @@ mod tests {
         assert!(v["stopped"].is_null());
         assert_eq!(v["options"]["keys_from"], "-");
         assert!(v["options"]["scan_count"].is_null());
+    }
+
+    #[test]
+    fn a_report_stays_under_4_kb_however_long_its_strings() {
+        let patterns: Vec<String> = (0..400).map(|i| format!("tenant:{i:04}:*")).collect();
+        let mut args: Vec<&str> = patterns.iter().flat_map(|p| ["--match", p.as_str()]).collect();
+        args.extend(["--report", "r.json"]);
+        let cfg = config(&args);
+        let error = "x".repeat(10_000);
+        let bytes = Report::new(&cfg, SystemTime::now(), None, Exit::Aborted, Some(&error)).bytes();
+        assert!(bytes.len() <= MAX_REPORT_BYTES, "{} bytes", bytes.len());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((v["exit_code"].as_u64(), v["tool"].as_str()), (Some(3), Some("redis-ferry")));
+        let patterns = v["options"]["match"].as_array().unwrap();
+        assert_eq!(patterns[0], "tenant:0000:*");
+        assert!(patterns.last().unwrap().as_str().unwrap().ends_with(" more"), "{patterns:?}");
+        let small = Report::new(&config(&[]), SystemTime::now(), None, Exit::Ok, None).bytes();
+        assert!(
+            small.contains(&b'\n') && String::from_utf8_lossy(&small).contains("\n  \"tool\""),
+            "pretty when it fits"
+        );
+    }
+
+    #[test]
+    fn a_report_is_written_in_place_where_rename_cannot_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("termination-log");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let path = fifo.to_str().unwrap().to_string();
+        // The check opens and closes the pipe (an empty read), the write comes on a later open.
+        let reader = std::thread::spawn(move || loop {
+            let got = std::fs::read(&fifo).unwrap();
+            if !got.is_empty() {
+                return got;
+            }
+        });
+        check_report_writable(&path).unwrap();
+        Report::new(&config(&[]), SystemTime::now(), None, Exit::Ok, None).write(&path).unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&got).unwrap()["tool"], "redis-ferry");
+        assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo(), "the pipe was replaced");
+        assert!(!Path::new(&format!("{path}.tmp")).exists());
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Conn {
     /// being migrated.
     fn refresh(&mut self) -> Result<usize, ConnectError> {
         let mut seed = Link { endpoint: self.endpoint.clone(), id: None, inner: None };
-        let mut last = None;
+        let (mut last, mut unreachable) = (None, true);
         let mut topology = None;
         for link in self.links.iter_mut().chain(std::iter::once(&mut seed)) {
             let nodes = link
@@ -242,9 +242,13 @@ impl Conn {
                     topology = Some(t);
                     break;
                 }
-                Ok(Err(why)) => last = Some(why),
+                Ok(Err(why)) => {
+                    last = Some(why);
+                    unreachable = false;
+                }
                 Err(e) => {
                     link.inner = None;
+                    unreachable &= is_connection_error(&e);
                     last = Some(describe(&e));
                 }
             }
@@ -262,6 +266,7 @@ impl Conn {
                 role: self.endpoint.role.name(),
                 endpoint: self.endpoint.to_string(),
                 reason: format!("cannot read the cluster's slot map: {}", last.unwrap_or_default()),
+                unreachable,
             });
         };
         let mut old = std::mem::take(&mut self.links);

@@ -11,7 +11,8 @@ use redis::{
 };
 
 use super::endpoint::{Endpoint, Role, Timeouts, Tls};
-use super::reply::{explain, one_line};
+use super::reply::{explain, is_connection_error, one_line};
+use crate::exit::Fatal;
 
 /// A failure to connect or log in, with the endpoint in its message (never the password).
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +24,29 @@ pub struct ConnectError {
     pub endpoint: String,
     /// What went wrong, one line.
     pub reason: String,
+    /// The server could not be reached (refused, timed out, not found, hung up): worth trying again
+    /// later, unlike a refused login or certificate.
+    pub unreachable: bool,
+}
+
+impl From<ConnectError> for Fatal {
+    /// A server not reached at the start is exit 5 (try again later); any other refusal exit 2.
+    fn from(e: ConnectError) -> Fatal {
+        match e.unreachable {
+            true => Fatal::unreachable(e.to_string()),
+            false => Fatal::bad_input(e.to_string()),
+        }
+    }
 }
 
 /// A connection failure as the one-line "cannot connect" error.
 pub fn connect_error(endpoint: &Endpoint, e: &RedisError) -> ConnectError {
+    let (reason, unreachable) = connect_reason(e, endpoint);
     ConnectError {
         role: endpoint.role.name(),
         endpoint: endpoint.to_string(),
-        reason: one_line(&connect_reason(e, endpoint)),
+        reason: one_line(&reason),
+        unreachable,
     }
 }
 
@@ -99,24 +115,26 @@ fn tls_setup(endpoint: &Endpoint, tls: &Tls) {
 }
 
 /// Why a connection could not be made, for the one-line "cannot connect" message: TLS failures in words
-/// with what to do about them, the rest as [`describe`] puts them.
-fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> String {
+/// with what to do about them, the rest as [`describe`] puts them; and whether the server was simply not
+/// reached (worth trying again later) rather than reached and refusing, or reached by the wrong scheme.
+fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> (String, bool) {
+    let not_reached = || (explain(err, endpoint), is_connection_error(err));
     let Some(tls) = &endpoint.tls else {
         // A TLS-only port hangs up on a plain client.
         use std::io::ErrorKind as Io;
         if matches!(io_kind(err), Some(Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe)) {
-            return "the server hung up at once (if it only accepts TLS, use rediss://)".to_string();
+            return ("the server hung up at once (if it only accepts TLS, use rediss://)".to_string(), false);
         }
-        return explain(err, endpoint);
+        return not_reached();
     };
     let Some(e) = rustls_error(err) else {
         // The connect timeout covers the TCP connect (TimedOut) and then the handshake (WouldBlock: a
         // read timed out): a plain Redis reading a ClientHello waits for the end of a command line forever.
         if io_kind(err) == Some(std::io::ErrorKind::WouldBlock) {
-            return "TLS: no answer to the TLS handshake (if it is a plain Redis port, use redis://)"
-                .to_string();
+            let why = "TLS: no answer to the TLS handshake (if it is a plain Redis port, use redis://)";
+            return (why.to_string(), false);
         }
-        return explain(err, endpoint);
+        return not_reached();
     };
     use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
     let role = endpoint.role.name();
@@ -169,7 +187,7 @@ fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> String {
         }
         other => other.to_string(),
     };
-    format!("TLS: {why}")
+    (format!("TLS: {why}"), false)
 }
 
 /// `DnsName("redis.example")` (how webpki lists the names a certificate is for) as `redis.example`.

@@ -39,6 +39,10 @@ pub struct Identity {
     pub types: Vec<String>,
     /// `--on-conflict`.
     pub on_conflict: String,
+    /// `--slots` / `--shard`: the slots taken (`shard 2/8 (slots 4096-6143)`); absent for a whole copy
+    /// (and in files written before shards existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<String>,
 }
 
 impl Identity {
@@ -57,6 +61,7 @@ impl Identity {
             patterns,
             types,
             on_conflict: format!("{:?}", cfg.on_conflict).to_lowercase(),
+            slots: cfg.split.as_ref().map(|s| s.describe()),
         }
     }
 }
@@ -345,12 +350,27 @@ mod tests {
             patterns: vec!["*".into()],
             types: vec![],
             on_conflict: "skip".into(),
+            slots: None,
         }
     }
 
     /// `load` then `start`, as `copy` does.
     fn resume(path: &str, id: &Identity, map: Option<&SlotMap>) -> Result<Start, String> {
         load(path, id).map(|cp| start(cp, path, Origin { map, run_id: Some("r1") }))
+    }
+
+    #[test]
+    fn a_checkpoint_of_one_shard_is_refused_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let path = path.to_str().unwrap();
+        let shard0 = Identity { slots: Some("shard 0/2 (slots 0-8191)".into()), ..identity() };
+        save(path, &shard0, Origin { map: None, run_id: Some("r1") }, &[Some(P(0, 7))], Snapshot::default())
+            .unwrap();
+        assert!(load(path, &shard0).unwrap().is_some());
+        let shard1 = Identity { slots: Some("shard 1/2 (slots 8192-16383)".into()), ..identity() };
+        assert!(load(path, &shard1).is_err());
+        assert!(load(path, &identity()).is_err(), "a whole copy is another copy too");
     }
 
     #[test]

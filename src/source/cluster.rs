@@ -13,6 +13,7 @@ use crate::key::{Key, KeyType};
 use crate::redis::conn::Conn;
 use crate::redis::connect::ConnectError;
 use crate::redis::endpoint::Timeouts;
+use crate::redis::slots::SlotSet;
 use crate::redis::{cluster, glob, reply};
 use crate::resume::checkpoint::SlotMap;
 use crate::resume::Position;
@@ -27,27 +28,44 @@ pub struct ClusterScan {
     conn: Conn,
     /// The primary serving each slot when the scan started (by address).
     owners: Vec<Option<String>>,
+    /// `--slots` / `--shard`: only these slots are read again when they move.
+    slots: Option<SlotSet>,
 }
 
 impl ClusterScan {
     /// Opens a scan of each primary of the cluster behind `conn`, in the order of their addresses, with
-    /// `scan` (which checks that the primary lets us SCAN).
+    /// `scan` (which checks that the primary lets us SCAN). With `slots`, only the primaries serving one
+    /// of them now are scanned (the others hold none of this shard's keys; slots that move later are read
+    /// again at the end, as always).
     pub fn new(
         mut conn: Conn,
         timeouts: Timeouts,
         scan: impl Fn(Conn) -> Result<ServerScan, Fatal>,
+        slots: Option<&SlotSet>,
     ) -> Result<ClusterScan, Fatal> {
-        let (owners, _) = conn.slot_owners().map_err(|e| Fatal::bad_input(e.to_string()))?;
+        let (owners, _) = conn.slot_owners().map_err(Fatal::from)?;
         let mut nodes = conn.primaries();
         nodes.sort_by_key(|node| node.to_string());
+        if let Some(set) = slots {
+            let serves = |node: &String| {
+                (0..owners.len()).any(|s| owners[s].as_ref() == Some(node) && set.has(s as u16))
+            };
+            nodes.retain(|node| serves(&node.to_string()));
+            log::info!(
+                "{}: scanning the {} primaries that serve them: {}",
+                set.ranges_text(),
+                nodes.len(),
+                nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
         let primaries = nodes
             .iter()
             .map(|node| {
-                let node = Conn::open(node, timeouts).map_err(|e| Fatal::bad_input(e.to_string()))?;
+                let node = Conn::open(node, timeouts).map_err(Fatal::from)?;
                 scan(node.with_retry(conn.retry()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ClusterScan { primaries, conn, owners })
+        Ok(ClusterScan { primaries, conn, owners, slots: slots.cloned() })
     }
 }
 
@@ -69,8 +87,8 @@ impl Source for ClusterScan {
     }
 
     fn feed(self: Box<Self>, start: &[Option<Position>], batcher: &mut Batcher) -> Result<(), SourceError> {
-        let ClusterScan { primaries, conn, owners } = *self;
-        cluster(primaries, conn, owners, start, batcher)
+        let ClusterScan { primaries, conn, owners, slots } = *self;
+        cluster(primaries, conn, owners, slots.as_ref(), start, batcher)
     }
 }
 
@@ -90,6 +108,7 @@ fn cluster(
     primaries: Vec<ServerScan>,
     conn: Conn,
     mut owners: Vec<Option<String>>,
+    slots: Option<&SlotSet>,
     start: &[Option<Position>],
     batcher: &mut Batcher,
 ) -> Result<(), SourceError> {
@@ -107,7 +126,7 @@ fn cluster(
             .map(|(lane, primary, at)| {
                 let node = primary.conn.endpoint().to_string();
                 let mut own = Batcher {
-                    keys: Vec::with_capacity(parent.size),
+                    keys: Vec::with_capacity(parent.rules.size),
                     first: at,
                     page: at,
                     lane,
@@ -141,7 +160,7 @@ fn cluster(
     if batcher.rep.stop.stop_scanning() {
         return Ok(());
     }
-    rescan_moved(conn, owners, &filter, batcher)
+    rescan_moved(conn, owners, slots, &filter, batcher)
 }
 
 /// After the primaries of a cluster were scanned: the keys of every slot that changed hands since
@@ -156,6 +175,7 @@ fn cluster(
 fn rescan_moved(
     mut conn: Conn,
     mut owners: Vec<Option<String>>,
+    slots: Option<&SlotSet>,
     (patterns, types): &(Vec<Vec<u8>>, Vec<KeyType>),
     batcher: &mut Batcher,
 ) -> Result<(), SourceError> {
@@ -176,7 +196,10 @@ fn rescan_moved(
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let moved: Vec<u16> = (0..now.len()).filter(|&s| now[s] != owners[s]).map(|s| s as u16).collect();
+        let moved: Vec<u16> = (0..now.len())
+            .filter(|&s| now[s] != owners[s] && slots.is_none_or(|set| set.has(s as u16)))
+            .map(|s| s as u16)
+            .collect();
         if moved.is_empty() {
             return Ok(());
         }

@@ -26,6 +26,7 @@ use crate::key::Key;
 use crate::redis::conn::Conn;
 use crate::redis::endpoint::Timeouts;
 use crate::redis::reply;
+use crate::redis::slots::SlotSet;
 use crate::resume::checkpoint::SlotMap;
 use crate::resume::{Ledger, Position};
 use crate::throttle::Throttle;
@@ -85,8 +86,8 @@ pub struct Batcher<'a> {
     first: Position,
     /// Where the keys being pushed now come from (the current SCAN page).
     page: Position,
-    /// Keys per batch.
-    size: usize,
+    /// Keys per batch, the `--rate` bucket and the slots taken.
+    rules: Batching<'a>,
     /// Its lane in the ledger: the scanner's, or [`crate::resume::REREAD`].
     lane: usize,
     /// The next stage.
@@ -95,22 +96,36 @@ pub struct Batcher<'a> {
     rep: &'a Reporter<'a>,
     /// Batches in flight, for `--checkpoint`.
     ledger: &'a Ledger,
+}
+
+/// How a source's keys are cut into batches.
+#[derive(Clone, Copy)]
+pub struct Batching<'a> {
+    /// Keys per batch.
+    pub size: usize,
     /// The `--rate` bucket: a batch waits for its tokens before it is sent on; `None` is unmetered.
-    throttle: Option<&'a Throttle>,
+    pub throttle: Option<&'a Throttle>,
+    /// `--slots` / `--shard`: the keys of other slots are dropped before they are counted; `None` keeps
+    /// every key.
+    pub slots: Option<&'a SlotSet>,
 }
 
 impl Batcher<'_> {
     /// Adds a key; returns false when the run is stopping or the next stage has gone away. A stop
-    /// cuts the current SCAN page short: the keys not yet sent were never scanned.
+    /// cuts the current SCAN page short: the keys not yet sent were never scanned. A key of a slot the
+    /// run does not take is left out (and returns true): it is another shard's.
     pub fn push(&mut self, key: Key) -> bool {
         if self.rep.stop.stop_scanning() {
             return false;
+        }
+        if self.rules.slots.is_some_and(|s| !s.has_key(key.as_bytes())) {
+            return true;
         }
         if self.keys.is_empty() {
             self.first = self.page;
         }
         self.keys.push(key);
-        self.keys.len() < self.size || self.flush()
+        self.keys.len() < self.rules.size || self.flush()
     }
 
     /// Sends the batch on once the bucket admits it; a batch the run stopped waiting for, or that the
@@ -119,10 +134,10 @@ impl Batcher<'_> {
         if self.keys.is_empty() {
             return true;
         }
-        if self.throttle.is_some_and(|t| !t.admit(self.keys.len(), self.rep.stop)) {
+        if self.rules.throttle.is_some_and(|t| !t.admit(self.keys.len(), self.rep.stop)) {
             return false;
         }
-        let items = std::mem::replace(&mut self.keys, Vec::with_capacity(self.size));
+        let items = std::mem::replace(&mut self.keys, Vec::with_capacity(self.rules.size));
         let n = items.len();
         // Counted before sending, so that a downstream stage never accounts for a key not yet scanned.
         Counters::add(&self.rep.counters.scanned, n as u64);
@@ -144,28 +159,26 @@ impl Batcher<'_> {
 }
 
 /// Runs the first stage until every key was found, the stop flag is raised, or the source failed: the
-/// source's lanes start at their entries of `start` (from `--checkpoint`). With a `throttle` (copy's
-/// `--rate`), each batch waits for its tokens before it is sent on.
+/// source's lanes start at their entries of `start` (from `--checkpoint`), and its keys are cut into
+/// batches by `rules`.
 pub fn run(
     source: Box<dyn Source>,
-    batch: usize,
+    rules: Batching,
     start: &[Option<Position>],
     out: Sender<Batch<Key>>,
     rep: Reporter,
     ledger: &Ledger,
-    throttle: Option<&Throttle>,
 ) {
     let first = start.first().copied().flatten().unwrap_or_default();
     let mut batcher = Batcher {
-        keys: Vec::with_capacity(batch),
+        keys: Vec::with_capacity(rules.size),
         first,
         page: first,
-        size: batch,
+        rules,
         lane: source.main_lane(),
         out,
         rep: &rep,
         ledger,
-        throttle,
     };
     match source.feed(start, &mut batcher) {
         Err(e) => rep.stop.fatal(format!("scan stage: {}", e.message)),
@@ -187,6 +200,7 @@ pub fn open(
     file: Option<keys_file::KeysFile>,
     conn: Conn,
     timeouts: Timeouts,
+    slots: Option<&SlotSet>,
 ) -> Result<Box<dyn Source>, Fatal> {
     let (patterns, types, count) = match (keys, file) {
         (_, Some(file)) => return Ok(Box::new(file)),
@@ -197,7 +211,7 @@ pub fn open(
     if !conn.is_cluster() {
         return scan(conn).map(|s| Box::new(s) as Box<dyn Source>);
     }
-    cluster::ClusterScan::new(conn, timeouts, scan).map(|c| Box::new(c) as Box<dyn Source>)
+    cluster::ClusterScan::new(conn, timeouts, scan, slots).map(|c| Box::new(c) as Box<dyn Source>)
 }
 
 /// Opens `--keys-from` (`-` is standard input) and checks every line of it; `None` when scanning.

@@ -31,7 +31,7 @@ use crate::key::Key;
 use crate::redis::endpoint::Endpoint;
 use crate::redis::reply;
 use crate::resume::{Ledger, Position};
-use crate::source::{self, Source};
+use crate::source::{self, Batching, Source};
 use crate::{files, preflight};
 
 use compare::{Comparer, Kind, Verdict};
@@ -224,7 +224,8 @@ fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
         cfg.source,
         preflight::describe(&scan_conn, &source_info)
     );
-    let keys = source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts)?;
+    let keys =
+        source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))?;
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         preflight::open_like(endpoint, info, cfg.timeouts)
@@ -272,7 +273,9 @@ fn check(cfg: &VerifyConfig, prepared: Prepared, verdicts: &Verdicts, stop: &Sto
             s.spawn(move || {
                 let starts = vec![Some(Position::default()); keys.lanes()];
                 let ledger = Ledger::new(&starts);
-                source::run(keys, cfg.batch, &starts, tx, rep, &ledger, None)
+                let rules =
+                    Batching { size: cfg.batch, throttle: None, slots: cfg.split.as_ref().map(|s| &s.slots) };
+                source::run(keys, rules, &starts, tx, rep, &ledger)
             });
         };
         scanner(keys, tx, &source_counters);

@@ -189,40 +189,6 @@ fn assert_verified(source: &str, target: &str) -> VerifySummary {
     v
 }
 
-/// Keys with hash tags: several in one slot (`{user:1000}`, every type, one with a TTL), the empty
-/// tag `{}` (the whole key is hashed), only the first tag counts (`{a}{b}`), a `}` before the `{`, a
-/// binary tag, and a key that is only a tag. Returns the keys written.
-fn fill_hash_tag_keys(con: &mut impl ConnectionLike) -> Vec<Vec<u8>> {
-    run(con, &[b"SET", b"{user:1000}:name", b"Ada"]);
-    run(con, &[b"RPUSH", b"{user:1000}:visits", b"mon", b"tue", b"\xff"]);
-    run(con, &[b"PEXPIRE", b"{user:1000}:visits", b"900000"]);
-    run(con, &[b"SADD", b"{user:1000}:roles", b"admin", b"dev"]);
-    run(con, &[b"ZADD", b"{user:1000}:scores", b"1.5", b"a", b"-3", b"b"]);
-    run(con, &[b"HSET", b"{user:1000}:profile", b"lang", b"en", b"\x00", b"\xff"]);
-    fill_stream(con, b"{user:1000}:events", 4);
-    run(con, &[b"SET", b"{user:1000}", b"the tag alone"]);
-    run(con, &[b"SET", b"{}empty-tag", b"hashed whole"]);
-    run(con, &[b"HSET", b"{a}{b}", b"f", b"first tag counts"]);
-    run(con, &[b"SET", b"no}tag{here}", b"v"]);
-    run(con, &[b"SET", b"bin{\xff\x00,\"\n}tag", b"binary tag", b"EX", b"3600"]);
-    [
-        &b"{user:1000}:name"[..],
-        b"{user:1000}:visits",
-        b"{user:1000}:roles",
-        b"{user:1000}:scores",
-        b"{user:1000}:profile",
-        b"{user:1000}:events",
-        b"{user:1000}",
-        b"{}empty-tag",
-        b"{a}{b}",
-        b"no}tag{here}",
-        b"bin{\xff\x00,\"\n}tag",
-    ]
-    .iter()
-    .map(|k| k.to_vec())
-    .collect()
-}
-
 /// `n` string keys `{prefix}{i}`, every tenth with a TTL; through a pipeline on a standalone server,
 /// one command at a time on a cluster.
 fn fill_plain_keys(con: &mut impl ConnectionLike, prefix: &str, n: usize) -> Vec<Vec<u8>> {

@@ -284,9 +284,10 @@ fn report_is_written_when_preflight_fails_after_the_lock() {
         "--lock",
         &path_str(&p.csv("run.lock")),
     ]);
-    assert_exit(&out, 2);
+    // Not reachable at the start: exit 5 (try again later), not 2 (bad input).
+    assert_exit(&out, 5);
     let r = read_report(&report);
-    assert_eq!((r["exit_code"].as_u64(), r["scanned"].as_u64()), (Some(2), Some(0)), "{r:#}");
+    assert_eq!((r["exit_code"].as_u64(), r["scanned"].as_u64()), (Some(5), Some(0)), "{r:#}");
     assert!(r["error"].as_str().is_some_and(|e| e.contains(&nowhere)), "{r:#}");
     assert!(r["stopped"].is_null(), "{r:#}");
 }

@@ -129,17 +129,6 @@ fn bad_input_is_refused_with_one_line_naming_the_culprit_and_nothing_written() {
             ..CASE
         },
         BadInput {
-            name: "unreachable_target",
-            attempt: Attempt::Built(|p| {
-                // A port that was free a moment ago, with nothing listening.
-                let nowhere = format!("127.0.0.1:{}", free_port());
-                let csv = path_str(&p.csv("errors.csv"));
-                (ferry(["copy", &p.src.addr(), &nowhere, "--errors", &csv]), vec![nowhere])
-            }),
-            needles: &["target"],
-            ..CASE
-        },
-        BadInput {
             name: "wrong_password",
             target_args: &["--requirepass", "right-pass-1234"],
             attempt: Attempt::Built(|p| {

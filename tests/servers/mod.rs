@@ -165,3 +165,28 @@ fn long_keys_are_cut_in_logs_and_kept_whole_in_the_csv() {
     assert!(longest < 2_000, "a log line of {longest} bytes");
     assert_eq!(read_errors(&p.csv("errors.csv"))[0].key, key);
 }
+
+#[test]
+fn a_server_not_reachable_at_the_start_is_exit_5_and_bad_input_stays_2() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "k:", 20);
+    // A port that was free a moment ago, with nothing listening.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    for (source, target, side) in
+        [(p.src.addr(), nowhere.clone(), "target"), (nowhere.clone(), p.dst.addr(), "source")]
+    {
+        for command in ["copy", "verify"] {
+            let out = ferry([command, &source, &target]);
+            assert_exit(&out, 5);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{}", dump(&out));
+            assert!(errors[0].contains(side) && errors[0].contains(&nowhere), "{}", dump(&out));
+        }
+    }
+    assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    // A wrong password is not worth retrying: still exit 2.
+    let locked = RedisServer::with_args(&["--requirepass", "right"]);
+    let out = ferry(["copy", &p.src.addr(), &format!("redis://:wrong@127.0.0.1:{}", locked.port())]);
+    assert_refused_naming(&out, &["authentication failed"]);
+}

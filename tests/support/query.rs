@@ -27,6 +27,11 @@ pub fn run(con: &mut impl ConnectionLike, args: &[&[u8]]) {
     let _: Value = q(con, args);
 }
 
+/// The hash slot of `key`, as a cluster node computes it (CLUSTER KEYSLOT).
+pub fn key_slot(con: &mut impl ConnectionLike, key: &[u8]) -> u16 {
+    q(con, &[b"CLUSTER", b"KEYSLOT", key])
+}
+
 pub fn dbsize(con: &mut impl ConnectionLike) -> i64 {
     q(con, &[b"DBSIZE"])
 }

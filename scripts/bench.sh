@@ -11,9 +11,10 @@
 # Mode throttle measures the gentleness flags on the same kind of data instead (see throttle_bench):
 # achieved rate vs --rate over 30 s windows, the source's CPU share vs --rate and --sleep-after-batch,
 # and the source's PING latency under a competing redis-benchmark load without and with --max-latency.
-# Mode big runs scripts/bench-big.sh N when that script exists.
+# Mode big runs scripts/bench-big.sh N when that script exists; mode shards runs scripts/bench-shards.sh N
+# (one copy split over processes with --shard, against one process).
 #
-# Usage: scripts/bench.sh [N] [mode]      N keys (default 1000000), mode mixed (default) | big | throttle
+# Usage: scripts/bench.sh [N] [mode]      N keys (default 1000000), mode mixed (default) | big | throttle | shards
 # Environment for mode throttle: RATES (default "2000 10000 25000", scaled down when N is too small to
 # keep the top rate busy for a whole window), WINDOW seconds per rate (default 30), MAX_LATENCY_MS (2).
 set -euo pipefail
@@ -37,8 +38,11 @@ case "$MODE" in
         echo "bench mode 'big': not yet implemented (scripts/bench-big.sh)"
         exit 0
         ;;
+    shards)
+        exec bash scripts/bench-shards.sh "$N"
+        ;;
     *)
-        echo "error: mode must be mixed, big or throttle (got '$MODE')" >&2
+        echo "error: mode must be mixed, big, throttle or shards (got '$MODE')" >&2
         exit 2
         ;;
 esac

@@ -41,15 +41,21 @@ port_free() {
 
 # Starts a throwaway redis-server on a free port, sets STARTED_PORT and records the pid in PIDS at once
 # (so the trap can kill it). A port grabbed by someone else between the check and the bind makes the
-# server exit; then the next candidate is tried.
+# server exit; then the next candidate is tried. With the argument `cluster` it starts a cluster node
+# (cluster-enabled, its nodes.conf in the temp dir, its bus port PORT+10000 free too), not yet in a cluster.
 start_server() {
-    local attempt port pid i
+    local attempt port pid i extra=() span=40000
+    [ "${1:-}" = cluster ] && span=30000
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % span))
         port_free "$port" || continue
+        if [ "${1:-}" = cluster ]; then
+            port_free $((port + 10000)) || continue
+            extra=(--cluster-enabled yes --cluster-config-file "$TMP/nodes-$port.conf")
+        fi
         redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
             --dir "$TMP" --dbfilename "dump-$port.rdb" --daemonize no \
-            --logfile "$TMP/redis-$port.log" &
+            --logfile "$TMP/redis-$port.log" ${extra[@]+"${extra[@]}"} &
         pid=$!
         PIDS+=("$pid")
         for i in $(seq 1 100); do

@@ -189,9 +189,14 @@ pub fn load(path: &str, identity: &Identity) -> Result<Option<Checkpoint>, Strin
     }
     if &cp.identity != identity {
         return Err(format!(
-            "--checkpoint {path} was made for another copy ({} -> {}, match {:?}, type {:?}, on-conflict {}); \
+            "--checkpoint {path} was made for another copy ({} -> {}, match {:?}, type {:?}, on-conflict {}{}); \
              delete it or name another file",
-            cp.identity.source, cp.identity.target, cp.identity.patterns, cp.identity.types, cp.identity.on_conflict
+            cp.identity.source,
+            cp.identity.target,
+            cp.identity.patterns,
+            cp.identity.types,
+            cp.identity.on_conflict,
+            cp.identity.slots.as_deref().map(|s| format!(", {s}")).unwrap_or_default()
         ));
     }
     if cp.resume.is_none() && cp.cluster.is_none() {
@@ -369,7 +374,8 @@ mod tests {
             .unwrap();
         assert!(load(path, &shard0).unwrap().is_some());
         let shard1 = Identity { slots: Some("shard 1/2 (slots 8192-16383)".into()), ..identity() };
-        assert!(load(path, &shard1).is_err());
+        let refused = load(path, &shard1).unwrap_err();
+        assert!(refused.contains("shard 0/2 (slots 0-8191)"), "{refused}");
         assert!(load(path, &identity()).is_err(), "a whole copy is another copy too");
     }
 

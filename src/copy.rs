@@ -182,8 +182,8 @@ struct Connections {
     writers: Vec<Conn>,
     /// A source and a target connection per typed thread.
     typed: Vec<(Conn, Conn)>,
-    /// `--max-latency`'s probe.
-    probe: Option<Conn>,
+    /// `--max-latency`'s probe: a connection to each server the run reads from.
+    probe: Vec<Conn>,
     /// The evictions watch on the target (none in a dry run).
     watch: Option<Conn>,
 }
@@ -215,13 +215,16 @@ impl Connections {
         let (n_readers, n_writers) = if batched { (cfg.readers, cfg.writers) } else { (0, 0) };
         let readers = (0..n_readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
         let writers = (0..n_writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
-        // --max-latency's probe PINGs on a connection of its own, with a timeout scaled to the limit.
+        // --max-latency's probe PINGs each server the run reads from (a cluster's primaries serving its
+        // slots) on connections of its own, with a timeout scaled to the limit.
         let probe = match cfg.max_latency {
             Some(limit) => {
                 let timeouts = Timeouts { io: latency::probe_timeout(limit), ..cfg.timeouts };
-                Some(Conn::open(&cfg.source, timeouts).map_err(Fatal::from)?)
+                let (nodes, _) =
+                    open(&cfg.source)?.primaries_serving(cfg.split.as_ref().map(|s| &s.slots))?;
+                nodes.iter().map(|node| Conn::open(node, timeouts)).collect::<Result<Vec<_>, _>>()?
             }
-            None => None,
+            None => Vec::new(),
         };
         let watch = if cfg.dry_run { None } else { Some(open(&cfg.target)?) };
         Ok(Connections { plan, batched, readers, writers, typed, probe, watch })
@@ -395,8 +398,8 @@ fn run(cfg: &CopyConfig, p: Prepared, stop: &Stop) -> Outcome {
 /// The threads that watch the run rather than move keys: progress, the `--max-latency` probe, the
 /// evictions watch. Each ends when `done` disconnects.
 struct Watchers {
-    /// `--max-latency`'s probe connection.
-    probe: Option<Conn>,
+    /// `--max-latency`'s probe connections.
+    probe: Vec<Conn>,
     /// The evictions watch's connection.
     watch: Option<Conn>,
     /// The target's `evicted_keys` at preflight.
@@ -416,9 +419,9 @@ impl Watchers {
             let done = done.clone();
             s.spawn(move || progress::progress(&shared.counters, interval, done, cfg.dry_run));
         }
-        if let (Some(conn), Some(limit)) = (self.probe, cfg.max_latency) {
+        if let (false, Some(limit)) = (self.probe.is_empty(), cfg.max_latency) {
             let done = done.clone();
-            s.spawn(move || latency::watch(conn, &shared.throttle, limit, done));
+            s.spawn(move || latency::watch(self.probe, &shared.throttle, limit, done));
         }
         let base = self.base;
         self.watch.map(|conn| s.spawn(move || evictions::watch(conn, base, &shared.counters, done)))

@@ -15,6 +15,7 @@ use super::connect::{connect, connect_error, ConnectError};
 use super::endpoint::{Endpoint, Retry, Timeouts};
 use super::reply::{describe, is_connection_error, is_transient, one_line};
 use super::server::ServerInfo;
+use super::slots::SlotSet;
 
 /// How many MOVED / ASK redirections one round follows for a unit before it hands the redirection back
 /// to its caller as a transient error.
@@ -296,6 +297,31 @@ impl Conn {
         let owners =
             slots.iter().map(|s| s.map(|i| self.links[usize::from(i)].endpoint.to_string())).collect();
         Ok((owners, migrating))
+    }
+
+    /// The servers a run taking `slots` reads from: a cluster's primaries that serve at least one of
+    /// them (every primary for `None`), sorted by address, and the slot map they were read from (see
+    /// [`Conn::slot_owners`], read afresh); a standalone server's own endpoint and no map.
+    pub fn primaries_serving(
+        &mut self,
+        slots: Option<&SlotSet>,
+    ) -> Result<(Vec<Endpoint>, Vec<Option<String>>), ConnectError> {
+        if !self.is_cluster() {
+            return Ok((vec![self.endpoint.clone()], Vec::new()));
+        }
+        let (owners, _) = self.slot_owners()?;
+        let mut nodes = self.primaries();
+        nodes.sort_by_key(|node| node.to_string());
+        if let Some(set) = slots {
+            let serving: std::collections::HashSet<&String> = owners
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| set.has(*s as u16))
+                .filter_map(|(_, o)| o.as_ref())
+                .collect();
+            nodes.retain(|node| serving.contains(&node.to_string()));
+        }
+        Ok((nodes, owners))
     }
 
     /// The index of the link to `host:port`, added (unconnected) if it is new.

@@ -43,14 +43,8 @@ impl ClusterScan {
         scan: impl Fn(Conn) -> Result<ServerScan, Fatal>,
         slots: Option<&SlotSet>,
     ) -> Result<ClusterScan, Fatal> {
-        let (owners, _) = conn.slot_owners().map_err(Fatal::from)?;
-        let mut nodes = conn.primaries();
-        nodes.sort_by_key(|node| node.to_string());
+        let (nodes, owners) = conn.primaries_serving(slots).map_err(Fatal::from)?;
         if let Some(set) = slots {
-            let serves = |node: &String| {
-                (0..owners.len()).any(|s| owners[s].as_ref() == Some(node) && set.has(s as u16))
-            };
-            nodes.retain(|node| serves(&node.to_string()));
             log::info!(
                 "{}: scanning the {} primaries that serve them: {}",
                 set.ranges_text(),

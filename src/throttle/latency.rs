@@ -1,5 +1,6 @@
-//! `--max-latency`: a probe thread PINGs the source on its own connection every 100 ms, and every 500 ms
-//! the p90 of the last 10 PINGs steers the bucket's rate by AIMD ([`Aimd`]): ×0.7 when the p90 is above
+//! `--max-latency`: a probe thread PINGs the source every 100 ms on connections of its own (each primary
+//! the run reads from, on a cluster: the slowest answer counts), and every 500 ms the p90 of the last 10
+//! PINGs steers the bucket's rate by AIMD ([`Aimd`]): ×0.7 when the p90 is above
 //! the limit, +5% of the ceiling when it is not, never below a floor (1% of the ceiling, at least 10
 //! keys/s) nor above the ceiling. The ceiling is `--rate`, or, without it, the highest throughput
 //! measured while unlimited, where the limit is lifted again.
@@ -126,11 +127,11 @@ pub fn probe_timeout(limit: Duration) -> Duration {
     (limit * 4).max(Duration::from_secs(1))
 }
 
-/// The `--max-latency` probe thread: PINGs the source on `conn` (its own connection, opened with
-/// [`probe_timeout`]) every 100 ms and steers `throttle`'s rate until `done` is disconnected, when the
-/// stages have finished. A PING that fails (timeout, connection lost) counts as too slow; the next one
-/// reconnects.
-pub fn watch(mut conn: Conn, throttle: &Throttle, limit: Duration, done: Receiver<()>) {
+/// The `--max-latency` probe thread: PINGs every server of `conns` (connections of its own, opened with
+/// [`probe_timeout`]: the source, or each primary the run reads from) every 100 ms, takes the slowest
+/// answer, and steers `throttle`'s rate until `done` is disconnected, when the stages have finished. A
+/// PING that fails (timeout, connection lost) counts as too slow; the next one reconnects.
+pub fn watch(mut conns: Vec<Conn>, throttle: &Throttle, limit: Duration, done: Receiver<()>) {
     let mut aimd = Aimd::new(limit, throttle.rate());
     let mut log = ChangeLog::new(limit);
     let mut pings: VecDeque<Duration> = VecDeque::with_capacity(WINDOW + 1);
@@ -138,9 +139,7 @@ pub fn watch(mut conn: Conn, throttle: &Throttle, limit: Duration, done: Receive
     let mut since_decision = 0;
     let mut next = Instant::now();
     loop {
-        let sent = Instant::now();
-        let answered = conn.call::<String>(&redis::cmd("PING"), || true).is_ok();
-        let took = if answered { sent.elapsed() } else { sent.elapsed().max(probe_timeout(limit)) };
+        let took = conns.iter_mut().map(|conn| ping(conn, limit)).max().unwrap_or_default();
         pings.push_back(took);
         if pings.len() > WINDOW {
             pings.pop_front();
@@ -168,6 +167,17 @@ pub fn watch(mut conn: Conn, throttle: &Throttle, limit: Duration, done: Receive
         }
     }
     log.finish(&aimd);
+}
+
+/// How long one PING on `conn` took; a failed one counts as [`probe_timeout`] at least.
+fn ping(conn: &mut Conn, limit: Duration) -> Duration {
+    let sent = Instant::now();
+    let answered = conn.call::<String>(&redis::cmd("PING"), || true).is_ok();
+    if answered {
+        sent.elapsed()
+    } else {
+        sent.elapsed().max(probe_timeout(limit))
+    }
 }
 
 /// Keys per second between the oldest and the newest (time, admitted) pair.

@@ -2,7 +2,8 @@
 //! one shard; a shard killed outright and started again on its checkpoint (as a Job retry would, the
 //! checkpoint on a shared path) resumes, and `report merge` still adds every key up, with `verify` passing;
 //! shards copying while the source cluster reshards lose nothing; `--checkpoint` refuses another shard's
-//! file; `report merge` names a missing shard and refuses reports of another run. The manifest's own pods
+//! file; `--max-latency` probes the primary the shard reads, not the node given; `report merge` names a
+//! missing shard and refuses reports of another run. The manifest's own pods
 //! are in tests/kubernetes.
 
 use std::collections::BTreeSet;
@@ -151,6 +152,31 @@ fn shards_lose_nothing_while_the_source_reshards() {
     assert_exit(&merged, 0);
     let s = summary(&merged);
     assert!(s.copied + s.skipped >= n, "{}", s.line);
+}
+
+#[test]
+fn max_latency_probes_the_primary_of_its_shard_not_the_node_given() {
+    // redis-cli gives node 2 the slots of shard 2/3; SOURCE names node 0, which stays quick.
+    let src = RedisCluster::new();
+    src.fill_strings("probe:", 3000);
+    let own = src.node_dbsizes()[2] as u64;
+    let dst = RedisServer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (done, busy) = keep_busy(src.node(2));
+    let extra = ["--rate", "300", "--batch", "50", "--max-latency", "10"];
+    let run = spawn_ferry(shard_args(&src.addr(), &dst.addr(), 2, 3, dir.path(), &extra));
+    std::thread::sleep(Duration::from_secs(3));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    busy.join().unwrap();
+    let out = run.wait();
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).scanned, own, "{}", summary(&out).line);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rate lowered to"),
+        "the slow primary of the shard was not probed\n{}",
+        dump(&out)
+    );
 }
 
 #[test]

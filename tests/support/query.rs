@@ -1,13 +1,17 @@
 //! Asking a server: one command given as byte arguments ([`q`], [`run`]), a pipeline on any
 //! connection ([`exec_pipe`]), the keys it holds, and what INFO commandstats says ran on it (how many
-//! keys a copy read from a source or wrote to a target). Every helper takes any
-//! `redis::ConnectionLike`, so it works on a cluster connection too.
+//! keys a copy read from a source or wrote to a target), and keeping a server busy ([`keep_busy`]).
+//! Every helper takes any `redis::ConnectionLike`, so it works on a cluster connection too.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike, Value};
 
-use super::escape_key;
+use super::{escape_key, RedisServer};
 
 /// Runs one command given as byte arguments and converts the reply.
 #[track_caller]
@@ -91,4 +95,19 @@ pub fn exec_pipe(con: &mut impl ConnectionLike, p: &redis::Pipeline) {
     for cmd in p.cmd_iter() {
         cmd.exec(con).unwrap_or_else(|e| panic!("{cmd:?} failed: {e}"));
     }
+}
+
+/// Runs `DEBUG SLEEP 0.05` back to back on `server` until the returned flag is set (or 30 s pass), so
+/// that a PING waits up to 50 ms.
+pub fn keep_busy(server: &RedisServer) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    let mut con = server.conn();
+    let handle = thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !flag.load(Ordering::SeqCst) && Instant::now() < until {
+            let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("0.05").query(&mut con).expect("DEBUG SLEEP");
+        }
+    });
+    (done, handle)
 }

@@ -4,8 +4,7 @@
 //! source answers slowly (made slow here by a thread running `DEBUG SLEEP 0.05` back to back). Only
 //! lower bounds on time are asserted, never that something is fast.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -63,21 +62,6 @@ fn burst_and_max_latency_are_checked() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one line\n{}", dump(&out));
     }
     assert_eq!(dbsize(&mut p.dst.conn()), 0);
-}
-
-/// Runs `DEBUG SLEEP 0.05` back to back on `server` until the returned flag is set (or 30 s pass), so
-/// that a PING waits up to 50 ms.
-fn keep_busy(server: &RedisServer) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&done);
-    let mut con = server.conn();
-    let handle = thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(30);
-        while !flag.load(Ordering::SeqCst) && Instant::now() < until {
-            let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("0.05").query(&mut con).expect("DEBUG SLEEP");
-        }
-    });
-    (done, handle)
 }
 
 #[test]

@@ -177,8 +177,9 @@ pub struct CopyArgs {
     /// --batch)
     #[argh(option)]
     pub burst: Option<u64>,
-    /// PING the source every 100 ms on its own connection and lower the rate (x0.7) while the p90 of
-    /// the last 10 PINGs is above MS milliseconds, raising it again (+5% of the ceiling every 0.5 s)
+    /// PING the source (on a cluster, each primary the run reads from; the slowest counts) every 100
+    /// ms on its own connections and lower the rate (x0.7) while the p90 of the last 10 PINGs is above
+    /// MS milliseconds, raising it again (+5% of the ceiling every 0.5 s)
     /// when it is not; the ceiling is --rate, or the throughput measured while unlimited
     #[argh(option)]
     pub max_latency: Option<u64>,
@@ -195,8 +196,9 @@ pub struct CopyArgs {
     /// process and exit 4 at once. The file is created if missing and never deleted
     #[argh(option)]
     pub lock: Option<String>,
-    /// at the end of the run (also on abort and Ctrl-C) write a JSON report to FILE: counters, options
-    /// without passwords, start and end time, exit code, error; replaced atomically
+    /// at the end of the run (also on abort and Ctrl-C) write a JSON report of at most 4 KB to FILE:
+    /// counters, options without passwords, start and end time, exit code, error, the slots taken;
+    /// replaced atomically, or written in place where it cannot be (/dev/termination-log)
     #[argh(option)]
     pub report: Option<String>,
     /// save the scan position and counters to FILE every few seconds and at exit; run again with the

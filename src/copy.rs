@@ -158,7 +158,9 @@ impl Servers {
         let clock = clock::skew(&mut scan, &mut check);
         let deadlines = Deadlines { pexpiretime: source.has_pexpiretime(), clock };
         let memory = |conn: &mut Conn, role: &str| {
-            Memory::of(conn).map_err(|e| Fatal::bad_input(format!("cannot read INFO from the {role}: {e}")))
+            Memory::of(conn).map_err(|e| {
+                crate::redis::reply::at_start(&e, format!("cannot read INFO from the {role}: {e}"))
+            })
         };
         let target_memory = memory(&mut check, "target")?;
         let everything = matches!(&cfg.keys, Keys::Scan { patterns, types, .. }

@@ -155,7 +155,7 @@ pub fn check_replaceable(flag: &str, path: &str) -> Result<(), String> {
 pub fn write_file(path: &str, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let in_place = || -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).truncate(true).open(path)?;
+        let mut file = open_in_place(path, true)?;
         file.write_all(bytes)?;
         file.sync_all().or_else(|e| if e.kind() == io::ErrorKind::InvalidInput { Ok(()) } else { Err(e) })
     };
@@ -170,12 +170,23 @@ pub fn write_file(path: &str, bytes: &[u8]) -> io::Result<()> {
 /// Checks, without leaving a trace, that [`write_file`] can write `path`: replaced atomically, or, for an
 /// existing file or device, in place.
 pub fn check_writable_somehow(flag: &str, path: &str) -> Result<(), String> {
-    let replaceable =
-        std::fs::metadata(path).map_or(true, |m| m.is_file()) && check_replaceable(flag, path).is_ok();
-    if replaceable || OpenOptions::new().write(true).open(path).is_ok() {
+    // A device or a pipe is only ever written in place (a pipe without a reader is refused here).
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return open_in_place(path, false)
+            .map(drop)
+            .map_err(|e| format!("{flag} {path}: cannot write to it ({e})"));
+    }
+    if check_replaceable(flag, path).is_ok() || open_in_place(path, false).is_ok() {
         return Ok(());
     }
     check_replaceable(flag, path)
+}
+
+/// Opens an existing `path` for writing in place, without waiting: a pipe with no reader is an error
+/// (ENXIO) rather than a wait for one (O_NONBLOCK, which changes nothing for files and devices).
+fn open_in_place(path: &str, truncate: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).truncate(truncate).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
 /// Replaces `path` with `bytes` atomically: writes `FILE.tmp` in the same directory, syncs it, renames

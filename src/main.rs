@@ -13,6 +13,7 @@ mod copy;
 mod cron;
 mod exit;
 mod files;
+mod fingerprint;
 mod flow;
 mod key;
 mod out;

@@ -23,11 +23,7 @@ pub fn open_checked(endpoint: &Endpoint, timeouts: Timeouts) -> Result<(Conn, Se
     let first = Endpoint { db: 0, ..endpoint.clone() };
     let mut conn = Conn::open(&first, timeouts).map_err(Fatal::from)?;
     let info = conn.server_info().map_err(|e| {
-        let message = format!("cannot read INFO from {role} {first}: {}", reply::explain(&e, endpoint));
-        match reply::is_connection_error(&e) {
-            true => Fatal::unreachable(message),
-            false => Fatal::bad_input(message),
-        }
+        reply::at_start(&e, format!("cannot read INFO from {role} {first}: {}", reply::explain(&e, endpoint)))
     })?;
     let db_flag = |why: &str| {
         Fatal::bad_input(format!(

@@ -4,23 +4,24 @@
 //!
 //! Every check whose failure is the user's to fix happens here, before any connection is made, and each
 //! error names the flag or value at fault. SOURCE and TARGET are parsed in `endpoint.rs`, the TLS flags
-//! checked in `tls.rs`. What can only be known by looking at files or talking to a server (two flags
+//! checked in `tls.rs`, `--slots` and `--shard` in `split.rs`. What can only be known by looking at files or talking to a server (two flags
 //! naming one file, a server that is not reachable, a password that is wrong) is checked at preflight.
 
 mod endpoint;
+mod split;
 mod tls;
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use split::split;
+pub use split::Split;
 use tls::TlsFlags;
 
 use crate::cli::{CopyArgs, VerifyArgs};
 use crate::files::Use;
 use crate::key::KeyType;
-use crate::redis::cluster::SLOTS;
 use crate::redis::endpoint::{Endpoint, Retry, Role, Timeouts, Tls};
-use crate::redis::slots::{shard as shard_range, SlotSet};
 
 /// A configuration error: one line naming the flag or value, for exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -65,76 +66,6 @@ pub enum Mode {
     Dump,
     /// Type-aware reads and writes for every key.
     Typed,
-}
-
-/// Which part of the keyspace a run takes: the keys of some hash slots, given as `--slots` ranges or as
-/// `--shard I/N`.
-#[derive(Debug, Clone)]
-pub struct Split {
-    /// The slots taken.
-    pub slots: SlotSet,
-    /// `--shard I/N` (index, count), when that is how the slots were given.
-    pub shard: Option<(u32, u32)>,
-}
-
-impl Split {
-    /// How the split reads in messages and the checkpoint: `shard 2/8 (slots 4096-6143)`.
-    pub fn describe(&self) -> String {
-        match self.shard {
-            Some((i, n)) => format!("shard {i}/{n} (slots {})", self.slots.ranges_text()),
-            None => format!("slots {}", self.slots.ranges_text()),
-        }
-    }
-}
-
-/// Parses `--slots A-B[,C-D...]` or `--shard I/N` (not both).
-fn split(slots: &Option<String>, shard: &Option<String>) -> Result<Option<Split>, ConfigError> {
-    match (slots, shard) {
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(bad("--slots and --shard both say which slots to take; give one of them")),
-        (Some(text), None) => {
-            let mut ranges = Vec::new();
-            for part in text.split(',') {
-                let slot = |t: &str| {
-                    t.trim().parse::<u16>().ok().filter(|s| usize::from(*s) < SLOTS).ok_or_else(|| {
-                        bad(format!("--slots `{text}`: `{}` is not a slot (0 to 16383)", t.trim()))
-                    })
-                };
-                let (from, to) = match part.split_once('-') {
-                    Some((a, b)) => (slot(a)?, slot(b)?),
-                    None => (slot(part)?, slot(part)?),
-                };
-                if from > to {
-                    return Err(bad(format!("--slots `{text}`: the range {from}-{to} runs backwards")));
-                }
-                ranges.push((from, to));
-            }
-            Ok(Some(Split { slots: SlotSet::from_ranges(&ranges), shard: None }))
-        }
-        (None, Some(text)) => {
-            let parsed = text
-                .split_once('/')
-                .and_then(|(i, n)| Some((i.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?)));
-            let Some((index, of)) = parsed else {
-                return Err(bad(format!("--shard `{text}`: expected I/N, e.g. 0/8 (I from 0 to N-1)")));
-            };
-            if of == 0 || of as usize > SLOTS {
-                return Err(bad(format!(
-                    "--shard {text}: N must be 1 to 16384 (one shard per slot at most)"
-                )));
-            }
-            if index >= of {
-                return Err(bad(format!(
-                    "--shard {text}: shards are numbered from 0 to {} (like JOB_COMPLETION_INDEX); the last of {of} \
-                     is {}/{of}",
-                    of - 1,
-                    of - 1
-                )));
-            }
-            let (from, to) = shard_range(index, of);
-            Ok(Some(Split { slots: SlotSet::from_ranges(&[(from, to)]), shard: Some((index, of)) }))
-        }
-    }
 }
 
 /// A file a flag names (see [`crate::files`]).
@@ -614,37 +545,5 @@ impl VerifyConfig {
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
             files: named_files(&args.keys_from, &[("--diff", &args.diff)], tls_flags!(args)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(slots: Option<&str>, shard: Option<&str>) -> String {
-        split(&slots.map(String::from), &shard.map(String::from)).unwrap_err().0
-    }
-
-    #[test]
-    fn shards_are_numbered_from_0_and_slips_get_a_hint() {
-        let s = split(&None, &Some("2/3".into())).unwrap().unwrap();
-        assert_eq!((s.shard, s.slots.ranges()), (Some((2, 3)), vec![(10923, 16383)]));
-        assert_eq!(s.describe(), "shard 2/3 (slots 10923-16383)");
-        let err = refused(None, Some("3/3"));
-        assert!(err.contains("numbered from 0 to 2") && err.contains("the last of 3 is 2/3"), "{err}");
-        assert!(refused(None, Some("0/0")).contains("N must be 1 to 16384"));
-        assert!(refused(None, Some("1/16385")).contains("N must be 1 to 16384"));
-        assert!(refused(None, Some("x")).contains("expected I/N"));
-        assert!(refused(None, Some("-1/4")).contains("expected I/N"));
-    }
-
-    #[test]
-    fn slot_ranges_are_checked_by_value() {
-        let s = split(&Some("0-99, 200 ,16383".into()), &None).unwrap().unwrap();
-        assert_eq!(s.slots.ranges_text(), "0-99,200,16383");
-        assert!(refused(Some("5-3"), None).contains("runs backwards"));
-        assert!(refused(Some("16384"), None).contains("`16384` is not a slot"));
-        assert!(refused(Some("1,,2"), None).contains("`` is not a slot"));
-        assert!(refused(Some("1"), Some("0/2")).contains("give one of them"));
     }
 }

@@ -30,6 +30,11 @@ pub struct Report<'a> {
     pub shard: Option<ShardOf>,
     /// The hash slots the run took (`--slots`, `--shard`), `0-5460,10923`; null for a whole copy.
     pub slots: Option<String>,
+    /// What makes the reports of shards parts of one copy, for `report merge`: a hash of SOURCE, TARGET,
+    /// `--match`, `--type`, `--keys-from`, `--on-conflict`, `--mode`, `--limit` and `--dry-run` (see
+    /// [`Options::copy_id`]), taken before the report is cut to size. Tuning flags and per-process files
+    /// are not in it: shards may differ in those.
+    pub copy_id: String,
     /// The process id of the run.
     pub pid: u32,
     /// When the run started (right after taking the lock), RFC 3339 UTC.
@@ -143,12 +148,14 @@ impl<'a> Report<'a> {
             Some(StopReason::Interrupted) => Some("interrupted"),
             Some(StopReason::Aborted) => Some("aborted"),
         };
+        let options = Options::new(cfg);
         Report {
             tool: "redis-ferry",
             version: env!("CARGO_PKG_VERSION"),
             command: "copy",
             shard: cfg.split.as_ref().and_then(|s| s.shard).map(|(index, of)| ShardOf { index, of }),
             slots: cfg.split.as_ref().map(|s| s.slots.ranges_text()),
+            copy_id: options.copy_id(),
             pid: std::process::id(),
             start: rfc3339(start),
             end: rfc3339(SystemTime::now()),
@@ -160,7 +167,7 @@ impl<'a> Report<'a> {
             seconds: (secs * 1000.0).round() / 1000.0,
             keys_per_sec: rate.round(),
             total: summary.and_then(|s| s.earlier.map(|e| e.plus(s.counts))),
-            options: Options::new(cfg),
+            options,
         }
     }
 
@@ -194,6 +201,14 @@ impl<'a> Report<'a> {
 }
 
 impl<'a> Options<'a> {
+    /// The hash of the options that say which keys go where and how ([`COPY_ID_OPTIONS`]; see
+    /// [`Report::copy_id`]).
+    fn copy_id(&self) -> String {
+        let all = serde_json::to_value(self).unwrap_or_default();
+        let identity: Vec<&serde_json::Value> = COPY_ID_OPTIONS.iter().map(|k| &all[*k]).collect();
+        crate::fingerprint::fnv1a([serde_json::to_string(&identity).unwrap_or_default().as_bytes()])
+    }
+
     fn new(cfg: &'a CopyConfig) -> Options<'a> {
         let (patterns, types, scan_count, keys_from) = match &cfg.keys {
             Keys::Scan { patterns, types, count } => (
@@ -262,9 +277,17 @@ pub fn check_report_writable(path: &str) -> Result<(), String> {
     files::check_writable_somehow("--report", path)
 }
 
+/// The options, by their name in the report, that make a copy what it is: which keys, from where, to
+/// where, how. Two shards' reports with the same of these are parts of one copy.
+pub const COPY_ID_OPTIONS: [&str; 9] =
+    ["source", "target", "match", "type", "keys_from", "on_conflict", "mode", "limit", "dry_run"];
+
+/// The top-level fields a report is never cut in: what `report merge` reads to match and order reports.
+const KEPT_WHOLE: [&str; 5] = ["tool", "command", "copy_id", "start", "end"];
+
 /// Halves the largest part of the report that can shrink: a string longer than 16 bytes (cut, with `…`)
-/// or a list of more than two items (its second half replaced by one `"… N more"`). False when
-/// nothing is left to cut.
+/// or a list of more than two items (its second half replaced by one `"… N more"`), never one of the
+/// fields `report merge` relies on ([`KEPT_WHOLE`]). False when nothing is left to cut.
 fn cut_largest(value: &mut serde_json::Value) -> bool {
     use serde_json::Value;
     fn size(v: &Value) -> usize {
@@ -283,7 +306,8 @@ fn cut_largest(value: &mut serde_json::Value) -> bool {
                 .collect(),
             _ => Vec::new(),
         };
-        let own = shrinkable(v).then(|| (at.clone(), size(v)));
+        let kept = KEPT_WHOLE.iter().any(|k| at.strip_prefix('/') == Some(k));
+        let own = (shrinkable(v) && !kept).then(|| (at.clone(), size(v)));
         children.into_iter().filter_map(|(p, c)| largest(c, p)).chain(own).max_by_key(|(_, n)| *n)
     }
     let Some(node) = largest(value, String::new()).and_then(|(at, _)| value.pointer_mut(&at)) else {
@@ -400,22 +424,25 @@ mod tests {
 
     #[test]
     fn a_report_is_written_in_place_where_rename_cannot_replace_it() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("termination-log");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let path = fifo.to_str().unwrap().to_string();
-        // The check opens and closes the pipe (an empty read), the write comes on a later open.
-        let reader = std::thread::spawn(move || loop {
-            let got = std::fs::read(&fifo).unwrap();
-            if !got.is_empty() {
-                return got;
-            }
-        });
+        // No reader: refused at once, not waited on.
+        let started = std::time::Instant::now();
+        assert!(check_report_writable(&path).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // With a reader: checked, then written through the pipe, which stays a pipe.
+        let mut reader =
+            fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
         check_report_writable(&path).unwrap();
         Report::new(&config(&[]), SystemTime::now(), None, Exit::Ok, None).write(&path).unwrap();
-        let got = reader.join().unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&got).unwrap()["tool"], "redis-ferry");
-        assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo(), "the pipe was replaced");
+        assert!(fs::metadata(&path).unwrap().file_type().is_fifo(), "the pipe was replaced");
         assert!(!Path::new(&format!("{path}.tmp")).exists());
     }
 

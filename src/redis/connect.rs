@@ -11,7 +11,7 @@ use redis::{
 };
 
 use super::endpoint::{Endpoint, Role, Timeouts, Tls};
-use super::reply::{explain, is_connection_error, one_line};
+use super::reply::{explain, may_pass, one_line};
 use crate::exit::Fatal;
 
 /// A failure to connect or log in, with the endpoint in its message (never the password).
@@ -118,12 +118,13 @@ fn tls_setup(endpoint: &Endpoint, tls: &Tls) {
 /// with what to do about them, the rest as [`describe`] puts them; and whether the server was simply not
 /// reached (worth trying again later) rather than reached and refusing, or reached by the wrong scheme.
 fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> (String, bool) {
-    let not_reached = || (explain(err, endpoint), is_connection_error(err));
+    let not_reached = || (explain(err, endpoint), may_pass(err));
     let Some(tls) = &endpoint.tls else {
         // A TLS-only port hangs up on a plain client.
         use std::io::ErrorKind as Io;
         if matches!(io_kind(err), Some(Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe)) {
-            return ("the server hung up at once (if it only accepts TLS, use rediss://)".to_string(), false);
+            // Also a full server or a proxy without a backend: worth trying again (exit 5).
+            return ("the server hung up at once (if it only accepts TLS, use rediss://)".to_string(), true);
         }
         return not_reached();
     };
@@ -132,7 +133,8 @@ fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> (String, bool) {
         // read timed out): a plain Redis reading a ClientHello waits for the end of a command line forever.
         if io_kind(err) == Some(std::io::ErrorKind::WouldBlock) {
             let why = "TLS: no answer to the TLS handshake (if it is a plain Redis port, use redis://)";
-            return (why.to_string(), false);
+            // Also a server too busy to answer in time: worth trying again (exit 5).
+            return (why.to_string(), true);
         }
         return not_reached();
     };

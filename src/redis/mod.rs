@@ -2,7 +2,8 @@
 //!
 //! - [`endpoint`]: where a server is and how to reach it (plain data, the leaf every room uses);
 //! - [`connect`]: making one connection (login, db, TLS) and saying why it could not be made;
-//! - [`conn`]: the routed connection each thread owns (one server, or every primary of a cluster);
+//! - [`conn`]: the routed connection each thread owns (one server, or every primary of a cluster), and
+//!   [`replies`], what one of its rounds answers;
 //! - [`cluster`]: key slots and the slot map (CLUSTER NODES), pure parsing; [`slots`]: sets of slots, shards;
 //! - [`server`]: what INFO says a server is; [`memory`]: its memory, summed over a cluster;
 //! - [`reply`]: what replies and errors mean (the CSV's error vocabulary, transient errors, refusals);
@@ -16,6 +17,7 @@ pub mod connect;
 pub mod endpoint;
 pub mod glob;
 pub mod memory;
+pub mod replies;
 pub mod reply;
 pub mod server;
 pub mod slots;

@@ -43,6 +43,24 @@ pub fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal()
 }
 
+/// True when a server failed at the start in a way that may pass by itself, so that trying again later
+/// makes sense (exit 5) where a refusal would not (exit 2): the connection (refused, timed out, lost),
+/// or a server that answered that it is not ready (`LOADING`, `BUSY`, `MASTERDOWN`, `TRYAGAIN`,
+/// `CLUSTERDOWN`, or its `maxclients` reached).
+pub fn may_pass(err: &RedisError) -> bool {
+    is_connection_error(err)
+        || err.code().is_some_and(|c| is_transient(c) && c != "OOM")
+        || err.detail().is_some_and(|d| d.contains("max number of clients reached"))
+}
+
+/// The error that ends a run at the start because of `err`: exit 5 when it [`may_pass`], else exit 2.
+pub fn at_start(err: &RedisError, message: String) -> crate::exit::Fatal {
+    match may_pass(err) {
+        true => crate::exit::Fatal::unreachable(message),
+        false => crate::exit::Fatal::bad_input(message),
+    }
+}
+
 /// What went wrong, in words, without the error code (see [`classify`]).
 pub fn describe(err: &RedisError) -> String {
     if err.is_connection_refusal() {

@@ -66,27 +66,28 @@ impl SlotSet {
     }
 }
 
-/// The inclusive slot range of shard `index` of `of` (0-based): the range `redis-cli --cluster create`
-/// gives the `index`-th of `of` primaries. Its arithmetic, in single-precision floats like redis-cli's
-/// own, is `last = lround(cursor + per_node - 1)`, `cursor += per_node`, the last range ending at 16383.
-pub fn shard(index: u32, of: u32) -> (u16, u16) {
+/// The inclusive slot ranges of the `of` shards (0-based): the ranges `redis-cli --cluster create` gives
+/// `of` primaries. Its arithmetic, in single-precision floats like redis-cli's own, is
+/// `last = lround(cursor + per_node - 1)`, `cursor += per_node`, the last range ending at 16383. For
+/// some `of` above 7541 the rounding runs out of slots before the last shards (redis-cli would give
+/// them ranges starting past 16383): then the first shard left without a slot is the error.
+pub fn shards(of: u32) -> Result<Vec<(u16, u16)>, u32> {
     let per_node = SLOTS as f32 / of as f32;
     let (mut first, mut cursor) = (0i64, 0.0f32);
+    let mut ranges = Vec::with_capacity(of as usize);
     for i in 0..of {
         let mut last = (cursor + per_node - 1.0).round() as i64;
         if last > SLOTS as i64 || i == of - 1 {
             last = SLOTS as i64 - 1;
         }
-        if last < first {
-            last = first;
+        if first > last {
+            return Err(i);
         }
-        if i == index {
-            return (first.min(SLOTS as i64 - 1) as u16, last.min(SLOTS as i64 - 1) as u16);
-        }
+        ranges.push((first as u16, last as u16));
         first = last + 1;
         cursor += per_node;
     }
-    unreachable!("index {index} is below {of}")
+    Ok(ranges)
 }
 
 #[cfg(test)]
@@ -96,16 +97,31 @@ mod tests {
     #[test]
     fn shards_are_the_ranges_redis_cli_gives_primaries() {
         // redis-cli --cluster create with 3 primaries: 0-5460, 5461-10922, 10923-16383.
-        assert_eq!([shard(0, 3), shard(1, 3), shard(2, 3)], [(0, 5460), (5461, 10922), (10923, 16383)]);
-        assert_eq!(shard(0, 1), (0, 16383));
-        for of in [1, 2, 3, 5, 7, 8, 100, 1000, 16384] {
-            let ranges: Vec<(u16, u16)> = (0..of).map(|i| shard(i, of)).collect();
-            assert_eq!(ranges[0].0, 0);
-            assert_eq!(ranges.last().unwrap().1, 16383);
-            for w in ranges.windows(2) {
-                assert_eq!(w[0].1 + 1, w[1].0, "{of} shards: {w:?}");
+        assert_eq!(shards(3), Ok(vec![(0, 5460), (5461, 10922), (10923, 16383)]));
+        assert_eq!(shards(1), Ok(vec![(0, 16383)]));
+        // 78 shards (2 per primary of 39): redis-cli's floats, not the closed form round(i*16384/78).
+        assert_eq!(shards(78).unwrap()[67], (14073, 14283));
+        // Every N either splits the slots into N contiguous, disjoint, non-empty ranges covering all of
+        // them, or is refused; every N up to 7541 and 16384 split.
+        let mut refused = 0;
+        for of in 1..=SLOTS as u32 {
+            match shards(of) {
+                Ok(ranges) => {
+                    assert_eq!(
+                        (ranges.len(), ranges[0].0, ranges.last().unwrap().1),
+                        (of as usize, 0, 16383)
+                    );
+                    for w in ranges.windows(2) {
+                        assert!(w[0].0 <= w[0].1 && w[0].1 + 1 == w[1].0, "{of} shards: {w:?}");
+                    }
+                }
+                Err(empty) => {
+                    assert!(of > 7541 && empty < of, "{of} refused at {empty}");
+                    refused += 1;
+                }
             }
         }
+        assert!(shards(16384).is_ok() && refused > 0);
     }
 
     #[test]

@@ -86,15 +86,9 @@ impl SlotMap {
         owners: &'a [Option<String>],
         run_ids: impl IntoIterator<Item = &'a str>,
     ) -> SlotMap {
-        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let owners = owners.iter().map(|o| o.as_deref().unwrap_or("-"));
-        for text in owners.chain(run_ids) {
-            for &b in text.as_bytes().iter().chain(b"\n") {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        SlotMap { primaries, fingerprint: format!("{hash:016x}") }
+        let fingerprint = crate::fingerprint::fnv1a(owners.chain(run_ids).map(str::as_bytes));
+        SlotMap { primaries, fingerprint }
     }
 }
 
@@ -208,18 +202,19 @@ pub fn load(path: &str, identity: &Identity) -> Result<Option<Checkpoint>, Strin
 /// Where a run of the copy starts, given the checkpoint `saved` (read from `path`) and the source as
 /// it is now (`origin`). No checkpoint, or one whose copy went through to the end, starts afresh. A
 /// cluster checkpoint resumes only on the same primaries serving the same slots, a standalone one only
-/// on the same server process (run id); otherwise the scan starts over (logged as a warning), keeping
-/// the counters of the earlier runs.
+/// on the same server process (run id); otherwise the scan starts over (logged as a warning), and so
+/// do the counters: the new scan puts every key in a bucket again (those copied before as skipped), so
+/// keeping the earlier runs' counts would count those keys twice.
 pub fn start(saved: Option<Checkpoint>, path: &str, origin: Origin) -> Start {
     let Origin { map, run_id } = origin;
     let Some(cp) = saved else { return Start::fresh(map) };
     let over = |why: String| {
         log::warn!(
-            "--checkpoint {path} (saved {}): {why}; scanning the source from the beginning (keys copied \
-             already count as skipped)",
+            "--checkpoint {path} (saved {}): {why}; scanning the source from the beginning, the counters too \
+             (keys copied already count as skipped)",
             cp.saved_at
         );
-        Start { base: cp.counts, ..Start::fresh(map) }
+        Start::fresh(map)
     };
     let at: Vec<Option<Position>> = match (&cp.cluster, map) {
         (None, None) => {
@@ -390,7 +385,7 @@ mod tests {
         let same = start(load(path, &id).unwrap(), path, Origin { map: None, run_id: Some("r1") });
         assert_eq!(same.at, [Some(P(0, 99))]);
         let restarted = start(load(path, &id).unwrap(), path, Origin { map: None, run_id: Some("r2") });
-        assert_eq!((restarted.at, restarted.base), (vec![Some(P(0, 0))], counts));
+        assert_eq!((restarted.at, restarted.base), (vec![Some(P(0, 0))], Snapshot::default()));
         // A cluster primary's run id is part of the slot map's fingerprint.
         let owners = vec![Some("a:1".to_string()); crate::redis::cluster::SLOTS];
         let before = SlotMap::new(vec!["a:1".into()], &owners, ["r1"]);
@@ -479,15 +474,18 @@ mod tests {
             resume(path, &id, Some(&map)).unwrap(),
             Start { at: vec![Some(P(0, 300)), None], base: counts }
         );
-        // One slot served elsewhere: from the beginning, the earlier counters kept.
+        // One slot served elsewhere: from the beginning, the counters too (the new scan counts every key).
         let moved = SlotMap::new(nodes(), &owners(8001), []);
-        let over = Start { at: vec![Some(P(0, 0)), Some(P(0, 0))], base: counts };
+        let over = Start { at: vec![Some(P(0, 0)), Some(P(0, 0))], base: Snapshot::default() };
         assert_eq!(resume(path, &id, Some(&moved)).unwrap(), over);
         // Other primaries (here a third one), even with the same fingerprint: from the beginning.
         let more = SlotMap { primaries: vec!["h:1".into(), "h:2".into(), "h:3".into()], ..map.clone() };
         assert_eq!(resume(path, &id, Some(&more)).unwrap().at, [Some(P(0, 0)); 3]);
         // The source is standalone now.
-        assert_eq!(resume(path, &id, None).unwrap(), Start { at: vec![Some(P(0, 0))], base: counts });
+        assert_eq!(
+            resume(path, &id, None).unwrap(),
+            Start { at: vec![Some(P(0, 0))], base: Snapshot::default() }
+        );
         // A standalone checkpoint for a cluster source.
         save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(0, 300))], counts).unwrap();
         assert_eq!(resume(path, &id, Some(&map)).unwrap(), over);

@@ -44,6 +44,21 @@ impl ClusterScan {
         slots: Option<&SlotSet>,
     ) -> Result<ClusterScan, Fatal> {
         let (nodes, owners) = conn.primaries_serving(slots).map_err(Fatal::from)?;
+        // A slot the run reads that no reachable primary serves (a failed primary, a cluster being set
+        // up) holds keys no scan can find: they would end in no bucket. Not now, then; later.
+        let unserved: Vec<(u16, u16)> = (0..owners.len() as u16)
+            .filter(|&s| owners[usize::from(s)].is_none() && slots.is_none_or(|set| set.has(s)))
+            .map(|s| (s, s))
+            .collect();
+        if !unserved.is_empty() {
+            return Err(Fatal::unreachable(format!(
+                "source {}: {} slots this run reads are served by no reachable primary ({}): a failed primary, \
+                 or a cluster not set up yet; their keys cannot be read, try again when every slot is served",
+                conn.endpoint(),
+                unserved.len(),
+                SlotSet::from_ranges(&unserved).ranges_text()
+            )));
+        }
         if let Some(set) = slots {
             log::info!(
                 "{}: scanning the {} primaries that serve them: {}",
@@ -179,7 +194,10 @@ fn rescan_moved(
         let waited = Instant::now();
         let now = loop {
             let (now, migrating) = conn.slot_owners().map_err(failed)?;
-            let uncovered = now.iter().filter(|o| o.is_none()).count();
+            // Only the run's own slots matter: another shard's failed primary is not this run's wait.
+            let uncovered = (0..now.len())
+                .filter(|&s| now[s].is_none() && slots.is_none_or(|set| set.has(s as u16)))
+                .count();
             if (migrating == 0 && uncovered == 0) || waited.elapsed() > SETTLE || stop.stop_scanning() {
                 if migrating > 0 {
                     log::warn!(

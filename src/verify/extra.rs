@@ -88,5 +88,5 @@ pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<Box<dyn Source>, Fa
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
     }
     source::open(&cfg.keys, None, conn, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))
-        .map_err(|e| Fatal::bad_input(format!("--check-extra: {}", e.message)))
+        .map_err(|e| Fatal { message: format!("--check-extra: {}", e.message), ..e })
 }

@@ -185,6 +185,16 @@ fn a_server_not_reachable_at_the_start_is_exit_5_and_bad_input_stays_2() {
         }
     }
     assert_eq!(dbsize(&mut p.dst.conn()), 0);
+    // A server that is up but full (maxclients reached, one client holding the only place): it may have
+    // room later, so exit 5 too, for both commands.
+    let full = RedisServer::with_args(&["--maxclients", "1"]);
+    let _holder = full.conn();
+    for command in ["copy", "verify"] {
+        let out = ferry([command, &p.src.addr(), &full.addr()]);
+        assert_exit(&out, 5);
+    }
+    drop(_holder);
+    assert_eq!(dbsize(&mut full.conn()), 0);
     // A wrong password is not worth retrying: still exit 2.
     let locked = RedisServer::with_args(&["--requirepass", "right"]);
     let out = ferry(["copy", &p.src.addr(), &format!("redis://:wrong@127.0.0.1:{}", locked.port())]);

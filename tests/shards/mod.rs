@@ -2,7 +2,7 @@
 //! one shard; a shard killed outright and started again on its checkpoint (as a Job retry would, the
 //! checkpoint on a shared path) resumes, and `report merge` still adds every key up, with `verify` passing;
 //! shards copying while the source cluster reshards lose nothing; `--checkpoint` refuses another shard's
-//! file; `--max-latency` probes the primary the shard reads, not the node given; `report merge` names a
+//! file; a shard whose slots no live primary serves exits 5 while the others go on; `--max-latency` probes the primary the shard reads, not the node given; `report merge` names a
 //! missing shard and refuses reports of another run. The manifest's own pods
 //! are in tests/kubernetes.
 
@@ -177,6 +177,46 @@ fn max_latency_probes_the_primary_of_its_shard_not_the_node_given() {
         "the slow primary of the shard was not probed\n{}",
         dump(&out)
     );
+}
+
+#[test]
+fn a_shard_whose_primary_failed_exits_5_and_the_other_shards_go_on() {
+    let mut src = RedisCluster::new();
+    src.fill_strings("gone:", 3000);
+    let before = src.node_dbsizes();
+    let dst = RedisServer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let id = src.node_id(2).to_string();
+    // The others keep serving their slots while node 2's are unserved (by default the whole cluster
+    // would refuse every command, and no shard could read).
+    for i in [0, 1] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query(&mut src.node(i).conn())
+            .unwrap();
+    }
+    src.kill_node(2);
+    // Wait until the others flag it failed (not only suspected): it is then left out of the slot map.
+    let mut c0 = src.node(0).conn();
+    wait_until(Duration::from_secs(60), "node 2 flagged as failed", || {
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c0).unwrap();
+        nodes.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f[0] == id && f[2].split(',').any(|flag| flag == "fail")
+        })
+    });
+    // Shard 2's slots are node 2's: their keys cannot be read, so the shard must not end "done".
+    let out = ferry(shard_args(&src.addr(), &dst.addr(), 2, 3, dir.path(), &[]));
+    assert_exit(&out, 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("served by no reachable primary (10923-16383)"), "{}", dump(&out));
+    assert_eq!(dbsize(&mut dst.conn()), 0);
+    // Shard 0 reads node 0 only, which is up.
+    let out = ferry(shard_args(&src.addr(), &dst.addr(), 0, 3, dir.path(), &[]));
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, before[0] as u64, "{}", summary(&out).line);
 }
 
 #[test]

@@ -193,7 +193,14 @@ struct Connections {
 impl Connections {
     /// Opens every connection the stages use; the first typed pair also probes what the servers refuse,
     /// for the plan, which also sets the default number of typed threads.
-    fn open(cfg: &CopyConfig, source: &ServerInfo, target: &ServerInfo) -> Result<Connections, Fatal> {
+    /// `probed`: the servers the run reads from (a cluster's primaries serving its slots), for the
+    /// `--max-latency` probe.
+    fn open(
+        cfg: &CopyConfig,
+        source: &ServerInfo,
+        target: &ServerInfo,
+        probed: &[Endpoint],
+    ) -> Result<Connections, Fatal> {
         let open = |endpoint: &Endpoint| {
             let info = if endpoint.role == cfg.source.role { source } else { target };
             preflight::open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry))
@@ -217,14 +224,12 @@ impl Connections {
         let (n_readers, n_writers) = if batched { (cfg.readers, cfg.writers) } else { (0, 0) };
         let readers = (0..n_readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
         let writers = (0..n_writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
-        // --max-latency's probe PINGs each server the run reads from (a cluster's primaries serving its
-        // slots) on connections of its own, with a timeout scaled to the limit.
+        // --max-latency's probe PINGs each server of `probed` on connections of its own, with a timeout
+        // scaled to the limit.
         let probe = match cfg.max_latency {
             Some(limit) => {
                 let timeouts = Timeouts { io: latency::probe_timeout(limit), ..cfg.timeouts };
-                let (nodes, _) =
-                    open(&cfg.source)?.primaries_serving(cfg.split.as_ref().map(|s| &s.slots))?;
-                nodes.iter().map(|node| Conn::open(node, timeouts)).collect::<Result<Vec<_>, _>>()?
+                probed.iter().map(|node| Conn::open(node, timeouts)).collect::<Result<Vec<_>, _>>()?
             }
             None => Vec::new(),
         };
@@ -269,8 +274,13 @@ fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         }
         None => None,
     };
-    let Servers { scan, check, source, target, deadlines, target_memory, sides } = Servers::check(cfg)?;
-    let keys = source::open(&cfg.keys, keys_file, scan, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))?;
+    let Servers { mut scan, check, source, target, deadlines, target_memory, sides } = Servers::check(cfg)?;
+    // The servers the run reads from, for --max-latency's probe, from the connection already open.
+    let probed = match cfg.max_latency {
+        Some(_) => scan.primaries_serving(cfg.slots()).map_err(Fatal::from)?.0,
+        None => Vec::new(),
+    };
+    let keys = source::open(&cfg.keys, keys_file, scan, cfg.timeouts, cfg.slots())?;
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
     let (slot_map, run_id) = (keys.slot_map(), keys.run_id().map(String::from));
     let resume = match &cfg.checkpoint {
@@ -279,7 +289,7 @@ fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         }
         None => Start::fresh(slot_map.as_ref()),
     };
-    let conns = Connections::open(cfg, &source, &target)?;
+    let conns = Connections::open(cfg, &source, &target, &probed)?;
     if !conns.typed.is_empty() && !cfg.dry_run {
         typed::temp::IN_FLIGHT.aim(&cfg.target, target.cluster);
     }
@@ -473,11 +483,7 @@ impl Stages<'_> {
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
         stages.push(s.spawn(move || {
-            let rules = Batching {
-                size: cfg.batch,
-                throttle: Some(throttle),
-                slots: cfg.split.as_ref().map(|s| &s.slots),
-            };
+            let rules = Batching { size: cfg.batch, throttle: Some(throttle), slots: cfg.slots() };
             source::run(keys, rules, starts, scan_tx, rep, ledger)
         }));
         let fetch_rx = match cfg.on_conflict {

@@ -176,10 +176,8 @@ pub fn check_writable_somehow(flag: &str, path: &str) -> Result<(), String> {
             .map(drop)
             .map_err(|e| format!("{flag} {path}: cannot write to it ({e})"));
     }
-    if check_replaceable(flag, path).is_ok() || open_in_place(path, false).is_ok() {
-        return Ok(());
-    }
-    check_replaceable(flag, path)
+    // Replaced atomically; else, for an existing file, in place; else the reason it cannot be replaced.
+    check_replaceable(flag, path).or_else(|why| open_in_place(path, false).map(drop).map_err(|_| why))
 }
 
 /// Opens an existing `path` for writing in place, without waiting: a pipe with no reader is an error

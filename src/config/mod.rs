@@ -436,6 +436,11 @@ impl Pacing {
 }
 
 impl CopyConfig {
+    /// `--slots` / `--shard`: the slots taken, `None` for every slot.
+    pub fn slots(&self) -> Option<&crate::redis::slots::SlotSet> {
+        Split::slots_of(&self.split)
+    }
+
     /// Validates the raw `copy` flags.
     pub fn from_args(args: &CopyArgs) -> Result<CopyConfig, ConfigError> {
         let (source, target) =
@@ -517,6 +522,11 @@ impl CopyConfig {
 }
 
 impl VerifyConfig {
+    /// `--slots` / `--shard`: the slots taken, `None` for every slot.
+    pub fn slots(&self) -> Option<&crate::redis::slots::SlotSet> {
+        Split::slots_of(&self.split)
+    }
+
     /// Validates the raw `verify` flags.
     pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
         let (source, target) =

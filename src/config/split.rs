@@ -16,6 +16,11 @@ pub struct Split {
 }
 
 impl Split {
+    /// The slots a run with `split` takes: `None` for every slot.
+    pub fn slots_of(split: &Option<Split>) -> Option<&SlotSet> {
+        split.as_ref().map(|s| &s.slots)
+    }
+
     /// How the split reads in messages and the checkpoint: `shard 2/8 (slots 4096-6143)`.
     pub fn describe(&self) -> String {
         match self.shard {

@@ -194,28 +194,19 @@ impl Run {
             ));
         }
         r.options = Value::Null;
-        match self.shards.get(&r.index) {
-            Some(kept) if kept.end >= r.end => {
-                log::info!(
-                    "shard {} ran more than once: {} (end {}) counts, not {}",
-                    r.index,
-                    kept.from,
-                    kept.end,
-                    r.from
-                )
-            }
-            _ => {
-                if let Some(kept) = self.shards.get(&r.index) {
-                    log::info!(
-                        "shard {} ran more than once: {} (end {}) counts, not {}",
-                        r.index,
-                        r.from,
-                        r.end,
-                        kept.from
-                    );
-                }
-                self.shards.insert(r.index, r);
-            }
+        let newer = self.shards.get(&r.index).is_none_or(|kept| r.end > kept.end);
+        if let Some(kept) = self.shards.get(&r.index) {
+            let (counts, not) = if newer { (&r, kept) } else { (kept, &r) };
+            log::info!(
+                "shard {} ran more than once: {} (end {}) counts, not {}",
+                r.index,
+                counts.from,
+                counts.end,
+                not.from
+            );
+        }
+        if newer {
+            self.shards.insert(r.index, r);
         }
         Ok(())
     }

@@ -87,6 +87,6 @@ pub fn target_scan(cfg: &VerifyConfig, conn: Conn) -> Result<Box<dyn Source>, Fa
     if let Keys::File(_) = &cfg.keys {
         return Err(Fatal::bad_input("--check-extra cannot be combined with --keys-from"));
     }
-    source::open(&cfg.keys, None, conn, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))
+    source::open(&cfg.keys, None, conn, cfg.timeouts, cfg.slots())
         .map_err(|e| Fatal { message: format!("--check-extra: {}", e.message), ..e })
 }

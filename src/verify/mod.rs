@@ -224,8 +224,7 @@ fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
         cfg.source,
         preflight::describe(&scan_conn, &source_info)
     );
-    let keys =
-        source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts, cfg.split.as_ref().map(|s| &s.slots))?;
+    let keys = source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts, cfg.slots())?;
     let open = |endpoint: &Endpoint| {
         let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
         preflight::open_like(endpoint, info, cfg.timeouts)
@@ -273,8 +272,7 @@ fn check(cfg: &VerifyConfig, prepared: Prepared, verdicts: &Verdicts, stop: &Sto
             s.spawn(move || {
                 let starts = vec![Some(Position::default()); keys.lanes()];
                 let ledger = Ledger::new(&starts);
-                let rules =
-                    Batching { size: cfg.batch, throttle: None, slots: cfg.split.as_ref().map(|s| &s.slots) };
+                let rules = Batching { size: cfg.batch, throttle: None, slots: cfg.slots() };
                 source::run(keys, rules, &starts, tx, rep, &ledger)
             });
         };

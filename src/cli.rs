@@ -143,9 +143,10 @@ pub struct CopyArgs {
     /// (error or diff CSV, also as a spreadsheet saves it); - reads standard input
     #[argh(option)]
     pub keys_from: Option<String>,
-    /// skip (leave an existing target key alone) or replace (overwrite it); default skip
-    #[argh(option, default = "String::from(\"skip\")")]
-    pub on_conflict: String,
+    /// skip (leave an existing target key alone) or replace (overwrite it); default skip (replace
+    /// with --follow, whose target must end equal to the source)
+    #[argh(option)]
+    pub on_conflict: Option<String>,
     /// auto (DUMP/RESTORE, falling back to a type-aware copy, key by key, for big keys and keys a server
     /// refuses to DUMP or RESTORE), dump (DUMP/RESTORE only) or typed (type-aware for every key);
     /// default auto
@@ -214,6 +215,33 @@ pub struct CopyArgs {
     /// scan, check and read, but write nothing; report what would happen
     #[argh(switch)]
     pub dry_run: bool,
+    /// after the copy, keep the target in step with the source's changes (keyspace notifications,
+    /// subscribed to before the copy starts) until Ctrl-C or a cutover
+    #[argh(switch)]
+    pub follow: bool,
+    /// with --follow: at most N dirty keys wait to be copied again; beyond, the follow re-scans everything
+    /// instead (default 1000000)
+    #[argh(option)]
+    pub follow_queue: Option<usize>,
+    /// with --follow: set notify-keyspace-events on the source (CONFIG SET) if it lacks classes the follow
+    /// needs, and restore the old value at exit
+    #[argh(switch)]
+    pub enable_notifications: bool,
+    /// with --follow: where the source refuses CONFIG GET (managed services), trust that
+    /// notify-keyspace-events holds the classes the follow needs (Eg$lshztxe)
+    #[argh(switch)]
+    pub notifications_configured: bool,
+    /// with --follow: run the guarded cutover once the follow has been caught up (no dirty key older than
+    /// 1 s) for SECS seconds; SIGUSR1 asks for it at any time
+    #[argh(option)]
+    pub cutover_after: Option<u64>,
+    /// with --follow: how long the cutover pauses writes on the source (CLIENT PAUSE ms WRITE); 0 = do not
+    /// pause: the writers were stopped by hand (default 10000)
+    #[argh(option)]
+    pub cutover_pause: Option<u64>,
+    /// serve progress figures as Prometheus text on http://ADDR:PORT/metrics while the run lasts
+    #[argh(option)]
+    pub metrics: Option<String>,
     /// a progress line on standard error every SECS seconds; 0 = none (default 1)
     #[argh(option, default = "1")]
     pub progress: u64,

@@ -24,6 +24,9 @@ pub enum Exit {
     Unreachable,
     /// Interrupted by Ctrl-C (SIGINT) or SIGTERM after finishing the batches in flight.
     Interrupted,
+    /// A follow's cutover found it was not safe to switch (the drain did not finish within the pause, a
+    /// key failed, events were lost): the application must stay on the source.
+    CutoverUnsafe,
 }
 
 impl Exit {
@@ -36,6 +39,7 @@ impl Exit {
             Exit::Aborted => 3,
             Exit::Locked => 4,
             Exit::Unreachable => 5,
+            Exit::CutoverUnsafe => 6,
             Exit::Interrupted => 130,
         }
     }
@@ -50,6 +54,7 @@ impl Exit {
             2 => Exit::BadInput,
             4 => Exit::Locked,
             5 => Exit::Unreachable,
+            6 => Exit::CutoverUnsafe,
             130 => Exit::Interrupted,
             _ => Exit::Aborted,
         }
@@ -62,7 +67,7 @@ impl Exit {
         match self {
             Exit::Ok => 0,
             Exit::KeysFailed => 1,
-            Exit::Interrupted => 2,
+            Exit::Interrupted | Exit::CutoverUnsafe => 2,
             Exit::Aborted => 3,
             Exit::Unreachable => 4,
             Exit::Locked => 5,

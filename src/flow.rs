@@ -1,5 +1,5 @@
 //! What every stage shares: the [`Batch`] that travels on the channels, the [`Fetched`] key on its way
-//! to a sink, [`exchange`] (the one way a stage sends a pipelined batch and learns what became of each
+//! to a sink, what becomes of a key found gone ([`Vanished`]), [`exchange`] (the one way a stage sends a pipelined batch and learns what became of each
 //! key, surviving faults) and [`forward`] (passing what is left of a batch on). Stages return nothing: a
 //! failed key is a CSV row, and a fatal error is recorded in the shared stop flag, which also aborts the
 //! run.
@@ -46,6 +46,8 @@ pub enum Payload {
     /// The whole value of a string, for SET (`--mode auto`: no DUMP serialization on the source, no
     /// checksum, no compression attempt, for what is most keys of most databases).
     String(Vec<u8>),
+    /// Nothing: the key is gone from the source, and a follow deletes it on the target (DEL).
+    Gone,
 }
 
 /// A key read from the source, ready to be written.
@@ -57,6 +59,16 @@ pub struct Fetched {
     pub payload: Payload,
     /// Absolute expiry in Unix milliseconds; `None` for a key without TTL.
     pub expire_at_ms: Option<i64>,
+}
+
+/// What becomes of a key that the scan (or an event) named and that is gone from the source when it is
+/// read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vanished {
+    /// A copy: it expired (or was deleted) before it could be copied; the target is left alone.
+    Expired,
+    /// A follow: the target must lose it too, so it is deleted there.
+    Deleted,
 }
 
 /// Which replies of a key may have it sent again, when they are a transient error.

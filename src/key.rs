@@ -89,6 +89,13 @@ fn escape_into(bytes: &[u8], f: &mut impl fmt::Write) -> fmt::Result {
     Ok(())
 }
 
+/// A set of keys can be asked about bytes (`Vec<u8>` hashes as its slice).
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl From<&[u8]> for Key {
     fn from(bytes: &[u8]) -> Key {
         Key(bytes.to_vec())

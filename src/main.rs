@@ -15,6 +15,7 @@ mod exit;
 mod files;
 mod fingerprint;
 mod flow;
+mod follow;
 mod key;
 mod out;
 mod preflight;
@@ -85,6 +86,8 @@ fn install_interrupt_handler() {
                      (redis-ferry:tmp:*, they expire within 10 minutes)"
                 )),
             }
+            copy::unpause_registered();
+            follow::notify::restore();
             std::process::exit(Exit::Interrupted.code().into());
         }
         log::warn!("interrupted: finishing the batches in flight (Ctrl-C again to quit at once)");

@@ -10,6 +10,7 @@ mod copy;
 mod cron;
 mod errors;
 mod faults;
+mod follow;
 mod input;
 mod kubernetes;
 mod resume;

@@ -3,12 +3,14 @@
 //! A failed key is data: a stage hands it to [`Reporter::fail`], which counts it, forwards it to the CSV
 //! thread and raises the abort once `--max-errors` is reached. Keys a stage throws away after an abort or
 //! when `--limit` is met are handed to [`Reporter::unreached`], which takes them back out of `scanned`, so
-//! `scanned = copied + skipped + expired + failed` holds however a run ends. The rest of the room: the
-//! stop flag ([`stop`]), the thread that owns a CSV file ([`csv`]), progress lines and the summary line
-//! ([`progress`]), and the watch on the target's evictions ([`evictions`]). Only `evictions` does Redis I/O.
+//! `scanned = copied + skipped + expired + failed` (`+ deleted` in a follow) holds however a run ends.
+//! The rest of the room: the stop flag ([`stop`]), the thread that owns a CSV file ([`csv`]), progress
+//! lines and the summary line ([`progress`]), the watch on the target's evictions ([`evictions`]) and
+//! the `--metrics` server ([`metrics`]). Only `evictions` does Redis I/O.
 
 pub mod csv;
 pub mod evictions;
+pub mod metrics;
 pub mod progress;
 pub mod stop;
 
@@ -70,6 +72,8 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Keys that failed; each is a CSV row.
     pub failed: AtomicU64,
+    /// Keys a follow found gone from the source and deleted on the target.
+    pub deleted: AtomicU64,
     /// Not a bucket: keys the target evicted while the run went on (its `evicted_keys` grew by this
     /// much); some may be keys the run copied.
     pub evicted: AtomicU64,
@@ -91,6 +95,7 @@ impl Counters {
             skipped: self.skipped.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            deleted: self.deleted.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
@@ -109,6 +114,9 @@ pub struct Snapshot {
     pub expired: u64,
     /// See [`Counters::failed`].
     pub failed: u64,
+    /// See [`Counters::deleted`] (0, and not in the report, for a copy without `--follow`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted: u64,
     /// See [`Counters::evicted`].
     #[serde(default)]
     pub evicted: u64,
@@ -123,9 +131,15 @@ impl Snapshot {
             skipped: self.skipped + other.skipped,
             expired: self.expired + other.expired,
             failed: self.failed + other.failed,
+            deleted: self.deleted + other.deleted,
             evicted: self.evicted + other.evicted,
         }
     }
+}
+
+/// For serde: a zero counter is left out.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A stage's handle on the accounting: counters, stop flag and the CSV channel. Cheap to clone; each

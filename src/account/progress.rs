@@ -7,8 +7,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::{Counters, Snapshot, StopReason};
 
-/// The progress thread: a line on standard error every `interval` until `done` is disconnected.
-pub fn progress(counters: &Counters, interval: Duration, done: Receiver<()>, dry_run: bool) {
+/// The progress thread: a line on standard error every `interval` until `done` is disconnected;
+/// `extra()` is appended to each line (a follow's phase and lag).
+pub fn progress(
+    counters: &Counters,
+    interval: Duration,
+    done: Receiver<()>,
+    dry_run: bool,
+    extra: &dyn Fn() -> String,
+) {
     let start = Instant::now();
     let mut last = (start, 0u64);
     loop {
@@ -18,11 +25,11 @@ pub fn progress(counters: &Counters, interval: Duration, done: Receiver<()>, dry
         }
         let now = Instant::now();
         let s = counters.snapshot();
-        let done_keys = s.copied + s.skipped + s.expired + s.failed;
+        let done_keys = s.copied + s.skipped + s.expired + s.failed + s.deleted;
         let rate = (done_keys - last.1.min(done_keys)) as f64 / now.duration_since(last.0).as_secs_f64();
         last = (now, done_keys);
         log::info!(
-            "progress{}: scanned={} copied={} skipped={} expired={} failed={} keys_per_sec={:.0} elapsed={:.0}s{}",
+            "progress{}: scanned={} copied={} skipped={} expired={} failed={} keys_per_sec={:.0} elapsed={:.0}s{}{}",
             if dry_run { " (dry run)" } else { "" },
             s.scanned,
             s.copied,
@@ -31,7 +38,8 @@ pub fn progress(counters: &Counters, interval: Duration, done: Receiver<()>, dry
             s.failed,
             rate,
             now.duration_since(start).as_secs_f64(),
-            if s.evicted > 0 { format!(" evicted={}", s.evicted) } else { String::new() }
+            if s.evicted > 0 { format!(" evicted={}", s.evicted) } else { String::new() },
+            extra()
         );
     }
 }
@@ -50,6 +58,8 @@ pub struct Summary {
     /// With `--checkpoint`: the counters of the earlier runs of this copy (not in the summary line, which
     /// counts this run; in the report's `total`).
     pub earlier: Option<Snapshot>,
+    /// Pairs a follow adds at the end of the line (` deleted=N events=N …`), or nothing.
+    pub extra: String,
 }
 
 impl Summary {
@@ -76,6 +86,7 @@ impl std::fmt::Display for Summary {
         if self.dry_run {
             write!(f, " dry_run=1")?;
         }
+        write!(f, "{}", self.extra)?;
         Ok(())
     }
 }

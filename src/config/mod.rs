@@ -8,6 +8,7 @@
 //! naming one file, a server that is not reachable, a password that is wrong) is checked at preflight.
 
 mod endpoint;
+pub mod follow;
 mod split;
 mod tls;
 
@@ -137,6 +138,10 @@ pub struct CopyConfig {
     pub limit: Option<u64>,
     /// Read but do not write.
     pub dry_run: bool,
+    /// `--follow` and its options; `None` for a copy that ends.
+    pub follow: Option<follow::FollowConfig>,
+    /// `--metrics`: where to serve Prometheus text.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Interval of progress lines; `None` for none.
     pub progress: Option<Duration>,
     /// Connection timeouts for both sides.
@@ -447,10 +452,12 @@ impl CopyConfig {
             endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let split = split(&args.slots, &args.shard)?;
-        let on_conflict = match args.on_conflict.as_str() {
-            "skip" => OnConflict::Skip,
-            "replace" => OnConflict::Replace,
-            other => return Err(bad(format!("--on-conflict `{other}` is not skip or replace"))),
+        let follow = follow::follow(args)?;
+        let on_conflict = match args.on_conflict.as_deref() {
+            None if follow.is_some() => OnConflict::Replace,
+            None | Some("skip") => OnConflict::Skip,
+            Some("replace") => OnConflict::Replace,
+            Some(other) => return Err(bad(format!("--on-conflict `{other}` is not skip or replace"))),
         };
         let mode = match args.mode.as_str() {
             "auto" => Mode::Auto,
@@ -504,6 +511,8 @@ impl CopyConfig {
             max_errors: (args.max_errors > 0).then_some(args.max_errors),
             limit: args.limit,
             dry_run: args.dry_run,
+            follow,
+            metrics: follow::metrics(&args.metrics)?,
             progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
             retry: Retry { attempts: args.retries, ..Retry::DEFAULT },

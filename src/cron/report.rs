@@ -58,8 +58,56 @@ pub struct Report<'a> {
     /// runs' the checkpoint kept), which `report merge` adds up for a shard that was started again; null
     /// without a checkpoint.
     pub total: Option<Snapshot>,
+    /// A follow's state (`--follow`), left out for a copy that ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowReport>,
     /// The options the run used, defaults filled in.
     pub options: Options<'a>,
+}
+
+/// A follow's figures in the report: written every few seconds while it runs, and at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FollowReport {
+    /// The follow is still running (a report written on the way).
+    pub running: bool,
+    /// `copying`, `following`, `rescan` or `cutover`.
+    pub phase: &'static str,
+    /// Dirty keys waiting to be copied again.
+    pub dirty: u64,
+    /// Dirty keys being copied now.
+    pub in_flight: u64,
+    /// The lag: the age of the oldest event whose key is not written yet (waiting or in flight), ms.
+    pub oldest_dirty_ms: u64,
+    /// Keyspace events received.
+    pub events: u64,
+    /// Events per second, over the last seconds.
+    pub events_per_sec: f64,
+    /// Keys that reached a bucket per second, over the last seconds.
+    pub keys_per_sec: f64,
+    /// Gaps in the event stream (a subscriber reconnected, a source restarted, a primary appeared).
+    pub gaps: u64,
+    /// Times the dirty set was full.
+    pub overflows: u64,
+    /// Re-scans run (after a gap or an overflow).
+    pub rescans: u64,
+    /// A re-scan is due and has not run: events were lost, the target is not in step (a follow stopped
+    /// then must be started again).
+    pub rescan_due: bool,
+    /// The cutover, once it ran.
+    pub cutover: Option<CutoverReport>,
+}
+
+/// How the guarded cutover went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CutoverReport {
+    /// The target holds every write made to the source before the pause: the application may switch.
+    pub safe: bool,
+    /// The line printed on standard output.
+    pub message: String,
+    /// Milliseconds the source's writes stayed paused after the line was printed (0 without a pause).
+    pub paused_ms_left: u64,
+    /// Dirty keys written between the pause and the line.
+    pub drained: u64,
 }
 
 /// Shard `index` of `of`, as `--shard index/of` gave it.
@@ -167,6 +215,7 @@ impl<'a> Report<'a> {
             seconds: (secs * 1000.0).round() / 1000.0,
             keys_per_sec: rate.round(),
             total: summary.and_then(|s| s.earlier.map(|e| e.plus(s.counts))),
+            follow: None,
             options,
         }
     }
@@ -364,12 +413,14 @@ mod tests {
                 skipped: 2,
                 expired: 1,
                 failed: 1,
+                deleted: 0,
                 evicted: 0,
             },
             elapsed: Duration::from_millis(2500),
             dry_run: false,
             stop: StopReason::Interrupted,
             earlier: None,
+            extra: String::new(),
         };
         let report =
             Report::new(&cfg, SystemTime::now(), Some(&summary), Exit::Interrupted, Some("lost s3cret-pw"));

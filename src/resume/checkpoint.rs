@@ -380,7 +380,8 @@ mod tests {
         let path = dir.path().join("cp.json");
         let path = path.to_str().unwrap();
         let id = identity();
-        let counts = Snapshot { scanned: 5, copied: 5, skipped: 0, expired: 0, failed: 0, evicted: 0 };
+        let counts =
+            Snapshot { scanned: 5, copied: 5, skipped: 0, expired: 0, failed: 0, deleted: 0, evicted: 0 };
         save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(0, 99))], counts).unwrap();
         let same = start(load(path, &id).unwrap(), path, Origin { map: None, run_id: Some("r1") });
         assert_eq!(same.at, [Some(P(0, 99))]);
@@ -399,7 +400,8 @@ mod tests {
         let path = path.to_str().unwrap();
         let id = identity();
         assert_eq!(resume(path, &id, None).unwrap(), Start::fresh(None));
-        let counts = Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0, evicted: 0 };
+        let counts =
+            Snapshot { scanned: 5, copied: 4, skipped: 1, expired: 0, failed: 0, deleted: 0, evicted: 0 };
         save(path, &id, Origin { map: None, run_id: Some("r1") }, &[Some(P(1, 99))], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains("\"resume\": {") && !text.contains("cluster"), "{text}");
@@ -462,7 +464,8 @@ mod tests {
         let nodes = || vec!["h:1".to_string(), "h:2".to_string()];
         let map = SlotMap::new(nodes(), &owners(8000), []);
         assert_eq!(resume(path, &id, Some(&map)).unwrap().at, [Some(P(0, 0)), Some(P(0, 0))]);
-        let counts = Snapshot { scanned: 9, copied: 9, skipped: 0, expired: 0, failed: 0, evicted: 0 };
+        let counts =
+            Snapshot { scanned: 9, copied: 9, skipped: 0, expired: 0, failed: 0, deleted: 0, evicted: 0 };
         save(path, &id, Origin { map: Some(&map), run_id: None }, &[Some(P(0, 300)), None], counts).unwrap();
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(&map.fingerprint) && text.contains("\"node\": \"h:2\""), "{text}");

@@ -104,6 +104,11 @@ impl Ledger {
         id
     }
 
+    /// Whether some keys of batch `id` have not reached a bucket yet.
+    pub fn is_open(&self, id: u64) -> bool {
+        self.lock().open.contains_key(&id)
+    }
+
     /// Records that `n` keys of batch `id` reached a bucket.
     pub fn done(&self, id: u64, n: usize) {
         if n == 0 {

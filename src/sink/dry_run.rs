@@ -4,7 +4,7 @@
 
 use super::{Sink, WritePolicy, Written};
 use crate::account::Reporter;
-use crate::flow::Fetched;
+use crate::flow::{Fetched, Payload};
 
 /// Writes nothing, counts what would have happened.
 pub struct DryRun {
@@ -14,7 +14,8 @@ pub struct DryRun {
 
 impl Sink for DryRun {
     fn write(&mut self, items: Vec<Fetched>, _rep: &Reporter) -> Written {
-        let sent = items.iter().filter(|f| self.policy.ttl(f).is_some()).count() as u64;
-        Written { copied: sent, expired: items.len() as u64 - sent, ..Written::default() }
+        let deleted = items.iter().filter(|f| matches!(f.payload, Payload::Gone)).count() as u64;
+        let sent = items.iter().filter(|f| self.policy.ttl(f).is_some()).count() as u64 - deleted;
+        Written { copied: sent, expired: items.len() as u64 - sent - deleted, deleted, ..Written::default() }
     }
 }

@@ -10,7 +10,7 @@ pub mod target;
 
 use crate::account::Reporter;
 use crate::config::OnConflict;
-use crate::flow::{Fetched, Payload};
+use crate::flow::{Fetched, Payload, Vanished};
 use crate::key::Key;
 use crate::redis::clock::Deadlines;
 use crate::resume::Ledger;
@@ -27,6 +27,8 @@ pub struct Written {
     pub skipped: u64,
     /// Keys whose deadline had passed.
     pub expired: u64,
+    /// Keys gone from the source, deleted on the target (a follow).
+    pub deleted: u64,
     /// Keys the target refused to RESTORE for reasons of its own that the type-aware copy can go around
     /// (an RDB version or format it cannot read, NOPERM, a renamed command), with the target's reply;
     /// only from a sink told it may hand keys on.
@@ -52,6 +54,8 @@ pub struct WritePolicy {
     pub deadlines: Deadlines,
     /// Count, but send nothing.
     pub dry_run: bool,
+    /// What becomes of a key found gone from the source when it is read.
+    pub vanished: Vanished,
 }
 
 /// What every writer (the write stage's threads and the type-aware copier) shares.
@@ -84,6 +88,7 @@ impl WritePolicy {
         let relative = match f.payload {
             Payload::Dump(_) => !self.abs_ttl,
             Payload::String(_) => !self.pxat,
+            Payload::Gone => return Some(Ttl::None),
         };
         match f.expire_at_ms {
             None => Some(Ttl::None),

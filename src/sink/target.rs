@@ -7,7 +7,7 @@
 //! `EXISTS key` right after the write, in the same pipeline, tells whether the key is there, and a key
 //! with a deadline that is not there is counted as expired. This machine's clock decides nothing (see
 //! `redis/clock.rs`). Skip policy: no REPLACE (SET ... NX), and a BUSYKEY reply (a nil) counts as
-//! skipped, which is atomic on the server.
+//! skipped, which is atomic on the server. In a follow, a key gone from the source is deleted (DEL).
 
 use redis::Value;
 
@@ -51,7 +51,7 @@ impl Sink for Target {
                 let (f, ttl) = &live[i];
                 write_command(pipe, f, *ttl, replace);
                 // Whether the target kept it: its clock says whether the deadline had passed.
-                if f.expire_at_ms.is_some() {
+                if f.expire_at_ms.is_some() && !matches!(f.payload, Payload::Gone) {
                     pipe.cmd("EXISTS").arg(f.key.as_bytes());
                 }
             },
@@ -64,6 +64,7 @@ impl Sink for Target {
             let mut replies = replies.into_iter();
             let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
             match reply {
+                Value::Int(_) if matches!(f.payload, Payload::Gone) => written.deleted += 1,
                 // A key with a deadline that is not there: the target found the deadline passed (it
                 // creates nothing for a past ABSTTL or PXAT), or it expired right after. (An EXISTS that
                 // failed says nothing: the write took effect, the key counts as copied.)
@@ -126,6 +127,9 @@ fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: boo
             if !replace {
                 cmd.arg("NX");
             }
+        }
+        Payload::Gone => {
+            pipe.cmd("DEL").arg(f.key.as_bytes());
         }
     }
 }

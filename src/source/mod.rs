@@ -1,7 +1,8 @@
 //! Where keys come from, behind one trait: a [`Source`] pushes its keys, in batches, into a [`Batcher`],
 //! which is the first stage of a run. Today's sources: a SCAN of one server ([`scan`]), a SCAN of every
 //! primary of a cluster with the moved slots read again ([`cluster`]), and the keys of a file
-//! ([`keys_file`]). A new source (an RDB file, a live follow) is one more file here.
+//! ([`keys_file`]), and the keys a follow's events made dirty ([`follow`]). A new source (an RDB file)
+//! is one more file here.
 //!
 //! Keys are counted as scanned when their batch is sent on, after the batch took its tokens from the
 //! `--rate` bucket: this is the one point every key passes, so the rate meters keys processed, skipped
@@ -13,6 +14,7 @@
 //! keys of a cluster's moved slots, read again at the end, go in the [`crate::resume::REREAD`] lane.
 
 pub mod cluster;
+pub mod follow;
 pub mod keys_file;
 pub mod scan;
 
@@ -94,6 +96,8 @@ pub struct Batcher<'a> {
     out: Sender<Batch<Key>>,
     /// For the scanned counter.
     rep: &'a Reporter<'a>,
+    /// The ledger id of the last batch sent on.
+    last: Option<u64>,
     /// Batches in flight, for `--checkpoint`.
     ledger: &'a Ledger,
 }
@@ -142,6 +146,7 @@ impl Batcher<'_> {
         // Counted before sending, so that a downstream stage never accounts for a key not yet scanned.
         Counters::add(&self.rep.counters.scanned, n as u64);
         let id = self.ledger.open(self.lane, n, self.first);
+        self.last = Some(id);
         match self.out.send(Batch { id, items }) {
             Ok(()) => true,
             Err(_) => {
@@ -149,6 +154,11 @@ impl Batcher<'_> {
                 false
             }
         }
+    }
+
+    /// The ledger id of the last batch sent on, if any.
+    pub fn last_sent(&self) -> Option<u64> {
+        self.last
     }
 
     /// Tells the ledger that every key before `next` (the place after the current page) is batched,
@@ -162,7 +172,7 @@ impl Batcher<'_> {
 /// source's lanes start at their entries of `start` (from `--checkpoint`), and its keys are cut into
 /// batches by `rules`.
 pub fn run(
-    source: Box<dyn Source>,
+    source: Box<dyn Source + '_>,
     rules: Batching,
     start: &[Option<Position>],
     out: Sender<Batch<Key>>,
@@ -178,6 +188,7 @@ pub fn run(
         lane: source.main_lane(),
         out,
         rep: &rep,
+        last: None,
         ledger,
     };
     match source.feed(start, &mut batcher) {

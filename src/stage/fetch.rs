@@ -1,8 +1,9 @@
 //! Stage 3: read each key's DUMP payload and its absolute expiry from the source, one pipeline per
 //! batch (DUMP + PEXPIRETIME on Redis 7.0+, DUMP + PTTL before that).
 //!
-//! A key that vanished (DUMP nil, or expiry -2) is counted as expired here; an error reply (NOPERM,
-//! ...) makes the key a failure at stage `fetch`. Several fetch threads run side by side, each with its
+//! A key that vanished (DUMP nil, or expiry -2) is counted as expired here, or, in a follow, goes on as
+//! [`Payload::Gone`] to be deleted on the target too; an error reply (NOPERM, ...) makes the key a
+//! failure at stage `fetch`. Several fetch threads run side by side, each with its
 //! own source connection.
 //!
 //! In `--mode auto` (with a [`Router`]) a batch first goes through one pipeline of `MEMORY USAGE` (the
@@ -15,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
 use crate::account::{Counters, Reporter, Stage};
-use crate::flow::{exchange, forward, Batch, Fetched, Payload};
+use crate::flow::{exchange, forward, Batch, Fetched, Payload, Vanished};
 use crate::key::Key;
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
@@ -23,11 +24,14 @@ use crate::redis::reply::{self, command_denied, dump_refused, kind};
 use crate::resume::Ledger;
 use crate::stage::route::{Detour, Router};
 
-/// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them.
-/// `route`: `--mode auto`'s way to the typed threads.
+/// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them;
+/// `vanished`: what becomes of a key gone from the source. `route`: `--mode auto`'s way to the typed
+/// threads.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     mut conn: Conn,
     deadlines: Deadlines,
+    vanished: Vanished,
     rx: Receiver<Batch<Key>>,
     out: Sender<Batch<Fetched>>,
     rep: Reporter,
@@ -41,12 +45,11 @@ pub fn run(
             continue;
         }
         let (id, taken) = (batch.id, batch.len());
-        let mut sorted = Triage { fetched: Vec::with_capacity(batch.len()), ..Triage::default() };
+        let mut sorted = Triage::new(batch.len(), vanished);
         let batch = match &route {
             Some(route) => before_dump(&mut conn, batch, route, deadlines, &mut sorted, &rep),
             None => batch,
         };
-        let Triage { mut fetched, mut routed, mut expired } = sorted;
         let sent = Sent::new(deadlines, batch.len());
         let answers = exchange::<2>(
             &mut conn,
@@ -65,23 +68,23 @@ pub fn run(
                 (Value::ServerError(err), _) if route.is_some() && dump_refused(&err) => {
                     let (_, message) = reply::classify_reply(&err);
                     route.as_ref().expect("checked").fallback.note(Detour::DumpRefused, &key, &message);
-                    routed.push(key);
+                    sorted.routed.push(key);
                 }
                 (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
                     let (code, message) = reply::classify_reply(&err);
                     rep.fail(key, Stage::Fetch, code, message);
                 }
-                (Value::Nil, _) | (_, Value::Int(-2)) => expired += 1,
+                (Value::Nil, _) | (_, Value::Int(-2)) => sorted.gone(key),
                 (Value::BulkString(payload), Value::Int(_))
                     if route.as_ref().is_some_and(|r| payload.len() as u64 > r.fallback.big_key_bytes) =>
                 {
                     let detail = format!("DUMP payload of {} bytes", payload.len());
                     route.as_ref().expect("checked").fallback.note(Detour::Big, &key, &detail);
-                    routed.push(key);
+                    sorted.routed.push(key);
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
                     let expire_at_ms = sent.deadline(i, ttl);
-                    fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
+                    sorted.fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
                 }
                 (dump, ttl) => rep.fail(
                     key,
@@ -91,6 +94,7 @@ pub fn run(
                 ),
             }
         }
+        let Triage { fetched, routed, expired, .. } = sorted;
         Counters::add(&rep.counters.expired, expired);
         // The routed keys stay open in the ledger until a typed thread has copied them.
         forward(&out, id, taken - routed.len(), fetched, &rep, ledger);
@@ -101,14 +105,31 @@ pub fn run(
 }
 
 /// Where the keys of a batch went before DUMP: read, for the typed threads, or gone.
-#[derive(Default)]
 struct Triage {
-    /// Keys read, ready to be written.
+    /// Keys read, ready to be written (and, in a follow, keys gone, to be deleted).
     fetched: Vec<Fetched>,
     /// Keys for the typed threads.
     routed: Vec<Key>,
-    /// Keys found gone.
+    /// Keys found gone, counted as expired.
     expired: u64,
+    /// What becomes of a key found gone.
+    vanished: Vanished,
+}
+
+impl Triage {
+    fn new(n: usize, vanished: Vanished) -> Triage {
+        Triage { fetched: Vec::with_capacity(n), routed: Vec::new(), expired: 0, vanished }
+    }
+
+    /// A key found gone from the source: expired, or (a follow) to be deleted on the target.
+    fn gone(&mut self, key: Key) {
+        match self.vanished {
+            Vanished::Expired => self.expired += 1,
+            Vanished::Deleted => {
+                self.fetched.push(Fetched { key, payload: Payload::Gone, expire_at_ms: None })
+            }
+        }
+    }
 }
 
 /// What happens to a batch before DUMP in `--mode auto` and `typed`: short strings are read by value;
@@ -173,7 +194,7 @@ fn strings(
     for (i, (key, answer)) in items.into_iter().zip(answers).enumerate() {
         let Some([value, ttl]) = answer else { continue };
         match (value, ttl) {
-            (_, Value::Int(-2)) => sorted.expired += 1,
+            (_, Value::Int(-2)) => sorted.gone(key),
             (Value::ServerError(err), _) if err.code() == "WRONGTYPE" => rest.push(key),
             (Value::ServerError(err), _) if command_denied(&err) => {
                 route.fallback.no_strings(&reply::classify_reply(&err).1);
@@ -225,7 +246,7 @@ fn sizes(
         match answer {
             // Failed and reported: counted in its bucket already.
             None => {}
-            Some([Value::Nil]) => sorted.expired += 1,
+            Some([Value::Nil]) => sorted.gone(key),
             Some([Value::Int(bytes)]) if bytes as u64 > route.fallback.big_key_bytes => {
                 route.fallback.note(Detour::Big, &key, &format!("MEMORY USAGE {bytes} bytes"));
                 sorted.routed.push(key);

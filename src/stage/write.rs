@@ -39,8 +39,9 @@ pub fn run(
             }
             let rest = items.split_off(take);
             let n = items.len();
-            let Written { copied, skipped, expired, refused } = sink.write(items, &rep);
+            let Written { copied, skipped, expired, deleted, refused } = sink.write(items, &rep);
             let counters = rep.counters;
+            Counters::add(&counters.deleted, deleted);
             Counters::add(&counters.copied, copied);
             Counters::add(&counters.skipped, skipped);
             Counters::add(&counters.expired, expired);

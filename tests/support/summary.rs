@@ -1,5 +1,6 @@
 //! The last stdout line of a run, parsed and checked against its contract: the `copy` summary
-//! ([`summary`]: the first seven pairs in order, and `scanned = copied + skipped + expired + failed`)
+//! ([`summary`]: the first seven pairs in order, and `scanned = copied + skipped + expired + failed`,
+//! `+ deleted` for a follow)
 //! and the `verify` line ([`verify_summary`]).
 
 use std::process::Output;
@@ -78,9 +79,11 @@ pub fn summary(out: &Output) -> Summary {
         pairs: pairs.clone(),
         line: line.clone(),
     };
+    // A follow adds the bucket of keys it deleted on the target (gone from the source).
+    let deleted: u64 = s.get("deleted").map_or(0, |d| d.parse().expect("deleted is an integer"));
     assert_eq!(
         s.scanned,
-        s.copied + s.skipped + s.expired + s.failed,
+        s.copied + s.skipped + s.expired + s.failed + deleted,
         "buckets do not add up to scanned in {line:?}\n{}",
         dump(out)
     );

@@ -1,12 +1,14 @@
 //! `ferry-tools`: the project's own test-bench helpers, kept apart from the `redis-ferry` binary so that
 //! nothing here ships in the product's code paths. `fill` loads a server with a deterministic key mix,
 //! `migrate` is the baseline the product must beat (SCAN + server-side MIGRATE), `probe` measures how
-//! the source's PING latency suffers while a copy runs, and `count` samples a server's DBSIZE (to check
-//! a rate limit from outside). This file only parses flags, dispatches, and maps an error to one line on
-//! stderr and exit code 2; each subcommand lives in its own module.
+//! the source's PING latency suffers while a copy runs, `count` samples a server's DBSIZE (to check
+//! a rate limit from outside), and `load` keeps a server (or cluster) busy with a steady mix of writes,
+//! deletes and short TTLs, to copy from while it changes. This file only parses flags, dispatches, and
+//! maps an error to one line on stderr and exit code 2; each subcommand lives in its own module.
 
 mod count;
 mod fill;
+mod load;
 mod migrate;
 mod probe;
 
@@ -35,6 +37,8 @@ enum Command {
     Probe(probe::Args),
     /// sample DBSIZE until interrupted
     Count(count::Args),
+    /// run a mixed writer load until --seconds or interrupted
+    Load(load::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&args),
         Command::Probe(args) => probe::run(&args),
         Command::Count(args) => count::run(&args),
+        Command::Load(args) => load::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,7 @@
 //! safety TTL of [`temp::SAFETY_TTL_MS`] while it is built, so a killed run leaves nothing behind for
 //! long), and the rename fails on a temporary key that is gone: a key is never published incomplete.
 //! On every other way out the temporary key is deleted.
+//! In a follow, a key gone from the source (or whose deadline passed) is deleted on the target.
 //!
 //! A second Ctrl-C quits at once; [`temp::drop_in_flight`] first closes the gate every typed write passes
 //! and deletes the temporary keys registered in [`temp::IN_FLIGHT`].
@@ -45,7 +46,7 @@ use redis::{Cmd, Pipeline, Value};
 
 use crate::account::{Counters, Reporter, Stage, Stop, StopReason};
 use crate::config::OnConflict;
-use crate::flow::{exchange, Batch};
+use crate::flow::{exchange, Batch, Vanished};
 use crate::key::Key;
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
@@ -143,6 +144,10 @@ pub fn run(
             match end {
                 Fate::Copied => Counters::add(&counters.copied, 1),
                 Fate::Skipped => Counters::add(&counters.skipped, 1),
+                Fate::Expired if ctx.policy.vanished == Vanished::Deleted => match copier.delete(&key) {
+                    Ok(()) => Counters::add(&counters.deleted, 1),
+                    Err((code, message)) => rep.fail(key, Stage::Write, code, message),
+                },
                 Fate::Expired => Counters::add(&counters.expired, 1),
                 Fate::Failed(stage, code, message) => rep.fail(key, stage, code, message),
                 Fate::Reported => {}
@@ -239,6 +244,15 @@ impl<'a> Copier<'a> {
             self.rep.stop.sleep(pause, Stop::discard);
             self.drop_orphans();
         }
+    }
+
+    /// A follow's key gone from the source (or whose deadline passed): deleted on the target too.
+    fn delete(&mut self, key: &Key) -> Result<(), (String, String)> {
+        let stop = self.rep.stop;
+        self.dst
+            .call::<i64>(redis::cmd("DEL").arg(key.as_bytes()), || stop.discard())
+            .map(|_| ())
+            .map_err(|e| reply::classify(&e))
     }
 
     /// Deletes the temporary key of a failed attempt, and those of earlier attempts that could not be

@@ -72,16 +72,7 @@ FERRY_SCRIPT=bench-follow
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-install_redis
-echo "== building (cargo build --release --bins)" >&2
-cargo build --release --bins
-FERRY=${CARGO_TARGET_DIR:-target}/release/redis-ferry
-TOOLS=${CARGO_TARGET_DIR:-target}/release/ferry-tools
-start_server
-SRC=$STARTED_PORT
-start_server
-DST=$STARTED_PORT
-echo "== source 127.0.0.1:$SRC, target 127.0.0.1:$DST ($(redis-server --version | cut -d' ' -f3))" >&2
+setup_pair
 TICKS=$(getconf CLK_TCK)
 problems=()
 
@@ -102,15 +93,6 @@ proc_cpu() {
 # A field of /proc/PID/status in kB (VmHWM, VmRSS).
 proc_kb() {
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
-}
-
-# Drops a finished process from PIDS, so the exit trap never signals a pid the system may have reused.
-forget_pid() {
-    local keep=() pid
-    for pid in "${PIDS[@]}"; do
-        [ "$pid" = "$1" ] || keep+=("$pid")
-    done
-    PIDS=(${keep[@]+"${keep[@]}"})
 }
 
 # The Prometheus text of the running follow (curl, or bash's /dev/tcp where there is no curl).

@@ -70,15 +70,6 @@ server_cpu() {
     redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.6f", s }'
 }
 
-# Drops a finished process from PIDS, so the exit trap never signals a pid the system may have reused.
-forget_pid() {
-    local keep=() pid
-    for pid in "${PIDS[@]}"; do
-        [ "$pid" = "$1" ] || keep+=("$pid")
-    done
-    PIDS=(${keep[@]+"${keep[@]}"})
-}
-
 now() {
     date +%s.%N
 }

@@ -89,6 +89,15 @@ install_time() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y time
 }
 
+# Drops a finished process from PIDS, so the exit trap never signals a pid the system may have reused.
+forget_pid() {
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" = "$1" ] || keep+=("$pid")
+    done
+    PIDS=(${keep[@]+"${keep[@]}"})
+}
+
 # Installs redis-server when missing, builds the release binaries and starts the two throwaway servers:
 # sets FERRY and TOOLS (the binaries) and SRC and DST (the ports).
 setup_pair() {

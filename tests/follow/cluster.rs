@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{finish_load, follow_summary, load, notify_on, spawn_follow};
+use super::{assert_same_keys, cut_over, finish_load, load, notify_on, spawn_follow};
 use crate::support::*;
 
 #[test]
@@ -24,34 +24,12 @@ fn a_cluster_source_resharded_mid_follow_ends_equal_after_the_cutover() {
     let reshard = c.reshard_in_background(&[(0, 1, 200), (2, 0, 150)]);
     reshard.wait();
     finish_load(writers);
-    f.wait_caught_up();
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(stdout.contains("cutover ready"), "{}", dump(&out));
-    let s = follow_summary(&out);
-    assert_eq!(s.get("cutover"), Some("ready"));
+    cut_over(f);
     // Once the load's short TTLs are over, the same keys with the same values.
     std::thread::sleep(Duration::from_millis(2_500));
-    let mut cluster = c.conn();
     let mut target = dst.conn();
-    let (a, b) = (c.cluster_keys(), all_keys(&mut target));
-    let only_src: Vec<_> = a.difference(&b).take(5).collect();
-    let only_dst: Vec<_> = b.difference(&a).take(5).collect();
-    assert!(
-        only_src.is_empty() && only_dst.is_empty(),
-        "only on the source: {:?}; only on the target: {:?}",
-        show_keys(only_src),
-        show_keys(only_dst)
-    );
-    for key in &a {
-        if let Some(diff) = diff_key(&mut cluster, &mut target, key) {
-            panic!("{} differs: {diff}", show_keys([key])[0]);
-        }
-    }
-    let out = ferry(["verify", &c.addr(), &dst.addr(), "--check-extra"]);
-    assert_exit(&out, 0);
+    let (on_src, on_dst) = (c.cluster_keys(), all_keys(&mut target));
+    assert_same_keys(&mut c.conn(), &mut target, &on_src, &on_dst, &c.addr(), &dst.addr());
 }
 
 #[test]
@@ -88,10 +66,7 @@ fn a_failover_of_a_source_primary_mid_follow_subscribes_to_the_new_primary_and_r
     wait_until(Duration::from_secs(30), "a re-scan after the new primary", || {
         f.metric("redis_ferry_follow_rescans_total").unwrap_or(0.0) >= 1.0
     });
-    f.wait_caught_up();
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let text = stderr(&out);
     assert!(text.contains("a new primary of the source serves the run's slots"), "{text}");
     assert!(text.contains("no longer serves the run's slots"), "{text}");

@@ -99,23 +99,48 @@ pub fn assert_converged(
     target: &str,
 ) {
     thread::sleep(Duration::from_millis(2_500));
-    let (a, b) = (all_keys(src), all_keys(dst));
-    let only_src: Vec<_> = a.difference(&b).take(5).collect();
-    let only_dst: Vec<_> = b.difference(&a).take(5).collect();
+    let (on_src, on_dst) = (all_keys(src), all_keys(dst));
+    assert_same_keys(src, dst, &on_src, &on_dst, source, target);
+    assert_eq!(digest(src), digest(dst), "DEBUG DIGEST differs");
+}
+
+/// The same keys on both sides (`on_src`, `on_dst`: their key sets), each with the same type, value and
+/// TTL, and `verify --check-extra` exit 0.
+pub fn assert_same_keys(
+    src: &mut impl redis::ConnectionLike,
+    dst: &mut impl redis::ConnectionLike,
+    on_src: &std::collections::BTreeSet<Vec<u8>>,
+    on_dst: &std::collections::BTreeSet<Vec<u8>>,
+    source: &str,
+    target: &str,
+) {
+    let only_src: Vec<_> = on_src.difference(on_dst).take(5).collect();
+    let only_dst: Vec<_> = on_dst.difference(on_src).take(5).collect();
     assert!(
         only_src.is_empty() && only_dst.is_empty(),
         "only on the source: {:?}; only on the target: {:?}",
         show_keys(only_src),
         show_keys(only_dst)
     );
-    for key in &a {
+    for key in on_src {
         if let Some(diff) = diff_key(src, dst, key) {
             panic!("{} differs: {diff}", show_keys([key])[0]);
         }
     }
-    assert_eq!(digest(src), digest(dst), "DEBUG DIGEST differs");
     let out = ferry(["verify", source, target, "--check-extra"]);
+    assert!(out.status.code() == Some(0), "verify after the follow:\n{}", dump(&out));
+}
+
+/// Asks a caught-up follow for the cutover (SIGUSR1) and checks that it was ready: exit 0, the line, the
+/// summary. Returns the run's output.
+pub fn cut_over(mut f: Follow) -> std::process::Output {
+    f.wait_caught_up();
+    f.run.signal("USR1");
+    let out = f.run.wait();
     assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cutover ready"), "{}", dump(&out));
+    assert_eq!(follow_summary(&out).get("cutover"), Some("ready"));
+    out
 }
 
 /// The follow's summary, checked, with its follow pairs.
@@ -157,10 +182,7 @@ fn a_follow_under_a_writer_load_ends_in_a_cutover_with_the_target_equal_to_the_s
     });
     let ops = finish_load(writers);
     assert!(ops > 5_000, "the load did {ops} commands");
-    f.wait_caught_up();
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let cut = stdout
         .lines()
@@ -249,9 +271,7 @@ fn the_subscriber_killed_twice_ends_in_a_rescan_that_deletes_and_copies_what_the
         finish_load(writers);
         f.wait_caught_up();
     }
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let s = follow_summary(&out);
     assert!(n(&s, "gaps") >= 2 && n(&s, "rescans") >= 1, "{}", s.line);
     let stderr = stderr(&out);
@@ -273,10 +293,7 @@ fn a_target_restarted_mid_follow_is_written_again_by_a_rescan() {
     // Without persistence: it comes back empty.
     p.dst.restart(Duration::from_millis(300));
     finish_load(writers);
-    f.wait_caught_up();
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let s = follow_summary(&out);
     assert!(n(&s, "rescans") >= 1, "{}", s.line);
     assert!(stderr(&out).contains("restarted or failed over"), "{}", stderr(&out));
@@ -306,10 +323,7 @@ fn a_full_dirty_set_overflows_into_a_rescan_instead_of_dropping_events() {
     wait_until(Duration::from_secs(60), "a re-scan", || {
         f.metric("redis_ferry_follow_rescans_total").unwrap_or(0.0) >= 1.0
     });
-    f.wait_caught_up();
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let s = follow_summary(&out);
     assert!(n(&s, "overflows") >= 1 && n(&s, "rescans") >= 1, "{}", s.line);
     assert!(stderr(&out).contains("the dirty set is full (--follow-queue 20)"), "{}", stderr(&out));
@@ -473,9 +487,7 @@ fn a_source_that_refuses_config_and_client_pause_is_followed_on_the_operators_wo
     );
     f.wait_caught_up();
     run(&mut src, &[b"SET", b"k:1", b"last write"]);
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         stdout.contains("cutover ready: the target holds every change")
@@ -521,9 +533,7 @@ fn a_source_restarted_mid_follow_has_its_notifications_set_again_and_is_rescanne
     wait_until(Duration::from_secs(10), "the late write followed", || {
         q::<Option<Vec<u8>>>(&mut p.dst.conn(), &[b"GET", b"late"]).is_some()
     });
-    f.run.signal("USR1");
-    let out = f.run.wait();
-    assert_exit(&out, 0);
+    let out = cut_over(f);
     let text = stderr(&out);
     assert!(text.contains("restarted (its run_id changed)"), "{text}");
     assert!(

@@ -154,6 +154,8 @@ pub struct Reporter<'a> {
     failures: Sender<Failure>,
     /// Abort once this many keys failed.
     max_errors: Option<u64>,
+    /// Told of every failed key (a follow reads it again later).
+    on_fail: Option<&'a (dyn Fn(&Key) + Sync)>,
 }
 
 impl<'a> Reporter<'a> {
@@ -164,13 +166,21 @@ impl<'a> Reporter<'a> {
         failures: Sender<Failure>,
         max_errors: Option<u64>,
     ) -> Self {
-        Reporter { counters, stop, failures, max_errors }
+        Reporter { counters, stop, failures, max_errors, on_fail: None }
+    }
+
+    /// The same reporter, telling `hook` of every failed key too.
+    pub fn on_fail(self, hook: &'a (dyn Fn(&Key) + Sync)) -> Self {
+        Reporter { on_fail: Some(hook), ..self }
     }
 
     /// Records one failed key: counter, CSV row, and the abort when `--max-errors` is reached.
     pub fn fail(&self, key: Key, stage: Stage, code: String, message: String) {
         log::debug!("{} failed at {}: {code} {message}", key, stage.name());
         let failed = self.counters.failed.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(hook) = self.on_fail {
+            hook(&key);
+        }
         // The CSV thread only goes away after a write error, which has already raised the abort.
         let _ = self.failures.send(Failure { time: SystemTime::now(), key, stage, code, message });
         if let Some(max) = self.max_errors {

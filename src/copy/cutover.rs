@@ -8,7 +8,8 @@
 //!    Every primary paused must be one whose events are heard (a primary that appeared less than a watch
 //!    interval ago is not yet).
 //! 3. The drain: the follow goes on until no dirty key waits or is in flight, and no event was lost.
-//! 4. The verdict, before the pause ends: no key failed, the target evicted nothing (read from the target
+//! 4. The verdict, before the pause ends: no key is failing (one that failed and was copied by a later
+//!    attempt is not), the target evicted nothing (read from the target
 //!    there and then), no gap: safe. The line says how long writes stay paused; the run then ends at once,
 //!    so no late event of the old source reaches the new one. Anything else (the pause would end first, a
 //!    failure, a gap, a stop) is not safe, and the pause is lifted (`CLIENT UNPAUSE`) so the application
@@ -191,12 +192,14 @@ impl Cutover<'_> {
         }
     }
 
-    /// Step 4: nothing failed, and the target evicted nothing (read from it now).
+    /// Step 4: no key is failing (a failed key read again and copied is not), and the target evicted
+    /// nothing (read from it now).
     fn checks(&mut self) -> Result<(), String> {
-        let failed = self.counters.snapshot().failed;
-        if failed > 0 {
+        let failing = self.dirty.failing();
+        if failing > 0 {
             return Err(format!(
-                "{failed} keys failed during the run (see the error CSV): the target lacks them"
+                "{failing} keys are failing (see the error CSV; each is tried again, up to once a minute): the \
+                 target lacks them"
             ));
         }
         let (conn, base) = &mut self.target;

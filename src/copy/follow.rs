@@ -37,6 +37,7 @@ use crate::follow::dirty::{Dirty, Rescan};
 use crate::follow::notify::{self, Permission};
 use crate::follow::subscribe::{Filter, Hub, Subscribers};
 use crate::follow::Phase;
+use crate::key::Key;
 use crate::redis::conn::Conn;
 use crate::redis::endpoint::Endpoint;
 use crate::redis::server::ServerInfo;
@@ -231,6 +232,10 @@ impl Then for Follow<'_> {
             out.push_str(&format!("# HELP redis_ferry_{name} {help}\n# TYPE redis_ferry_{name} {kind}\nredis_ferry_{name} {value}\n"));
         }
         out
+    }
+
+    fn failed(&self, key: &Key) {
+        self.dirty.failed(key);
     }
 
     fn watch(&self, counters: &Counters, done: Receiver<()>) {
@@ -465,6 +470,7 @@ impl Follow<'_> {
             overflows: self.dirty.overflows.load(Ordering::Relaxed),
             rescans: self.rescans.load(Ordering::SeqCst),
             rescan_due: self.dirty.rescan_due().is_some(),
+            failing: self.dirty.failing() as u64,
             cutover: self.cutover.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
@@ -473,10 +479,11 @@ impl Follow<'_> {
     fn pairs(&self, summary: &Summary) -> String {
         let r = self.report(false);
         format!(
-            " deleted={} events={} dirty={} gaps={} overflows={} rescans={} rescan_due={} cutover={}",
+            " deleted={} events={} dirty={} failing={} gaps={} overflows={} rescans={} rescan_due={} cutover={}",
             summary.counts.deleted,
             r.events,
             r.dirty + r.in_flight,
+            r.failing,
             r.gaps,
             r.overflows,
             r.rescans,

@@ -50,6 +50,8 @@ impl Outcome {
             _ if self.follow.as_ref().and_then(|f| f.cutover.as_ref()).is_some_and(|c| !c.safe) => {
                 Exit::CutoverUnsafe
             }
+            // A safe cutover found every failed key copied again since, and nothing evicted.
+            _ if self.follow.as_ref().and_then(|f| f.cutover.as_ref()).is_some() => Exit::Ok,
             _ if self.summary.counts.failed > 0 || self.summary.counts.evicted > 0 => Exit::KeysFailed,
             _ => Exit::Ok,
         }

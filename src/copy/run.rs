@@ -17,6 +17,7 @@ use crate::account::progress::{self, Summary};
 use crate::account::{evictions, metrics, Counters, Reporter, Stop};
 use crate::config::{CopyConfig, OnConflict};
 use crate::flow::Vanished;
+use crate::key::Key;
 use crate::redis::conn::{Conn, REDIRECTIONS};
 use crate::redis::memory::Memory;
 use crate::resume::checkpoint::{self, Origin};
@@ -41,6 +42,8 @@ pub trait Then: Sync {
     fn metrics(&self) -> String;
     /// Watches the run beside its passes (rates, reports on the way) until `done` disconnects.
     fn watch(&self, counters: &Counters, done: Receiver<()>);
+    /// A key failed (a CSV row), in any pass: a follow reads it again later.
+    fn failed(&self, key: &Key);
 }
 
 /// What the threads of a run share, for all its passes.
@@ -113,7 +116,9 @@ pub fn run(cfg: &CopyConfig, mut p: Prepared, stop: &Stop, then: Option<&dyn The
     let origin = Origin { map: p.slot_map.as_ref(), run_id: p.run_id.as_deref() };
     let start = Instant::now();
     let (fail_tx, fail_rx) = bounded(1024);
+    let retry = |key: &Key| then.iter().for_each(|t| t.failed(key));
     let reporter = Reporter::new(&shared.counters, stop, fail_tx, cfg.max_errors);
+    let reporter = if then.is_some() { reporter.on_fail(&retry) } else { reporter };
     thread::scope(|s| {
         let csv = s.spawn(|| write_errors(fail_rx, &cfg.errors_path, cfg.errors_append, stop));
         let (done_tx, done_rx) = bounded::<()>(0);

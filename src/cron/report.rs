@@ -93,6 +93,9 @@ pub struct FollowReport {
     /// A re-scan is due and has not run: events were lost, the target is not in step (a follow stopped
     /// then must be started again).
     pub rescan_due: bool,
+    /// Keys whose last attempt failed (each a CSV row) and that no later attempt has copied yet: they
+    /// are read again after 1 s, 2, 4 … up to a minute.
+    pub failing: u64,
     /// The cutover, once it ran.
     pub cutover: Option<CutoverReport>,
 }

@@ -11,7 +11,8 @@
 //! raised for a *gap* (a subscriber lost its connection, a source restarted): events were lost, only a
 //! re-scan brings the target back in step. No Redis I/O here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -57,6 +58,32 @@ struct State {
     in_flight: HashMap<Key, Instant>,
     /// A re-scan is due, and why (the first reason).
     rescan: Option<Rescan>,
+    /// Keys whose last attempt failed: how many attempts failed in a row, and whether the attempt in
+    /// flight now failed. A key leaves it when an attempt is answered without a failure.
+    failing: HashMap<Key, Failing>,
+    /// Failed keys to read again, each at its time.
+    retry: BinaryHeap<Reverse<(Instant, Key)>>,
+}
+
+/// A key whose last attempt failed.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    /// Attempts that failed in a row.
+    attempts: u32,
+    /// The attempt in flight failed (or none is in flight since the last failure).
+    failed_now: bool,
+}
+
+/// The longest wait before a failed key is read again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+impl State {
+    /// An attempt at `key` was answered: unless it failed, the key is no longer failing.
+    fn repaired(&mut self, key: &Key) {
+        if self.failing.get(key).is_some_and(|f| !f.failed_now) {
+            self.failing.remove(key);
+        }
+    }
 }
 
 impl Dirty {
@@ -116,6 +143,22 @@ impl Dirty {
         self.ready.notify_all();
     }
 
+    /// A key failed (a CSV row): it is read again after 1 s, then 2, 4 … up to a minute, until an
+    /// attempt goes through; meanwhile it counts as failing, which a cutover refuses.
+    pub fn failed(&self, key: &Key) {
+        let mut s = self.lock();
+        let entry = s.failing.entry(key.clone()).or_insert(Failing { attempts: 0, failed_now: true });
+        entry.attempts += 1;
+        entry.failed_now = true;
+        let delay = Duration::from_secs(1 << entry.attempts.min(6).saturating_sub(1)).min(MAX_RETRY_DELAY);
+        s.retry.push(Reverse((Instant::now() + delay, key.clone())));
+    }
+
+    /// Keys whose last attempt failed and that no attempt has gone through for since.
+    pub fn failing(&self) -> usize {
+        self.lock().failing.len()
+    }
+
     /// Keys taken but never sent on (the run stopped): they wait again, as new.
     pub fn give_back(&self, keys: Vec<Key>) {
         let mut s = self.lock();
@@ -129,7 +172,12 @@ impl Dirty {
 
     /// Every in-flight key is answered (a pass is over): all may be taken again.
     pub fn release_all(&self) {
-        self.lock().in_flight.clear();
+        let mut s = self.lock();
+        let answered: Vec<Key> = s.in_flight.drain().map(|(key, _)| key).collect();
+        for key in &answered {
+            s.repaired(key);
+        }
+        drop(s);
         self.ready.notify_all();
     }
 
@@ -159,6 +207,13 @@ impl Dirty {
         if s.rescan.is_none() && stuck {
             s = self.ready.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
+        let now = Instant::now();
+        while s.retry.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Some(Reverse((_, key))) = s.retry.pop() else { break };
+            if s.waiting.insert(key.clone()) {
+                s.order.push_back((key, now));
+            }
+        }
         let mut taken = Vec::new();
         let mut kept = Vec::new();
         while taken.len() < max {
@@ -168,6 +223,9 @@ impl Dirty {
                 continue;
             }
             s.waiting.remove(&key);
+            if let Some(f) = s.failing.get_mut(&key) {
+                f.failed_now = false;
+            }
             s.in_flight.insert(key.clone(), since);
             taken.push(key);
         }
@@ -182,6 +240,7 @@ impl Dirty {
         let mut s = self.lock();
         for key in keys {
             s.in_flight.remove(key);
+            s.repaired(key);
         }
         drop(s);
         self.ready.notify_all();
@@ -278,6 +337,38 @@ mod tests {
         d.give_back(keys);
         assert_eq!((d.depth().0, d.depth().1), (1, 0));
         assert_eq!(d.take(10, NOW), vec![Key::from("a")]);
+    }
+
+    #[test]
+    fn a_failed_key_is_read_again_later_and_stops_failing_once_an_attempt_goes_through() {
+        let d = Dirty::new(10);
+        d.record(b"a");
+        let a = d.take(1, NOW);
+        d.failed(&a[0]);
+        d.release(&a);
+        assert_eq!(d.failing(), 1, "its attempt failed");
+        assert!(d.take(1, NOW).is_empty(), "not before its retry time");
+        std::thread::sleep(Duration::from_millis(1_050));
+        let again = d.take(1, NOW);
+        assert_eq!(again, vec![Key::from("a")]);
+        // Failed again: still failing.
+        d.failed(&again[0]);
+        d.release(&again);
+        assert_eq!(d.failing(), 1);
+        // A key that failed outside the dirty set (the copy) is failing until read again.
+        d.failed(&Key::from("b"));
+        assert_eq!(d.failing(), 2);
+    }
+
+    #[test]
+    fn a_failed_key_whose_next_attempt_is_answered_is_repaired() {
+        let d = Dirty::new(10);
+        d.failed(&Key::from("a"));
+        std::thread::sleep(Duration::from_millis(1_050));
+        let a = d.take(1, NOW);
+        assert_eq!(a, vec![Key::from("a")]);
+        d.release(&a);
+        assert_eq!(d.failing(), 0);
     }
 
     #[test]

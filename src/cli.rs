@@ -251,6 +251,20 @@ pub struct CopyArgs {
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,
+    /// for every rediss:// side: trust the CA certificate(s) in this PEM file (a --source-tls-ca or
+    /// --target-tls-ca wins for its side)
+    #[argh(option)]
+    pub tls_ca: Option<String>,
+    /// for every rediss:// side that requires client certificates: this PEM certificate (with
+    /// --tls-key; a side's own -tls-cert wins)
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+    /// the PEM private key of --tls-cert
+    #[argh(option)]
+    pub tls_key: Option<String>,
+    /// for every rediss:// side: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub tls_insecure: bool,
     /// for a rediss:// SOURCE: trust the CA certificate(s) in this PEM file instead of the system's
     #[argh(option)]
     pub source_tls_ca: Option<String>,
@@ -342,6 +356,20 @@ pub struct VerifyArgs {
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,
+    /// for every rediss:// side: trust the CA certificate(s) in this PEM file (a --source-tls-ca or
+    /// --target-tls-ca wins for its side)
+    #[argh(option)]
+    pub tls_ca: Option<String>,
+    /// for every rediss:// side that requires client certificates: this PEM certificate (with
+    /// --tls-key; a side's own -tls-cert wins)
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+    /// the PEM private key of --tls-cert
+    #[argh(option)]
+    pub tls_key: Option<String>,
+    /// for every rediss:// side: do not verify its certificate or host name (insecure; warned about)
+    #[argh(switch)]
+    pub tls_insecure: bool,
     /// for a rediss:// SOURCE: trust the CA certificate(s) in this PEM file instead of the system's
     #[argh(option)]
     pub source_tls_ca: Option<String>,

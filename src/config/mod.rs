@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use split::split;
 pub use split::Split;
-use tls::TlsFlags;
+use tls::{Shared, TlsFlags};
 
 use crate::cli::{CopyArgs, VerifyArgs};
 use crate::files::Use;
@@ -294,12 +294,23 @@ fn endpoints(
     target: &str,
     source_db: Option<i64>,
     target_db: Option<i64>,
-    [source_tls, target_tls]: [TlsFlags<'_>; 2],
+    (shared, [source_tls, target_tls]): (TlsFlags<'_>, [TlsFlags<'_>; 2]),
 ) -> Result<(Endpoint, Endpoint), ConfigError> {
     let mut source = Endpoint::parse(Role::Source, source, source_db, Endpoint::env_password(Role::Source))?;
     let mut target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
-    source.tls = Tls::from_flags(Role::Source, source_tls, source.tls.is_some())?;
-    target.tls = Tls::from_flags(Role::Target, target_tls, target.tls.is_some())?;
+    if shared.any() && source.tls.is_none() && target.tls.is_none() {
+        let what =
+            [("ca", shared.ca.is_some()), ("cert", shared.cert.is_some()), ("key", shared.key.is_some())]
+                .into_iter()
+                .find(|(_, on)| *on)
+                .map_or("insecure", |(what, _)| what);
+        return Err(bad(format!(
+            "--tls-{what} is for TLS, but neither SOURCE nor TARGET is a rediss:// URL; write the TLS side as \
+             rediss://host:port"
+        )));
+    }
+    source.tls = Tls::from_flags(Role::Source, source_tls.or(shared), source.tls.is_some())?;
+    target.tls = Tls::from_flags(Role::Target, target_tls.or(shared), target.tls.is_some())?;
     Ok((source, target))
 }
 
@@ -320,7 +331,7 @@ fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), Confi
 fn named_files(
     keys_from: &Option<String>,
     outputs: &[(&str, &Option<String>)],
-    tls: [TlsFlags<'_>; 2],
+    (shared, tls): (TlsFlags<'_>, [TlsFlags<'_>; 2]),
 ) -> Vec<NamedFile> {
     let mut files = Vec::new();
     let mut add = |flag: String, path: Option<&str>, how: Use| {
@@ -332,32 +343,47 @@ fn named_files(
     for (flag, path) in outputs {
         add(flag.to_string(), path.as_deref(), Use::Write);
     }
-    for (role, flags) in [Role::Source, Role::Target].into_iter().zip(tls) {
+    for (side, flags) in ["".to_string()]
+        .into_iter()
+        .chain([Role::Source, Role::Target].map(|r| format!("{}-", r.name())))
+        .zip([shared, tls[0], tls[1]])
+    {
         for (what, path) in [("ca", flags.ca), ("cert", flags.cert), ("key", flags.key)] {
-            add(format!("--{}-tls-{what}", role.name()), path, Use::Read);
+            add(format!("--{side}tls-{what}"), path, Use::Read);
         }
     }
     files
 }
 
-/// The per-side TLS flags, which `copy` and `verify` spell the same way.
+/// The TLS flags, which `copy` and `verify` spell the same way: the `--tls-*` shorthands, then each
+/// side's own, with the shorthands filled in where the side gives none of that kind.
 macro_rules! tls_flags {
-    ($args:expr) => {
-        [
+    ($args:expr) => {{
+        let shared = TlsFlags {
+            ca: $args.tls_ca.as_deref(),
+            cert: $args.tls_cert.as_deref(),
+            key: $args.tls_key.as_deref(),
+            insecure: $args.tls_insecure,
+            shared: Shared::default(),
+        };
+        let own = [
             TlsFlags {
                 ca: $args.source_tls_ca.as_deref(),
                 cert: $args.source_tls_cert.as_deref(),
                 key: $args.source_tls_key.as_deref(),
                 insecure: $args.source_tls_insecure,
+                shared: Shared::default(),
             },
             TlsFlags {
                 ca: $args.target_tls_ca.as_deref(),
                 cert: $args.target_tls_cert.as_deref(),
                 key: $args.target_tls_key.as_deref(),
                 insecure: $args.target_tls_insecure,
+                shared: Shared::default(),
             },
-        ]
-    };
+        ];
+        (shared, own)
+    }};
 }
 
 /// The flags that set how fast keys go: `--batch`, `--rate`, `--burst`, `--max-latency`,

@@ -19,6 +19,44 @@ pub struct TlsFlags<'a> {
     pub key: Option<&'a str>,
     /// `--<role>-tls-insecure`.
     pub insecure: bool,
+    /// Which of them came from the `--tls-*` shorthands (for the flag names in messages).
+    pub shared: Shared,
+}
+
+/// Which of a side's TLS flags came from the `--tls-*` shorthands: `ca`, `cert`, `key`, `insecure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// `--tls-ca`.
+    pub ca: bool,
+    /// `--tls-cert`.
+    pub cert: bool,
+    /// `--tls-key`.
+    pub key: bool,
+    /// `--tls-insecure`.
+    pub insecure: bool,
+}
+
+impl<'a> TlsFlags<'a> {
+    /// Whether any flag is given.
+    pub fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure
+    }
+
+    /// A side's own flags, with the shorthands `shared` for each kind the side does not give itself (its
+    /// own flag wins; a client certificate and its key go together).
+    pub fn or(self, shared: TlsFlags<'a>) -> TlsFlags<'a> {
+        let own_client = self.cert.is_some() || self.key.is_some();
+        let take_ca = self.ca.is_none() && shared.ca.is_some();
+        let take_client = !own_client && (shared.cert.is_some() || shared.key.is_some());
+        let take_insecure = !self.insecure && shared.insecure;
+        TlsFlags {
+            ca: if take_ca { shared.ca } else { self.ca },
+            cert: if take_client { shared.cert } else { self.cert },
+            key: if take_client { shared.key } else { self.key },
+            insecure: self.insecure || shared.insecure,
+            shared: Shared { ca: take_ca, cert: take_client, key: take_client, insecure: take_insecure },
+        }
+    }
 }
 
 impl Tls {
@@ -26,13 +64,26 @@ impl Tls {
     /// the URL was `rediss://`: TLS flags on a plain endpoint are refused rather than silently ignored.
     pub fn from_flags(role: Role, flags: TlsFlags<'_>, url_tls: bool) -> Result<Option<Tls>, ConfigError> {
         let name = role.name();
-        let flag = |what: &str| format!("--{name}-tls-{what}");
+        let shared = flags.shared;
+        let flag = |what: &str| {
+            let from_shorthand = match what {
+                "ca" => shared.ca,
+                "cert" => shared.cert,
+                "key" => shared.key,
+                _ => shared.insecure,
+            };
+            match from_shorthand {
+                true => format!("--tls-{what}"),
+                false => format!("--{name}-tls-{what}"),
+            }
+        };
         if !url_tls {
+            // The shorthands are for the sides that speak TLS; a side's own flag on a plain URL is refused.
             let given = [
-                ("ca", flags.ca.is_some()),
-                ("cert", flags.cert.is_some()),
-                ("key", flags.key.is_some()),
-                ("insecure", flags.insecure),
+                ("ca", flags.ca.is_some() && !shared.ca),
+                ("cert", flags.cert.is_some() && !shared.cert),
+                ("key", flags.key.is_some() && !shared.key),
+                ("insecure", flags.insecure && !shared.insecure),
             ];
             return match given.iter().find(|(_, on)| *on) {
                 Some((what, _)) => Err(bad(format!(
@@ -174,6 +225,27 @@ mod tests {
 
     fn ep(text: &str) -> Result<Endpoint, ConfigError> {
         Endpoint::parse(Role::Source, text, None, None)
+    }
+
+    #[test]
+    fn a_sides_own_flag_wins_over_the_shorthand_kind_by_kind() {
+        let shared =
+            TlsFlags { ca: Some("shared-ca"), cert: Some("c"), key: Some("k"), ..TlsFlags::default() };
+        let own = TlsFlags { ca: Some("own-ca"), ..TlsFlags::default() };
+        let merged = own.or(shared);
+        assert_eq!((merged.ca, merged.cert, merged.key), (Some("own-ca"), Some("c"), Some("k")));
+        assert_eq!(merged.shared, Shared { ca: false, cert: true, key: true, insecure: false });
+        // A client certificate and its key go together: a side's own certificate takes no shared key.
+        let own = TlsFlags { cert: Some("own-c"), ..TlsFlags::default() };
+        let merged = own.or(shared);
+        assert_eq!((merged.cert, merged.key, merged.shared.key), (Some("own-c"), None, false));
+        // On a plain URL a shorthand is not an error; a side's own flag is.
+        let plain = TlsFlags::default().or(shared);
+        assert!(Tls::from_flags(Role::Source, plain, false).unwrap().is_none());
+        let err = Tls::from_flags(Role::Source, own.or(shared), false).unwrap_err().0;
+        assert!(err.contains("--source-tls-cert is for TLS"), "{err}");
+        let err = Tls::from_flags(Role::Target, TlsFlags::default().or(shared), true).unwrap_err().0;
+        assert!(err.contains("--tls-ca shared-ca"), "{err}");
     }
 
     #[test]

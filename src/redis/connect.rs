@@ -142,12 +142,12 @@ fn connect_reason(err: &RedisError, endpoint: &Endpoint) -> (String, bool) {
     let role = endpoint.role.name();
     let why = match e {
         E::InvalidCertificate(Cert::UnknownIssuer) if tls.ca.is_some() => format!(
-            "certificate verify failed (unknown issuer): the server's certificate is not signed by the CA in \
-             --{role}-tls-ca"
+            "certificate verify failed (unknown issuer): the server's certificate is not signed by the CA \
+             given (--{role}-tls-ca or --tls-ca)"
         ),
         E::InvalidCertificate(Cert::UnknownIssuer) => format!(
             "certificate verify failed (unknown issuer): the server's certificate is not signed by a CA this \
-             system trusts; give its CA with --{role}-tls-ca FILE"
+             system trusts; give its CA with --{role}-tls-ca FILE (or --tls-ca FILE for both sides)"
         ),
         E::InvalidCertificate(Cert::NotValidForNameContext { presented, .. }) => format!(
             "certificate verify failed: it is for {}, not {}; connect by a name it lists",

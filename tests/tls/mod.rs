@@ -202,6 +202,37 @@ fn tls_source_to_plain_target_and_plain_to_tls_target() {
 }
 
 #[test]
+fn the_tls_shorthands_serve_every_tls_side_and_a_sides_own_flag_wins() {
+    let pki = Pki::new();
+    let tls_src = TlsServer::start(&pki, "server", false);
+    let tls_dst = TlsServer::start(&pki, "server", false);
+    let plain = RedisServer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.path("ca.pem");
+    let keys = fill_every_type(&mut tls_src.server.conn(), false);
+    // One CA for both TLS sides.
+    let out = ferry(["copy", &tls_src.url(), &tls_dst.url(), "--tls-ca", &ca, "--errors", &csv(dir.path())]);
+    assert_exit(&out, 0);
+    assert_same(&mut tls_src.server.conn(), &mut tls_dst.server.conn(), &keys);
+    // A plain side is left alone by the shorthand; verify takes it too.
+    let out = ferry(["verify", &tls_src.url(), &plain.addr(), "--tls-ca", &ca]);
+    assert_exit(&out, 1);
+    // A side's own flag wins: a wrong CA given as the shorthand does not reach the target, whose own is right;
+    // the source, which takes the shorthand, fails to verify and the message names --tls-ca.
+    let wrong = pki.path("server.pem");
+    let out = ferry(["verify", &tls_src.url(), &tls_dst.url(), "--tls-ca", &wrong, "--target-tls-ca", &ca]);
+    assert_exit(&out, 2);
+    assert!(error_line(&out).contains("source"), "{}", dump(&out));
+    let out = ferry(["verify", &tls_dst.url(), &tls_src.url(), "--source-tls-ca", &ca, "--tls-ca", &ca]);
+    assert_exit(&out, 0);
+    // With no TLS side the shorthand is refused, naming it.
+    let out = ferry(["copy", &plain.addr(), &plain.addr(), "--tls-insecure"]);
+    assert_refused_naming(&out, &["--tls-insecure is for TLS, but neither SOURCE nor TARGET"]);
+    let out = ferry(["copy", &tls_src.url(), &plain.addr(), "--tls-cert", &pki.path("client.pem")]);
+    assert_refused_naming(&out, &["--tls-cert needs --tls-key"]);
+}
+
+#[test]
 fn mutual_tls_needs_a_client_certificate_the_server_trusts() {
     let pki = Pki::new();
     let src = RedisServer::new();

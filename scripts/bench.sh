@@ -3,8 +3,9 @@
 # KEYS, as `ferry-tools migrate`), side by side in one run on the same data and the same two throwaway
 # redis-server processes on free 127.0.0.1 ports. For each tool: wall-clock keys/s, the ratio to MIGRATE,
 # the tool's peak RSS (GNU time -v; for migrate that is the ferry-tools driver, the data moves inside
-# redis), the source's CPU seconds per 100k keys (INFO CPU used_cpu_sys + used_cpu_user, before/after)
-# and the source's p99 PING latency while the tool ran (`ferry-tools probe`, one PING every 10 ms).
+# redis), the CPU seconds per 100k keys of the source and the target (INFO CPU used_cpu_sys +
+# used_cpu_user, before/after) and of the tool itself (GNU time: user + system), and the source's p99 PING
+# latency while the tool ran (`ferry-tools probe`, one PING every 10 ms).
 # Each run starts from an empty target (FLUSHALL) and must end with target DBSIZE == source DBSIZE.
 # Exits 1 if a tool failed or a DBSIZE disagreed (after printing the table).
 #
@@ -84,18 +85,21 @@ run_case() {
     local probe=$!
     PIDS+=("$probe")
     sleep 0.3 # let the probe connect and take a few quiet samples
-    local cpu0 cpu1 t0 t1 rc=0
+    local cpu0 cpu1 dcpu0 dcpu1 t0 t1 rc=0
     cpu0=$(server_cpu "$SRC")
+    dcpu0=$(server_cpu "$DST")
     t0=$(now)
     /usr/bin/time -v -o "$TMP/$name.time" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" || rc=$?
     t1=$(now)
     cpu1=$(server_cpu "$SRC")
+    dcpu1=$(server_cpu "$DST")
     kill -TERM "$probe"
     wait "$probe" || true
     forget_pid "$probe"
     echo "$rc" >"$TMP/$name.rc"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }' >"$TMP/$name.wall"
     awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }' >"$TMP/$name.cpu"
+    awk -v a="$dcpu0" -v b="$dcpu1" 'BEGIN { printf "%.3f", b - a }' >"$TMP/$name.dcpu"
     dbsize "$DST" >"$TMP/$name.dbsize"
     echo "-- $name: exit $rc, $(cat "$TMP/$name.wall") s; last stdout line: $(tail -n 1 "$TMP/$name.out")" >&2
     if [ "$rc" -ne 0 ]; then
@@ -337,20 +341,27 @@ if [ -s "$TMP/errors.csv" ]; then
     head -n 6 "$TMP/errors.csv" >&2
 fi
 
-# One table row per tool; keys/s is the source's key count over the tool's wall-clock time.
+# One table row per tool; keys/s is the source's key count over the tool's wall-clock time. The three
+# parts of the cost, per 100k keys: the source's CPU, the target's (INFO CPU, before/after) and the tool's
+# own (user + system, GNU time; for migrate the ferry-tools driver, the data moves inside redis).
 row() {
     local name=$1 label=$2 base_kps=$3
-    local wall cpu rss_kb p99
+    local wall cpu dcpu rss_kb p99 user sys
     wall=$(cat "$TMP/$name.wall")
     cpu=$(cat "$TMP/$name.cpu")
+    dcpu=$(cat "$TMP/$name.dcpu")
     rss_kb=$(sed -n 's/^[[:space:]]*Maximum resident set size (kbytes): //p' "$TMP/$name.time")
+    user=$(sed -n 's/^[[:space:]]*User time (seconds): //p' "$TMP/$name.time")
+    sys=$(sed -n 's/^[[:space:]]*System time (seconds): //p' "$TMP/$name.time")
     p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' "$TMP/$name.probe")
-    awk -v label="$label" -v keys="$SRC_KEYS" -v wall="$wall" -v cpu="$cpu" -v rss="${rss_kb:-0}" \
+    awk -v label="$label" -v keys="$SRC_KEYS" -v wall="$wall" -v cpu="$cpu" -v dcpu="$dcpu" -v rss="${rss_kb:-0}" \
+        -v tool="$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN { print u + s }')" \
         -v p99="${p99:-n/a}" -v base="$base_kps" 'BEGIN {
             kps = wall > 0 ? keys / wall : 0
             ratio = base > 0 ? kps / base : 1
-            cpu100k = keys > 0 ? cpu * 100000 / keys : 0
-            printf "%-22s %12.0f %9.2fx %12.1f %18.3f %16s\n", label, kps, ratio, rss / 1024, cpu100k, p99
+            per = keys > 0 ? 100000 / keys : 0
+            printf "%-22s %12.0f %9.2fx %12.1f %15.3f %15.3f %15.3f %16s\n", label, kps, ratio, rss / 1024, \
+                cpu * per, dcpu * per, tool * per, p99
         }'
 }
 MIGRATE_KPS=$(awk -v k="$SRC_KEYS" -v w="$(cat "$TMP/migrate.wall")" 'BEGIN { printf "%.3f", (w > 0 ? k / w : 0) }')
@@ -363,7 +374,8 @@ echo "migrate: $(tail -n 1 "$TMP/migrate.out")"
 echo "ferry:   $(tail -n 1 "$TMP/ferry.out")"
 echo "probes:  migrate $(cat "$TMP/migrate.probe") | ferry $(cat "$TMP/ferry.probe")"
 echo
-printf "%-22s %12s %10s %12s %18s %16s\n" tool keys/s vs_migrate peak_rss_mb src_cpu_s/100k src_p99_ping_ms
+printf "%-22s %12s %10s %12s %15s %15s %15s %16s\n" tool keys/s vs_migrate peak_rss_mb src_cpu_s/100k \
+    dst_cpu_s/100k tool_cpu_s/100k src_p99_ping_ms
 row migrate "MIGRATE (ferry-tools)" "$MIGRATE_KPS"
 row ferry "redis-ferry copy" "$MIGRATE_KPS"
 

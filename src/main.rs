@@ -34,15 +34,13 @@ use crate::cli::{Command, ReportArgs, ReportCommand};
 use crate::config::{CopyConfig, VerifyConfig};
 use crate::exit::Exit;
 
-/// How long a second Ctrl-C waits for the temporary keys of the type-aware copy to be deleted.
-const FAST_EXIT_CLEANUP: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// The process-wide stop flag: raised by Ctrl-C / SIGTERM, by `--max-errors` and by fatal errors.
 static STOP: Stop = Stop::new();
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .target(env_logger::Target::Pipe(Box::new(out::Stderr)))
         .init();
     run().into()
 }
@@ -71,23 +69,12 @@ fn fail(exit: Exit, message: &str) -> Exit {
 }
 
 /// Ctrl-C (and SIGTERM): the first stops scanning and lets the batches in flight finish; a second one
-/// deletes the type-aware copy's temporary keys (within a bounded time) and quits.
+/// undoes what must not outlive the run (see [`copy::undo_at_once`]) and quits.
 fn install_interrupt_handler() {
     let result = ctrlc::set_handler(|| {
         if STOP.reason() >= StopReason::Interrupted {
             out::error("interrupted twice: quitting without finishing");
-            match stage::typed::temp::drop_in_flight(FAST_EXIT_CLEANUP) {
-                (0, 0) => {}
-                (deleted, 0) => {
-                    out::line(&format!("deleted the {deleted} temporary keys of the type-aware copy"))
-                }
-                (deleted, left) => out::line(&format!(
-                    "deleted {deleted} temporary keys of the type-aware copy; {left} are left on the target \
-                     (redis-ferry:tmp:*, they expire within 10 minutes)"
-                )),
-            }
-            copy::unpause_registered();
-            follow::notify::restore();
+            copy::undo_at_once();
             std::process::exit(Exit::Interrupted.code().into());
         }
         log::warn!("interrupted: finishing the batches in flight (Ctrl-C again to quit at once)");

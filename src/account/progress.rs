@@ -1,5 +1,5 @@
-//! What a run tells while it goes and when it ends: a progress line on standard error every few seconds,
-//! and the summary line, the last line of standard output.
+//! What a run tells while it goes and when it ends: a progress line on standard error every few seconds
+//! (a bar on a terminal), and the summary line, the last line of standard output.
 
 use std::time::{Duration, Instant};
 
@@ -7,19 +7,54 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::{Counters, Snapshot, StopReason};
 
-/// The progress thread: a line on standard error every `interval` until `done` is disconnected;
-/// `extra()` is appended to each line (a follow's phase and lag).
-pub fn progress(
-    counters: &Counters,
-    interval: Duration,
-    done: Receiver<()>,
-    dry_run: bool,
-    extra: &dyn Fn() -> String,
-) {
+/// How progress is shown: a bar on a terminal, else log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// A bar when standard error is a terminal, else lines.
+    Auto,
+    /// A bar (indicatif).
+    Bar,
+    /// A log line every interval.
+    Plain,
+}
+
+impl Style {
+    /// Whether a bar is drawn.
+    fn bar(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Style::Auto => std::io::stderr().is_terminal(),
+            Style::Bar => true,
+            Style::Plain => false,
+        }
+    }
+}
+
+/// What the progress thread shows.
+pub struct Show<'a> {
+    /// Every interval, or how often the bar is redrawn.
+    pub interval: Duration,
+    /// Bar or lines.
+    pub style: Style,
+    /// The keys the run is expected to see (the source's DBSIZE, the lines of `--keys-from`), for the bar's
+    /// length and ETA; `None` when unknown.
+    pub total: Option<u64>,
+    /// A dry run.
+    pub dry_run: bool,
+    /// What a line (or the bar's message) adds: a follow's phase and lag.
+    pub extra: &'a dyn Fn() -> String,
+}
+
+/// The progress thread, until `done` is disconnected: a line on standard error every interval, or on a
+/// terminal a bar (keys done of the estimated total, keys/s, ETA, failed keys) redrawn 4 times a second.
+pub fn progress(counters: &Counters, show: Show, done: Receiver<()>) {
+    if show.style.bar() {
+        return bar(counters, show, done);
+    }
     let start = Instant::now();
     let mut last = (start, 0u64);
     loop {
-        match done.recv_timeout(interval) {
+        match done.recv_timeout(show.interval) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
@@ -30,7 +65,7 @@ pub fn progress(
         last = (now, done_keys);
         log::info!(
             "progress{}: scanned={} copied={} skipped={} expired={} failed={} keys_per_sec={:.0} elapsed={:.0}s{}{}",
-            if dry_run { " (dry run)" } else { "" },
+            if show.dry_run { " (dry run)" } else { "" },
             s.scanned,
             s.copied,
             s.skipped,
@@ -39,9 +74,48 @@ pub fn progress(
             rate,
             now.duration_since(start).as_secs_f64(),
             if s.evicted > 0 { format!(" evicted={}", s.evicted) } else { String::new() },
-            extra()
+            (show.extra)()
         );
     }
+}
+
+/// The bar: its length is the estimate (raised when more keys are seen), log lines are written above it,
+/// and it is cleared at the end, before the summary.
+fn bar(counters: &Counters, show: Show, done: Receiver<()>) {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(show.total, ProgressDrawTarget::stderr_with_hz(4));
+    let template = match show.total {
+        Some(_) => "{bar:24} {human_pos}/{human_len} keys, {msg}, ETA {eta}",
+        None => "{spinner} {human_pos} keys, {msg}, {elapsed}",
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    crate::out::show_bar(Some(bar.clone()));
+    let mut last = (Instant::now(), 0u64, 0.0f64);
+    loop {
+        let s = counters.snapshot();
+        let done_keys = s.copied + s.skipped + s.expired + s.failed + s.deleted;
+        if bar.length().is_some_and(|len| s.scanned > len) {
+            bar.set_length(s.scanned);
+        }
+        bar.set_position(done_keys);
+        // keys/s over the last interval, as the lines give it.
+        let now = Instant::now();
+        if now.duration_since(last.0) >= show.interval {
+            let rate = (done_keys - last.1.min(done_keys)) as f64 / now.duration_since(last.0).as_secs_f64();
+            last = (now, done_keys, rate);
+        }
+        let dry = if show.dry_run { " (dry run)" } else { "" };
+        let evicted = if s.evicted > 0 { format!(" evicted={}", s.evicted) } else { String::new() };
+        bar.set_message(format!("{:.0} keys/s, failed={}{evicted}{dry}{}", last.2, s.failed, (show.extra)()));
+        match done.recv_timeout(Duration::from_millis(250)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+    }
+    crate::out::show_bar(None);
+    bar.finish_and_clear();
 }
 
 /// The result of a copy, printed as the last line of standard output.

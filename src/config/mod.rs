@@ -144,6 +144,8 @@ pub struct CopyConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Interval of progress lines; `None` for none.
     pub progress: Option<Duration>,
+    /// `--progress-style`: a bar or lines.
+    pub progress_style: crate::account::progress::Style,
     /// Connection timeouts for both sides.
     pub timeouts: Timeouts,
     /// How transient failures are retried.
@@ -540,6 +542,12 @@ impl CopyConfig {
             follow,
             metrics: follow::metrics(&args.metrics)?,
             progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
+            progress_style: match args.progress_style.as_str() {
+                "auto" => crate::account::progress::Style::Auto,
+                "bar" => crate::account::progress::Style::Bar,
+                "plain" => crate::account::progress::Style::Plain,
+                other => return Err(bad(format!("--progress-style `{other}` is not auto, bar or plain"))),
+            },
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
             retry: Retry { attempts: args.retries, ..Retry::DEFAULT },
             files: named_files(

@@ -111,6 +111,24 @@ pub fn main(cfg: &CopyConfig, stop: &Stop) -> Exit {
     exit
 }
 
+/// How long a second Ctrl-C waits for the temporary keys of the type-aware copy to be deleted.
+const FAST_EXIT_CLEANUP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What a second Ctrl-C undoes before the process quits, each within a bounded time: the type-aware
+/// copy's temporary keys, a cutover's pause of the source, the notification settings a follow changed.
+pub fn undo_at_once() {
+    match crate::stage::typed::temp::drop_in_flight(FAST_EXIT_CLEANUP) {
+        (0, 0) => {}
+        (deleted, 0) => out::line(&format!("deleted the {deleted} temporary keys of the type-aware copy")),
+        (deleted, left) => out::line(&format!(
+            "deleted {deleted} temporary keys of the type-aware copy; {left} are left on the target \
+             (redis-ferry:tmp:*, they expire within 10 minutes)"
+        )),
+    }
+    unpause_registered();
+    crate::follow::notify::restore();
+}
+
 /// Puts back the notification settings a follow changed, when dropped.
 struct RestoreNotifications;
 

@@ -159,6 +159,9 @@ pub struct Prepared {
     pub run_id: Option<String>,
     /// `--metrics`: the listener, bound.
     pub metrics: Option<Listener>,
+    /// How many keys the run should see, for the progress bar: the lines of `--keys-from`, or the DBSIZE
+    /// of the servers scanned (an upper bound with `--match`, `--type` or `--shard`).
+    pub estimate: Option<u64>,
 }
 
 /// Preflight: everything that can refuse the run does so before anything is written.
@@ -179,6 +182,10 @@ pub fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
     let probed = match cfg.max_latency {
         Some(_) => scan.primaries_serving(cfg.slots()).map_err(Fatal::from)?.0,
         None => Vec::new(),
+    };
+    let estimate = match &keys_file {
+        Some(file) => Some(file.keys),
+        None => scan.on_each::<u64>(&redis::cmd("DBSIZE")).ok().map(|sizes| sizes.iter().sum()),
     };
     let keys = source::open(&cfg.keys, keys_file, scan, cfg.timeouts, cfg.slots())?;
     // A cluster source resumes each primary's scan, on the slot map the checkpoint was made with.
@@ -221,5 +228,6 @@ pub fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         slot_map,
         run_id,
         metrics,
+        estimate,
     })
 }

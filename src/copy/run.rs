@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, Receiver};
 
 use super::prepare::{Connections, Prepared};
 use crate::account::csv::write_errors;
-use crate::account::progress::{self, Summary};
+use crate::account::progress::{self, Show, Summary};
 use crate::account::{evictions, metrics, Counters, Reporter, Stop};
 use crate::config::{CopyConfig, OnConflict};
 use crate::flow::Vanished;
@@ -127,6 +127,7 @@ pub fn run(cfg: &CopyConfig, mut p: Prepared, stop: &Stop, then: Option<&dyn The
             watch: p.conns.watch.take(),
             base: p.target_memory.evicted_keys,
             metrics: p.metrics.take(),
+            estimate: p.estimate,
         };
         let evictions = watchers.spawn(s, &shared, then, done_rx.clone());
         if let Some(path) = &cfg.checkpoint {
@@ -177,6 +178,8 @@ struct Watchers {
     base: u64,
     /// `--metrics`: the bound listener.
     metrics: Option<metrics::Listener>,
+    /// The keys expected, for the progress bar.
+    estimate: Option<u64>,
 }
 
 impl Watchers {
@@ -190,9 +193,13 @@ impl Watchers {
     ) -> Option<ScopedJoinHandle<'s, ()>> {
         let cfg = shared.cfg;
         if let Some(interval) = cfg.progress {
-            let done = done.clone();
-            let extra = move || then.map_or(String::new(), |t| t.progress());
-            s.spawn(move || progress::progress(&shared.counters, interval, done, cfg.dry_run, &extra));
+            let (done, total) = (done.clone(), self.estimate);
+            s.spawn(move || {
+                let extra = move || then.map_or(String::new(), |t| t.progress());
+                let show =
+                    Show { interval, style: cfg.progress_style, total, dry_run: cfg.dry_run, extra: &extra };
+                progress::progress(&shared.counters, show, done)
+            });
         }
         if let (false, Some(limit)) = (self.probe.is_empty(), cfg.max_latency) {
             let done = done.clone();

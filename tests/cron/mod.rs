@@ -326,3 +326,44 @@ fn progress_lines_go_to_stderr_and_progress_0_prints_none() {
     assert!(progress_lines(&out).is_empty(), "--progress 0 printed progress\n{}", dump(&out));
     assert_eq!(stdout_lines(&out), vec![sum.line.clone()], "stdout must hold the summary only");
 }
+
+/// Runs `redis-ferry ARGS` on a terminal (`script`, a pseudo-terminal for both standard output and
+/// standard error) and returns what the terminal showed.
+fn on_a_terminal(args: &[String]) -> String {
+    let cmd = std::iter::once(BIN.to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
+    let out =
+        std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("run script");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_progress_is_a_bar_and_plain_lines_on_request() {
+    let p = Pair::new();
+    fill_strings(&mut p.src.conn(), "bar:", 6_000);
+    let args = |style: &str| {
+        let mut a = vec![
+            "copy".to_string(),
+            p.src.addr(),
+            p.dst.addr(),
+            "--errors".into(),
+            path_str(&p.csv("e.csv")),
+        ];
+        // About 1.5 s at 4000 keys/s, with a line every second.
+        a.extend(
+            ["--progress", "1", "--rate", "4000", "--on-conflict", "replace", "--progress-style", style]
+                .map(String::from),
+        );
+        a
+    };
+    let bar = on_a_terminal(&args("auto"));
+    assert!(bar.contains("/6,000 keys, ") && bar.contains("keys/s, failed=0, ETA"), "no bar:\n{bar}");
+    assert!(!bar.contains("progress: scanned="), "lines as well as the bar:\n{bar}");
+    assert!(bar.contains("scanned=6000 copied=6000"), "no summary:\n{bar}");
+    let plain = on_a_terminal(&args("plain"));
+    assert!(plain.contains("progress: scanned=") && !plain.contains("keys/s, failed=0, ETA"), "{plain}");
+    // Not a terminal: lines, as with plain.
+    let out = ferry(args("auto"));
+    assert_exit(&out, 0);
+    assert!(!progress_lines(&out).is_empty() && !stderr(&out).contains("ETA"), "{}", dump(&out));
+}

@@ -245,7 +245,7 @@ pub struct CopyArgs {
     /// a progress line on standard error every SECS seconds; 0 = none (default 1)
     #[argh(option, default = "1")]
     pub progress: u64,
-    /// auto (a bar when standard error is a terminal, else lines), bar or plain (default auto)
+    /// auto (a bar when standard error is a terminal, else lines) or plain (lines; default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     pub progress_style: String,
     /// database number on the source (overrides the URL's)

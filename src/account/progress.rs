@@ -7,14 +7,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::{Counters, Snapshot, StopReason};
 
-/// How progress is shown: a bar on a terminal, else log lines.
+/// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
-    /// A bar when standard error is a terminal, else lines.
+    /// A bar (indicatif) when standard error is a terminal, else lines.
     Auto,
-    /// A bar (indicatif).
-    Bar,
-    /// A log line every interval.
+    /// A log line every interval, on a terminal too.
     Plain,
 }
 
@@ -22,11 +20,7 @@ impl Style {
     /// Whether a bar is drawn.
     fn bar(self) -> bool {
         use std::io::IsTerminal;
-        match self {
-            Style::Auto => std::io::stderr().is_terminal(),
-            Style::Bar => true,
-            Style::Plain => false,
-        }
+        self == Style::Auto && std::io::stderr().is_terminal()
     }
 }
 

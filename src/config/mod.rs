@@ -544,9 +544,8 @@ impl CopyConfig {
             progress: (args.progress > 0).then(|| Duration::from_secs(args.progress)),
             progress_style: match args.progress_style.as_str() {
                 "auto" => crate::account::progress::Style::Auto,
-                "bar" => crate::account::progress::Style::Bar,
                 "plain" => crate::account::progress::Style::Plain,
-                other => return Err(bad(format!("--progress-style `{other}` is not auto, bar or plain"))),
+                other => return Err(bad(format!("--progress-style `{other}` is not auto or plain"))),
             },
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
             retry: Retry { attempts: args.retries, ..Retry::DEFAULT },

@@ -270,19 +270,24 @@ for r in $FOLLOW_RATES; do
     run_load "base-$r" "$r" "$FOLLOW_KEYS"
 done
 
+# sampled_load NAME RATE KEYS: run_load while the lag is sampled into $TMP/NAME.lag.
+sampled_load() {
+    sample_lag "$TMP/$1.lag" &
+    local sampler=$!
+    PIDS+=("$sampler")
+    run_load "$@"
+    kill "$sampler"
+    wait "$sampler" 2>/dev/null || true
+    forget_pid "$sampler"
+}
+
 echo "== follow: copy --follow, then the same loads" >&2
 start_follow main
 COPY_HWM=$(proc_kb "$FPID" VmHWM)
 for r in $FOLLOW_RATES; do
     e0=$(metric redis_ferry_events_total)
     f0=$(proc_cpu "$FPID")
-    sample_lag "$TMP/follow-$r.lag" &
-    sampler=$!
-    PIDS+=("$sampler")
-    run_load "follow-$r" "$r" "$FOLLOW_KEYS"
-    kill "$sampler"
-    wait "$sampler" 2>/dev/null || true
-    forget_pid "$sampler"
+    sampled_load "follow-$r" "$r" "$FOLLOW_KEYS"
     f1=$(proc_cpu "$FPID")
     e1=$(metric redis_ferry_events_total)
     echo "$((${e1:-0} - ${e0:-0}))" >"$TMP/follow-$r.events"
@@ -314,13 +319,7 @@ mem_run() {
     proc_kb "$FPID" VmHWM >"$TMP/$name.copyhwm"
     # From here VmHWM counts the load and the catch-up (5 in clear_refs resets it to the current RSS).
     echo 5 >"/proc/$FPID/clear_refs" 2>/dev/null || true
-    sample_lag "$TMP/$name.lag" &
-    sampler=$!
-    PIDS+=("$sampler")
-    run_load "$name" "$FOLLOW_MEM_RATE" "$FOLLOW_MEM_KEYS"
-    kill "$sampler"
-    wait "$sampler" 2>/dev/null || true
-    forget_pid "$sampler"
+    sampled_load "$name" "$FOLLOW_MEM_RATE" "$FOLLOW_MEM_KEYS"
     echo "$(metric redis_ferry_follow_overflows_total) $(metric redis_ferry_follow_rescans_total)" >"$TMP/$name.over"
     caught_up "$FOLLOW_CATCHUP" >"$TMP/$name.catchup" || echo "ended" >"$TMP/$name.catchup"
     echo "-- $name: caught up $(cat "$TMP/$name.catchup") s after the load" >&2

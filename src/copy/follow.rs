@@ -133,18 +133,18 @@ fn follow(
         };
         let mut summary = run::run(cfg, p, stop, Some(&f));
         hub.finish();
+        let report = f.report(false);
         if let Some(why) = dirty.rescan_due() {
             log::warn!(
                 "the follow stopped with a re-scan due ({why:?}): events were lost, so the target is not in step \
                  with the source; start the follow again"
             );
-        } else if f.report(false).dirty + f.report(false).in_flight > 0 {
+        } else if report.dirty + report.in_flight > 0 {
             log::warn!(
                 "the follow stopped with dirty keys not yet copied again: the target is behind the source"
             );
         }
-        summary.extra = f.pairs(&summary);
-        let report = f.report(false);
+        summary.extra = pairs(summary.counts.deleted, &report);
         Ok(Outcome { summary, error: stop.error(), follow: Some(report) })
     })
 }
@@ -259,9 +259,10 @@ impl Then for Follow<'_> {
             last = (now, events, keys);
             if let (Some(path), true) = (&self.cfg.report, reported.elapsed() >= REPORT_EVERY) {
                 reported = now;
-                let summary = self.summary_so_far(counters);
+                let figures = self.report(true);
+                let summary = self.summary_so_far(counters, &figures);
                 let mut report = Report::new(self.cfg, self.start, Some(&summary), Exit::Ok, None);
-                report.follow = Some(self.report(true));
+                report.follow = Some(figures);
                 if let Err(e) = report.write(path) {
                     log::warn!("{e}");
                 }
@@ -475,38 +476,35 @@ impl Follow<'_> {
         }
     }
 
-    /// The pairs the summary line adds for a follow.
-    fn pairs(&self, summary: &Summary) -> String {
-        let r = self.report(false);
-        format!(
-            " deleted={} events={} dirty={} failing={} gaps={} overflows={} rescans={} rescan_due={} cutover={}",
-            summary.counts.deleted,
-            r.events,
-            r.dirty + r.in_flight,
-            r.failing,
-            r.gaps,
-            r.overflows,
-            r.rescans,
-            u8::from(r.rescan_due),
-            match &r.cutover {
-                None => "none",
-                Some(c) if c.safe => "ready",
-                Some(_) => "unsafe",
-            }
-        )
-    }
-
     /// The summary as it stands, for a report written on the way.
-    fn summary_so_far(&self, counters: &Counters) -> Summary {
-        let mut summary = Summary {
-            counts: counters.snapshot(),
+    fn summary_so_far(&self, counters: &Counters, report: &FollowReport) -> Summary {
+        let counts = counters.snapshot();
+        Summary {
+            counts,
             elapsed: self.started.elapsed(),
             dry_run: false,
             stop: crate::account::StopReason::None,
             earlier: None,
-            extra: String::new(),
-        };
-        summary.extra = self.pairs(&summary);
-        summary
+            extra: pairs(counts.deleted, report),
+        }
     }
+}
+
+/// The pairs the summary line adds for a follow: `deleted` (of the counters) and the follow's figures.
+fn pairs(deleted: u64, r: &FollowReport) -> String {
+    let cutover = match &r.cutover {
+        None => "none",
+        Some(c) if c.safe => "ready",
+        Some(_) => "unsafe",
+    };
+    format!(
+        " deleted={deleted} events={} dirty={} failing={} gaps={} overflows={} rescans={} rescan_due={} cutover={cutover}",
+        r.events,
+        r.dirty + r.in_flight,
+        r.failing,
+        r.gaps,
+        r.overflows,
+        r.rescans,
+        u8::from(r.rescan_due),
+    )
 }

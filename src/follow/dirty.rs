@@ -40,8 +40,6 @@ pub struct Dirty {
     limit: usize,
     /// Events received (every subscriber, matching or not).
     pub events: AtomicU64,
-    /// Events that named a key the run takes (its `--match`, its slots).
-    pub recorded: AtomicU64,
     /// Times the set overflowed.
     pub overflows: AtomicU64,
     /// Gaps in the event stream.
@@ -94,7 +92,6 @@ impl Dirty {
             ready: Condvar::new(),
             limit: limit.max(1),
             events: AtomicU64::new(0),
-            recorded: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
         }
@@ -107,7 +104,6 @@ impl Dirty {
     /// Records an event for `key`: it waits (once, however many events name it), unless the set is full
     /// or a re-scan is already due (the re-scan reads it anyway).
     pub fn record(&self, key: &[u8]) {
-        self.recorded.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
         if s.rescan.is_some() || s.waiting.contains(key) {
             return;

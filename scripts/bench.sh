@@ -14,10 +14,12 @@
 # and the source's PING latency under a competing redis-benchmark load without and with --max-latency.
 # Mode big runs scripts/bench-big.sh N when that script exists; mode shards runs scripts/bench-shards.sh N
 # (one copy split over processes with --shard, against one process); mode follow runs
-# scripts/bench-follow.sh [N] (copy --follow under a writer load: lag, CPU per event, RSS; its own default N).
+# scripts/bench-follow.sh [N] (copy --follow under a writer load: lag, CPU per event, RSS; its own default N);
+# mode rdb runs scripts/bench-rdb.sh N (an RDB file copied into an empty server: this tool, a temporary server
+# loading it and a copy from there, and rdbtools' protocol output piped to redis-cli).
 #
 # Usage: scripts/bench.sh [N] [mode]      N keys (default 1000000), mode mixed (default) | big | throttle |
-#                                         shards | follow; a mode alone (scripts/bench.sh follow) takes the default N
+#                                         shards | follow | rdb; a mode alone (scripts/bench.sh follow) takes the default N
 #                                         (for follow, bench-follow.sh's own: 100000)
 # Environment for mode throttle: RATES (default "2000 10000 25000", scaled down when N is too small to
 # keep the top rate busy for a whole window), WINDOW seconds per rate (default 30), MAX_LATENCY_MS (2).
@@ -27,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # A mode alone: that mode with its default N.
 if [ "$#" -eq 1 ]; then
     case "$1" in
-        mixed | big | throttle | shards | follow) set -- "" "$1" ;;
+        mixed | big | throttle | shards | follow | rdb) set -- "" "$1" ;;
     esac
 fi
 N_GIVEN=${1:-}
@@ -52,12 +54,15 @@ case "$MODE" in
     shards)
         exec bash scripts/bench-shards.sh "$N"
         ;;
+    rdb)
+        exec bash scripts/bench-rdb.sh "$N"
+        ;;
     follow)
         # Its own default N (100000): the follow's figures come from the load, not the data set's size.
         exec bash scripts/bench-follow.sh ${N_GIVEN:+"$N_GIVEN"}
         ;;
     *)
-        echo "error: mode must be mixed, big, throttle, shards or follow (got '$MODE')" >&2
+        echo "error: mode must be mixed, big, throttle, shards, follow or rdb (got '$MODE')" >&2
         exit 2
         ;;
 esac

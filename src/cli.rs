@@ -113,10 +113,11 @@ pub struct MergeArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "copy")]
 /// Copy the matched keys from SOURCE to TARGET (host:port or redis[s]://[user[:password]@]host[:port][/db];
-/// rediss:// is TLS).
+/// rediss:// is TLS). SOURCE may also be an RDB file: a path with a `/` or ending in .rdb, or - for an RDB
+/// stream on standard input.
 /// Passwords may also come from REDIS_FERRY_SOURCE_PASSWORD and REDIS_FERRY_TARGET_PASSWORD.
 pub struct CopyArgs {
-    /// the server to read from
+    /// the server to read from, or an RDB file (- is standard input)
     #[argh(positional)]
     pub source: String,
     /// the server to write to
@@ -248,9 +249,14 @@ pub struct CopyArgs {
     /// auto (a bar when standard error is a terminal, else lines) or plain (lines; default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     pub progress_style: String,
-    /// database number on the source (overrides the URL's)
+    /// database number on the source (overrides the URL's); of an RDB file: the one database read
+    /// (default 0)
     #[argh(option)]
     pub source_db: Option<i64>,
+    /// an RDB file SOURCE: read every database of the file, each into the target's database of the
+    /// same number
+    #[argh(switch)]
+    pub all_dbs: bool,
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,
@@ -313,7 +319,7 @@ pub struct CopyArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
 pub struct VerifyArgs {
-    /// the reference server
+    /// the reference server, or an RDB file (- is standard input)
     #[argh(positional)]
     pub source: String,
     /// the server that should hold the same keys
@@ -353,9 +359,11 @@ pub struct VerifyArgs {
     /// one; copy --keys-from FILE --on-conflict replace repairs those keys
     #[argh(option)]
     pub diff: Option<String>,
-    /// database number on the source (overrides the URL's)
+    /// database number on the source (overrides the URL's); of an RDB file: the one database read
+    /// (default 0)
     #[argh(option)]
     pub source_db: Option<i64>,
+
     /// database number on the target (overrides the URL's)
     #[argh(option)]
     pub target_db: Option<i64>,

@@ -38,6 +38,25 @@ impl<T> IntoIterator for Batch<T> {
     }
 }
 
+/// What a batch carries, named by its key: the [`Batcher`](crate::source::Batcher) drops the keys of
+/// slots a run does not take by it.
+pub trait Keyed {
+    /// The key.
+    fn key(&self) -> &Key;
+}
+
+impl Keyed for Key {
+    fn key(&self) -> &Key {
+        self
+    }
+}
+
+impl Keyed for Fetched {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
 /// What was read of a key, and so how the write stage makes it again.
 #[derive(Debug)]
 pub enum Payload {
@@ -48,6 +67,25 @@ pub enum Payload {
     String(Vec<u8>),
     /// Nothing: the key is gone from the source, and a follow deletes it on the target (DEL).
     Gone,
+    /// A decoded value, as the writes that make it under the temporary name `tmp` (in the key's hash
+    /// slot); the sink sends them with the deadline and the rename in one MULTI/EXEC, so that no reader
+    /// sees the key half-built or without its deadline.
+    Built {
+        /// The temporary name.
+        tmp: Vec<u8>,
+        /// The writes on `tmp`.
+        writes: Vec<redis::Cmd>,
+    },
+}
+
+/// How recently and how often a key was used, as an RDB file records it (one or the other, by the
+/// writer's `maxmemory-policy`), for RESTORE's IDLETIME and FREQ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lru {
+    /// Seconds since the last access (LRU policies).
+    pub idle: Option<u64>,
+    /// The access frequency counter (LFU policies).
+    pub freq: Option<u8>,
 }
 
 /// A key read from the source, ready to be written.
@@ -59,6 +97,8 @@ pub struct Fetched {
     pub payload: Payload,
     /// Absolute expiry in Unix milliseconds; `None` for a key without TTL.
     pub expire_at_ms: Option<i64>,
+    /// Idle time or frequency to restore (from an RDB file; a live source gives none).
+    pub lru: Lru,
 }
 
 /// What becomes of a key that the scan (or an event) named and that is gone from the source when it is

@@ -19,6 +19,7 @@ mod follow;
 mod key;
 mod out;
 mod preflight;
+mod rdb;
 mod redis;
 mod resume;
 mod sink;

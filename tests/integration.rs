@@ -4,6 +4,7 @@
 //! mocked: signals are real signals, a lock is contended by two real processes, a cluster is real
 //! `redis-server` nodes joined by `redis-cli`.
 
+mod backup;
 mod clocks;
 mod cluster;
 mod copy;

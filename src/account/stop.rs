@@ -65,6 +65,14 @@ impl Stop {
         self.request(StopReason::Aborted);
     }
 
+    /// The source ended early with an error (an RDB stream cut short): the run cannot complete and exits
+    /// 3 with `message`, but unlike [`Stop::fatal`] nothing is dropped: the batches already sent are
+    /// finished.
+    pub fn incomplete(&self, message: String) {
+        log::error!("{message}");
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(message);
+    }
+
     /// The first fatal error, if there was one.
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()

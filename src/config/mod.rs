@@ -7,6 +7,7 @@
 //! checked in `tls.rs`, `--slots` and `--shard` in `split.rs`. What can only be known by looking at files or talking to a server (two flags
 //! naming one file, a server that is not reachable, a password that is wrong) is checked at preflight.
 
+pub mod backup;
 mod endpoint;
 pub mod follow;
 mod split;
@@ -31,6 +32,43 @@ pub struct ConfigError(pub String);
 
 fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
+}
+
+/// What keys are read from: a server, or an RDB file.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A server (standalone or cluster).
+    Server(Endpoint),
+    /// An RDB file or stream.
+    File(backup::Backup),
+}
+
+impl Source {
+    /// The source server. Only the server paths call this: `copy` and `verify` send a file source down
+    /// its own path before any of them.
+    pub fn server(&self) -> &Endpoint {
+        match self {
+            Source::Server(endpoint) => endpoint,
+            Source::File(b) => unreachable!("{} reached a server path", b.describe()),
+        }
+    }
+
+    /// The RDB file, when the source is one.
+    pub fn file(&self) -> Option<&backup::Backup> {
+        match self {
+            Source::File(b) => Some(b),
+            Source::Server(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Source::Server(endpoint) => endpoint.fmt(f),
+            Source::File(b) => f.write_str(&b.path),
+        }
+    }
 }
 
 /// Where the keys to work on come from.
@@ -90,8 +128,8 @@ impl NamedFile {
 /// Everything `copy` needs, checked and typed.
 #[derive(Debug, Clone)]
 pub struct CopyConfig {
-    /// The server read from.
-    pub source: Endpoint,
+    /// The server (or RDB file) read from.
+    pub source: Source,
     /// The server written to.
     pub target: Endpoint,
     /// Where the keys come from.
@@ -157,8 +195,8 @@ pub struct CopyConfig {
 /// Everything `verify` needs, checked and typed.
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
-    /// The reference server.
-    pub source: Endpoint,
+    /// The reference server (or RDB file).
+    pub source: Source,
     /// The server compared with it.
     pub target: Endpoint,
     /// Where the keys come from.
@@ -268,7 +306,14 @@ fn threads(flag: &str, value: Option<u64>, default: usize) -> Result<usize, Conf
     }
 }
 
-fn big_key_bytes(mode: Mode, value: Option<u64>) -> Result<Option<u64>, ConfigError> {
+fn big_key_bytes(mode: Mode, value: Option<u64>, file: bool) -> Result<Option<u64>, ConfigError> {
+    // From an RDB file, a typed copy decodes every value: the ones above the limit page by page.
+    match (mode, value) {
+        (Mode::Typed, None) if file => return Ok(Some(DEFAULT_BIG_KEY_BYTES)),
+        (Mode::Typed, Some(0)) if file => return Ok(None),
+        (Mode::Typed, Some(n)) if file => return Ok(Some(n)),
+        _ => {}
+    }
     match (mode, value) {
         (Mode::Auto, None) => Ok(Some(DEFAULT_BIG_KEY_BYTES)),
         (Mode::Auto, Some(0)) => Ok(None),
@@ -294,10 +339,39 @@ fn batch(value: u64) -> Result<usize, ConfigError> {
 fn endpoints(
     source: &str,
     target: &str,
-    source_db: Option<i64>,
+    (source_db, all_dbs): (Option<i64>, bool),
     target_db: Option<i64>,
     (shared, [source_tls, target_tls]): (TlsFlags<'_>, [TlsFlags<'_>; 2]),
-) -> Result<(Endpoint, Endpoint), ConfigError> {
+) -> Result<(Source, Endpoint), ConfigError> {
+    if backup::is_file(target)? && target != "-" && !target.contains(':') {
+        return Err(bad(format!(
+            "TARGET `{target}` looks like a file: TARGET is a server (host:port or a URL)"
+        )));
+    }
+    if backup::is_file(source)? {
+        if source_tls.any() {
+            return Err(bad(
+                "the --source-tls-* flags are for a rediss:// SOURCE, but SOURCE is an RDB file",
+            ));
+        }
+        let mut target =
+            Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
+        if shared.any() && target.tls.is_none() {
+            return Err(bad(
+                "the --tls-* flags are for TLS, but SOURCE is an RDB file and TARGET is not a rediss:// URL",
+            ));
+        }
+        target.tls = Tls::from_flags(Role::Target, target_tls.or(shared), target.tls.is_some())?;
+        if all_dbs && target_db.is_some() {
+            return Err(bad("--target-db picks one database; --all-dbs writes each database of the file into the target's database of the same number"));
+        }
+        return Ok((Source::File(backup::backup(source, source_db, all_dbs)?), target));
+    }
+    if all_dbs {
+        return Err(bad(
+            "--all-dbs is for an RDB file SOURCE (a server is read one database at a time: --source-db)",
+        ));
+    }
     let mut source = Endpoint::parse(Role::Source, source, source_db, Endpoint::env_password(Role::Source))?;
     let mut target = Endpoint::parse(Role::Target, target, target_db, Endpoint::env_password(Role::Target))?;
     if shared.any() && source.tls.is_none() && target.tls.is_none() {
@@ -313,7 +387,36 @@ fn endpoints(
     }
     source.tls = Tls::from_flags(Role::Source, source_tls.or(shared), source.tls.is_some())?;
     target.tls = Tls::from_flags(Role::Target, target_tls.or(shared), target.tls.is_some())?;
-    Ok((source, target))
+    Ok((Source::Server(source), target))
+}
+
+/// What `copy` cannot do with an RDB file SOURCE, each with why.
+fn file_refusals(args: &CopyArgs, b: &backup::Backup) -> Result<(), ConfigError> {
+    let what = b.describe();
+    let refuse = |flag: &str, why: &str| Err(bad(format!("{flag} cannot be used with {what}: {why}")));
+    if args.follow {
+        return refuse("--follow", "a file does not change; copy it, then follow the live server");
+    }
+    if args.checkpoint.is_some() {
+        return refuse("--checkpoint", "a file is read in one pass (run it again with --on-conflict skip)");
+    }
+    if args.max_latency.is_some() {
+        return refuse("--max-latency", "there is no source server to watch; use --rate");
+    }
+    if args.readers.is_some() {
+        return refuse("--readers", "one thread reads the file; --writers sets the write threads");
+    }
+    if b.is_stdin() && args.keys_from.as_deref() == Some("-") {
+        return Err(bad("SOURCE and --keys-from cannot both be standard input"));
+    }
+    if b.is_stdin() && b.db.is_none() {
+        return refuse(
+            "--all-dbs",
+            "each database is copied in a pass of its own, and standard input can be read once; give the \
+             file by path, or copy one database with --source-db N",
+        );
+    }
+    Ok(())
 }
 
 /// Checks that `--lock`, `--report` and `--checkpoint` each name a file when given.
@@ -332,6 +435,7 @@ fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), Confi
 /// preflight calls before it opens or locks any of them.
 fn named_files(
     keys_from: &Option<String>,
+    source: &str,
     outputs: &[(&str, &Option<String>)],
     (shared, tls): (TlsFlags<'_>, [TlsFlags<'_>; 2]),
 ) -> Vec<NamedFile> {
@@ -342,6 +446,9 @@ fn named_files(
         }
     };
     add("--keys-from".into(), keys_from.as_deref(), Use::Read);
+    if backup::is_file(source).unwrap_or(false) {
+        add("SOURCE".into(), Some(source), Use::Read);
+    }
     for (flag, path) in outputs {
         add(flag.to_string(), path.as_deref(), Use::Write);
     }
@@ -476,11 +583,20 @@ impl CopyConfig {
 
     /// Validates the raw `copy` flags.
     pub fn from_args(args: &CopyArgs) -> Result<CopyConfig, ConfigError> {
-        let (source, target) =
-            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
+        let (source, target) = endpoints(
+            &args.source,
+            &args.target,
+            (args.source_db, args.all_dbs),
+            args.target_db,
+            tls_flags!(args),
+        )?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let split = split(&args.slots, &args.shard)?;
         let follow = follow::follow(args)?;
+        if let Source::File(b) = &source {
+            file_refusals(args, b)?;
+        }
+        let from_file = source.file().is_some();
         let on_conflict = match args.on_conflict.as_deref() {
             None if follow.is_some() => OnConflict::Replace,
             None | Some("skip") => OnConflict::Skip,
@@ -514,7 +630,7 @@ impl CopyConfig {
             split,
             on_conflict,
             mode,
-            big_key_bytes: big_key_bytes(mode, args.big_key_bytes)?,
+            big_key_bytes: big_key_bytes(mode, args.big_key_bytes, from_file)?,
             typed_threads: match (mode, args.typed_threads) {
                 (Mode::Dump, Some(_)) => {
                     return Err(bad(
@@ -551,6 +667,7 @@ impl CopyConfig {
             retry: Retry { attempts: args.retries, ..Retry::DEFAULT },
             files: named_files(
                 &args.keys_from,
+                &args.source,
                 &[
                     ("--errors", &Some(args.errors.clone())),
                     ("--lock", &args.lock),
@@ -572,9 +689,21 @@ impl VerifyConfig {
     /// Validates the raw `verify` flags.
     pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
         let (source, target) =
-            endpoints(&args.source, &args.target, args.source_db, args.target_db, tls_flags!(args))?;
+            endpoints(&args.source, &args.target, (args.source_db, false), args.target_db, tls_flags!(args))?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let split = split(&args.slots, &args.shard)?;
+        if let Source::File(b) = &source {
+            if args.check_extra {
+                return Err(bad(format!(
+                    "--check-extra needs a server SOURCE: it would hold every key of {} to tell the target's \
+                     extra keys",
+                    b.describe()
+                )));
+            }
+            if b.is_stdin() && args.keys_from.as_deref() == Some("-") {
+                return Err(bad("SOURCE and --keys-from cannot both be standard input"));
+            }
+        }
         if args.check_extra && matches!(keys, Keys::File(_)) {
             return Err(bad(
                 "--check-extra cannot be combined with --keys-from (it scans the target with --match / --type)",
@@ -595,7 +724,7 @@ impl VerifyConfig {
             check_extra: args.check_extra,
             diff_path: args.diff.clone(),
             timeouts: timeouts(args.connect_timeout, args.timeout)?,
-            files: named_files(&args.keys_from, &[("--diff", &args.diff)], tls_flags!(args)),
+            files: named_files(&args.keys_from, &args.source, &[("--diff", &args.diff)], tls_flags!(args)),
         })
     }
 }

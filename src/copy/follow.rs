@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::cutover::Cutover;
 use super::prepare::{self, Connections};
-use super::run::{self, Run, Stages, Then};
+use super::run::{self, Input, Run, Stages, Then};
 use super::Outcome;
 use crate::account::progress::Summary;
 use crate::account::{Counters, Stop};
@@ -63,7 +63,7 @@ pub fn copy(cfg: &CopyConfig, options: &FollowConfig, stop: &Stop) -> Result<Out
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&wanted)) {
         log::warn!("cannot install the SIGUSR1 handler (the cutover then needs --cutover-after): {e}");
     }
-    let (mut conn, info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+    let (mut conn, info) = preflight::open_checked(cfg.source.server(), cfg.timeouts)?;
     if let (false, Some(primary)) = (info.cluster, &info.replica_of) {
         return Err(Fatal::bad_input(format!(
             "--follow needs the server the application writes to: the source {} is a replica (of {primary}); its \
@@ -95,7 +95,7 @@ fn follow(
     };
     let filter = Filter { patterns, slots: cfg.slots().cloned() };
     let hub = Hub::default();
-    let db = if info.cluster { 0 } else { cfg.source.db };
+    let db = if info.cluster { 0 } else { cfg.source.server().db };
     thread::scope(|s| {
         let may =
             Permission { enable: options.enable_notifications, vouched: options.notifications_configured };
@@ -355,7 +355,7 @@ impl Follow<'_> {
                 log::info!(
                     "cutover: pausing writes on the source, fencing the events, draining the dirty keys"
                 );
-                let Some(mut conn) = self.open(&self.cfg.source, &self.source, run) else { return };
+                let Some(mut conn) = self.open(self.cfg.source.server(), &self.source, run) else { return };
                 let Some(target) = self.open(&self.cfg.target, &self.target, run) else { return };
                 let nodes =
                     conn.primaries_serving(self.cfg.slots()).map(|(n, _)| n).map_err(|e| e.to_string());
@@ -405,7 +405,7 @@ impl Follow<'_> {
             return;
         }
         let (Some(scan), Some(check)) =
-            (self.open(&cfg.source, &self.source, run), self.open(&cfg.target, &self.target, run))
+            (self.open(cfg.source.server(), &self.source, run), self.open(&cfg.target, &self.target, run))
         else {
             return;
         };
@@ -435,7 +435,7 @@ impl Follow<'_> {
         starts: Vec<Option<Position>>,
     ) -> Option<Stages<'k>> {
         match Connections::open(self.cfg, &self.source, &self.target, &[], Some(&self.plan)) {
-            Ok(conns) => Some(Stages { keys, check, conns, starts, target: run.target }),
+            Ok(conns) => Some(Stages { keys: Input::Keys(keys), check, conns, starts, target: run.target }),
             Err(e) => {
                 run.stop.fatal(format!("cannot open the connections of the next pass: {}", e.message));
                 None

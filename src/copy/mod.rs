@@ -13,6 +13,7 @@
 //! exit 2 before anything is written), checks the CSV path and reads `--keys-from` through. Stages end
 //! by draining their input and returning, which drops their senders: shutdown is by disconnection.
 
+mod backup;
 mod cutover;
 mod follow;
 mod prepare;
@@ -147,6 +148,9 @@ fn fail(exit: Exit, message: &str) -> Exit {
 /// Runs a copy (with `--follow`, the copy and the follow after it). `stop` is the process-wide flag the
 /// Ctrl-C handler raises.
 pub fn copy(cfg: &CopyConfig, stop: &Stop) -> Result<Outcome, Fatal> {
+    if let Some(file) = cfg.source.file() {
+        return backup::copy(cfg, file, stop);
+    }
     if let Some(options) = &cfg.follow {
         return follow::copy(cfg, options, stop);
     }

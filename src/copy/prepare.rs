@@ -2,6 +2,7 @@
 //! The two servers as they are ([`Servers`]), every connection the stages will use ([`Connections`],
 //! with the plan that says which threads run), the keys' source, and the checkpoint's start.
 
+use super::run::Input;
 use crate::account::metrics::Listener;
 use crate::config::{CopyConfig, Keys, Mode, DEFAULT_TYPED_THREADS_AUTO, DEFAULT_TYPED_THREADS_TYPED};
 use crate::exit::Fatal;
@@ -13,7 +14,7 @@ use crate::redis::endpoint::{Endpoint, Timeouts};
 use crate::redis::memory::Memory;
 use crate::redis::server::ServerInfo;
 use crate::resume::checkpoint::{self, Identity, Origin, SlotMap, Start};
-use crate::source::{self, Source};
+use crate::source;
 use crate::stage::route::{self, Plan};
 use crate::stage::typed;
 use crate::throttle::latency;
@@ -40,7 +41,7 @@ impl Servers {
     /// Opens both sides, refuses a target that is the source or a read-only replica, reports the
     /// clocks and warns about a target that evicts.
     pub fn check(cfg: &CopyConfig) -> Result<Servers, Fatal> {
-        let (mut scan, source) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+        let (mut scan, source) = preflight::open_checked(cfg.source.server(), cfg.timeouts)?;
         let (mut check, target) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
         preflight::distinct((&scan, &source), (&check, &target))?;
         preflight::writable(&check, &target)?;
@@ -94,12 +95,12 @@ impl Connections {
         first: Option<&Plan>,
     ) -> Result<Connections, Fatal> {
         let open = |endpoint: &Endpoint| {
-            let info = if endpoint.role == cfg.source.role { source } else { target };
+            let info = if endpoint.role == cfg.source.server().role { source } else { target };
             preflight::open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry))
         };
         let mut typed = Vec::new();
         if cfg.mode != Mode::Dump {
-            typed.push((open(&cfg.source)?, open(&cfg.target)?));
+            typed.push((open(cfg.source.server())?, open(&cfg.target)?));
         }
         let plan = match first {
             Some(plan) => plan.clone(),
@@ -112,12 +113,12 @@ impl Connections {
             (_, None) => DEFAULT_TYPED_THREADS_AUTO,
         };
         while typed.len() < typed_threads {
-            typed.push((open(&cfg.source)?, open(&cfg.target)?));
+            typed.push((open(cfg.source.server())?, open(&cfg.target)?));
         }
         typed.truncate(typed_threads);
         let batched = !plan.all_typed || plan.strings;
         let (n_readers, n_writers) = if batched { (cfg.readers, cfg.writers) } else { (0, 0) };
-        let readers = (0..n_readers).map(|_| open(&cfg.source)).collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..n_readers).map(|_| open(cfg.source.server())).collect::<Result<Vec<_>, _>>()?;
         let writers = (0..n_writers).map(|_| open(&cfg.target)).collect::<Result<Vec<_>, _>>()?;
         // --max-latency's probe PINGs each server of `probed` on connections of its own, with a timeout
         // scaled to the limit.
@@ -146,7 +147,7 @@ pub struct Prepared {
     /// The target's memory at preflight.
     pub target_memory: Memory,
     /// Where the keys come from.
-    pub keys: Box<dyn Source>,
+    pub keys: Input<'static>,
     /// The stages' connections and the plan.
     pub conns: Connections,
     /// The copy, as a checkpoint knows it.
@@ -221,7 +222,7 @@ pub fn prepare(cfg: &CopyConfig) -> Result<Prepared, Fatal> {
         target,
         deadlines,
         target_memory,
-        keys,
+        keys: Input::Keys(keys),
         conns,
         identity,
         resume,

@@ -26,7 +26,7 @@ use crate::sink::budget::Budget;
 use crate::sink::dry_run::DryRun;
 use crate::sink::target::Target;
 use crate::sink::{Sink, WriteContext, WritePolicy};
-use crate::source::{self, Batching, Source};
+use crate::source::{self, backup, Batcher, Batching, Source};
 use crate::stage::route::{Fallback, Router};
 use crate::stage::{check, fetch, typed, write};
 use crate::throttle::{latency, Throttle};
@@ -222,10 +222,33 @@ impl Watchers {
     }
 }
 
+/// Where a pass's keys come from.
+pub enum Input<'k> {
+    /// Keys found (a scan, a file of keys, a follow's events), whose values the fetch stage reads.
+    Keys(Box<dyn Source + 'k>),
+    /// Keys read with their values (an RDB file): they go straight to the write stage.
+    File(Box<FileStage>),
+}
+
+/// The first stage of a pass over an RDB file: the file, what is taken, how it is written, and a target
+/// connection for the big keys the stage builds itself (none in a dry run).
+pub struct FileStage {
+    /// The file, positioned at its first record to read.
+    pub reader: crate::rdb::Reader<Box<dyn std::io::Read + Send>>,
+    /// What is taken.
+    pub filter: backup::Filter,
+    /// How it is written.
+    pub how: backup::How,
+    /// Builds the big keys.
+    pub big: Option<Conn>,
+    /// Where the file comes from.
+    pub backup: crate::config::backup::Backup,
+}
+
 /// The threads that move keys in one pass, and what they are started with.
 pub struct Stages<'k> {
     /// Where the keys come from.
-    pub keys: Box<dyn Source + 'k>,
+    pub keys: Input<'k>,
     /// The check stage's connection (used under `skip`).
     pub check: Option<Conn>,
     /// The stages' connections and the plan.
@@ -256,12 +279,47 @@ impl Stages<'_> {
         let (ledger, deadlines, throttle) = (ctx.ledger, ctx.policy.deadlines, &shared.throttle);
         let vanished = ctx.policy.vanished;
         let mut stages = Vec::new();
+        let (write_tx, write_rx) = bounded(2 * cfg.writers);
+        let rules = Batching { size: cfg.batch, throttle: Some(throttle), slots: cfg.slots() };
+        let keys = match keys {
+            Input::Keys(keys) => keys,
+            Input::File(file) => {
+                let rep = reporter.clone();
+                let tx = write_tx.clone();
+                stages.push(s.spawn(move || {
+                    let FileStage { reader, filter, how, big, backup } = *file;
+                    let writer = big.map(|conn| typed::Writer::new(conn, ctx, &rep, cfg.batch));
+                    let keys =
+                        backup::FileKeys { reader, filter, how, writer, ctx, backup: &backup, paged: 0 };
+                    let mut batcher = Batcher::new(rules, 0, Position::default(), tx, &rep, ledger);
+                    match keys.feed(&mut batcher, &rep) {
+                        // The keys read whole before the error are written.
+                        Err(e) => {
+                            batcher.flush();
+                            rep.stop.incomplete(e.message);
+                        }
+                        Ok(()) if !rep.stop.stop_scanning() => {
+                            batcher.flush();
+                            ledger.finish();
+                        }
+                        Ok(()) => {}
+                    }
+                }));
+                drop(write_tx);
+                for conn in writers {
+                    let sink: Box<dyn Sink> = match cfg.dry_run {
+                        true => Box::new(DryRun { policy: ctx.policy, check: Some(conn) }),
+                        false => Box::new(Target { conn, policy: ctx.policy, hand_on: false }),
+                    };
+                    let (rx, rep) = (write_rx.clone(), reporter.clone());
+                    stages.push(s.spawn(move || write::run(sink, rx, ctx, rep, None)));
+                }
+                return stages;
+            }
+        };
         let (scan_tx, scan_rx) = bounded(2 * cfg.readers);
         let rep = reporter.clone();
-        stages.push(s.spawn(move || {
-            let rules = Batching { size: cfg.batch, throttle: Some(throttle), slots: cfg.slots() };
-            source::run(keys, rules, &starts, scan_tx, rep, ledger)
-        }));
+        stages.push(s.spawn(move || source::run(keys, rules, &starts, scan_tx, rep, ledger)));
         let fetch_rx = match (ctx.policy.on_conflict, check) {
             (OnConflict::Skip, Some(check)) => {
                 let (tx, rx) = bounded(2 * cfg.readers);
@@ -271,7 +329,6 @@ impl Stages<'_> {
             }
             _ => scan_rx,
         };
-        let (write_tx, write_rx) = bounded(2 * cfg.writers);
         // The typed threads read the checked keys themselves when every key goes their way; else the
         // fetch and write threads send them the keys they do not move themselves (their senders,
         // dropped when they return, are the only ones: the typed threads end after the writers).
@@ -289,7 +346,7 @@ impl Stages<'_> {
         drop((fetch_rx, write_tx));
         for conn in writers {
             let sink: Box<dyn Sink> = match cfg.dry_run {
-                true => Box::new(DryRun { policy: ctx.policy }),
+                true => Box::new(DryRun { policy: ctx.policy, check: None }),
                 false => Box::new(Target { conn, policy: ctx.policy, hand_on: typed_tx.is_some() }),
             };
             let (rx, rep, route) = (write_rx.clone(), reporter.clone(), router());

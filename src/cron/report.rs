@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::account::csv::rfc3339;
 use crate::account::progress::Summary;
 use crate::account::{Snapshot, StopReason};
-use crate::config::{CopyConfig, Keys, OnConflict};
+use crate::config::{CopyConfig, Keys, OnConflict, Source};
 use crate::exit::Exit;
 use crate::files;
 use crate::redis::endpoint::Endpoint;
@@ -272,7 +272,10 @@ impl<'a> Options<'a> {
             Keys::File(path) => (Vec::new(), Vec::new(), None, Some(path.as_str())),
         };
         Options {
-            source: address(&cfg.source),
+            source: match &cfg.source {
+                Source::Server(endpoint) => address(endpoint),
+                Source::File(b) => b.path.clone(),
+            },
             target: address(&cfg.target),
             patterns,
             types,
@@ -316,7 +319,11 @@ fn address(e: &Endpoint) -> String {
 /// Error messages are already written without passwords; this masks any that slipped in anyway.
 fn mask_passwords(text: &str, cfg: &CopyConfig) -> String {
     let mut text = text.to_string();
-    for password in [&cfg.source.password, &cfg.target.password].into_iter().flatten() {
+    let source = match &cfg.source {
+        Source::Server(endpoint) => &endpoint.password,
+        Source::File(_) => &None,
+    };
+    for password in [source, &cfg.target.password].into_iter().flatten() {
         if !password.is_empty() {
             text = text.replace(password.as_str(), "***");
         }

@@ -26,6 +26,8 @@ pub struct ServerInfo {
     pub dataset: u64,
     /// `evicted_keys`: keys evicted since the server started (or its stats were reset).
     pub evicted_keys: u64,
+    /// `valkey_version`, on a Valkey server (whose `redis_version` stays 7.2.4).
+    pub valkey: Option<(u32, u32, u32)>,
 }
 
 impl ServerInfo {
@@ -37,12 +39,13 @@ impl ServerInfo {
         for line in text.lines() {
             let Some((name, v)) = line.split_once(':') else { continue };
             let v = v.trim();
+            let triple = |v: &str| {
+                let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+            };
             match name {
-                "redis_version" => {
-                    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-                    info.version =
-                        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-                }
+                "redis_version" => info.version = triple(v),
+                "valkey_version" => info.valkey = Some(triple(v)),
                 "cluster_enabled" => info.cluster = v == "1",
                 "run_id" => info.run_id = v.to_string(),
                 "role" if v == "slave" => info.replica_of = Some(String::new()),
@@ -70,6 +73,19 @@ impl ServerInfo {
         self.version >= (7, 0, 0)
     }
 
+    /// Whether RESTORE here takes a payload of RDB `version` written by `fork`: Redis reads its own
+    /// versions up to the one it writes; Valkey reads Redis's up to 11 (where the forks part ways), and
+    /// Valkey 9 its own 80.
+    pub fn restores(&self, version: u32, fork: crate::rdb::Fork) -> bool {
+        use crate::rdb::{Fork, VALKEY_VERSION};
+        match (self.valkey, fork) {
+            (Some(v), Fork::Valkey) => v >= (9, 0, 0) && version == VALKEY_VERSION,
+            (Some(_), Fork::Redis) => version <= 11,
+            (None, Fork::Valkey) => false,
+            (None, Fork::Redis) => rdb_version(self.version).is_some_and(|own| version <= own),
+        }
+    }
+
     /// The server evicts keys when it is full: a memory limit and a policy other than `noeviction`.
     pub fn evicts(&self) -> bool {
         self.maxmemory > 0 && !self.policy.is_empty() && self.policy != "noeviction"
@@ -86,7 +102,8 @@ pub fn rdb_version(version: (u32, u32, u32)) -> Option<u32> {
         (5, _) | (6, _) => 9,
         (7, 0 | 1) => 10,
         (7, 2 | 3) => 11,
-        _ => 12,
+        (7, _) | (8, 0..=5) => 12,
+        _ => 13,
     })
 }
 

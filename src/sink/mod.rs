@@ -88,6 +88,8 @@ impl WritePolicy {
         let relative = match f.payload {
             Payload::Dump(_) => !self.abs_ttl,
             Payload::String(_) => !self.pxat,
+            // PEXPIREAT, which every target has.
+            Payload::Built { .. } => false,
             Payload::Gone => return Some(Ttl::None),
         };
         match f.expire_at_ms {

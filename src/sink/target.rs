@@ -17,6 +17,7 @@ use crate::config::OnConflict;
 use crate::flow::{exchange_units, Fetched, Payload, Resend};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, kind, restore_refused};
+use crate::stage::typed;
 
 /// Writes to the target on a connection of its own.
 pub struct Target {
@@ -50,8 +51,9 @@ impl Sink for Target {
             |pipe, i| {
                 let (f, ttl) = &live[i];
                 write_command(pipe, f, *ttl, replace);
-                // Whether the target kept it: its clock says whether the deadline had passed.
-                if f.expire_at_ms.is_some() && !matches!(f.payload, Payload::Gone) {
+                // Whether the target kept it: its clock says whether the deadline had passed (a built
+                // key's rename says it itself).
+                if f.expire_at_ms.is_some() && matches!(f.payload, Payload::Dump(_) | Payload::String(_)) {
                     pipe.cmd("EXISTS").arg(f.key.as_bytes());
                 }
             },
@@ -61,6 +63,15 @@ impl Sink for Target {
         );
         for ((f, _), answer) in live.into_iter().zip(answers) {
             let Some(replies) = answer else { continue };
+            if let Payload::Built { .. } = f.payload {
+                match built(replies, replace) {
+                    Ok(Fate::Copied) => written.copied += 1,
+                    Ok(Fate::Skipped) => written.skipped += 1,
+                    Ok(Fate::Expired) => written.expired += 1,
+                    Err((code, message)) => rep.fail(f.key, Stage::Write, code, message),
+                }
+                continue;
+            }
             let mut replies = replies.into_iter();
             let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
             match reply {
@@ -110,6 +121,11 @@ fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: boo
             if let Ttl::At(_) = ttl {
                 cmd.arg("ABSTTL");
             }
+            if let Some(idle) = f.lru.idle {
+                cmd.arg("IDLETIME").arg(idle);
+            } else if let Some(freq) = f.lru.freq {
+                cmd.arg("FREQ").arg(freq);
+            }
         }
         // SET replaces a key of any type, as RESTORE REPLACE does; NX is the skip policy's atomic "only if
         // absent", as RESTORE without REPLACE is.
@@ -131,5 +147,52 @@ fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: boo
         Payload::Gone => {
             pipe.cmd("DEL").arg(f.key.as_bytes());
         }
+        // One transaction: the writes on the temporary name, its deadline, the rename.
+        Payload::Built { tmp, writes } => {
+            pipe.cmd("MULTI");
+            for w in writes {
+                pipe.add_command(w.clone());
+            }
+            match ttl {
+                Ttl::At(ms) | Ttl::Left(ms) => pipe.cmd("PEXPIREAT").arg(&tmp[..]).arg(ms),
+                Ttl::None => pipe.cmd("PERSIST").arg(&tmp[..]),
+            };
+            if replace {
+                pipe.cmd("RENAME").arg(&tmp[..]).arg(f.key.as_bytes());
+            } else {
+                pipe.cmd("RENAMENX").arg(&tmp[..]).arg(f.key.as_bytes()).cmd("DEL").arg(&tmp[..]);
+            }
+            pipe.cmd("EXEC");
+        }
+    }
+}
+
+/// What became of a built key.
+enum Fate {
+    Copied,
+    Skipped,
+    Expired,
+}
+
+/// Reads the replies of a built key's transaction (`MULTI`, a `QUEUED` per command, `EXEC`'s results):
+/// every write must have succeeded; then the rename says what became of the key. A rename that finds
+/// no temporary key met a deadline the target's clock says has passed (PEXPIREAT deleted it, in the same
+/// transaction; a hash whose every field's deadline has passed is gone the same way).
+fn built(replies: Vec<Value>, replace: bool) -> Result<Fate, (String, String)> {
+    let results = typed::outcome(replies)?;
+    let tail = if replace { 1 } else { 2 };
+    if results.len() < tail + 1 {
+        return Err(("PROTOCOL".into(), format!("a transaction returned {} results", results.len())));
+    }
+    let (writes, ends) = results.split_at(results.len() - tail - 1);
+    if let Some(Value::ServerError(e)) = writes.iter().find(|v| matches!(v, Value::ServerError(_))) {
+        return Err(reply::classify_reply(e));
+    }
+    match &ends[1] {
+        Value::Okay | Value::SimpleString(_) | Value::Int(1) => Ok(Fate::Copied),
+        Value::Int(0) => Ok(Fate::Skipped),
+        Value::ServerError(e) if e.details().unwrap_or("").contains("no such key") => Ok(Fate::Expired),
+        Value::ServerError(e) => Err(reply::classify_reply(e)),
+        other => Err(("PROTOCOL".into(), format!("unexpected RENAME reply: {}", kind(other)))),
     }
 }

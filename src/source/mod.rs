@@ -13,6 +13,7 @@
 //! has one per primary, in the order of their addresses) and starts from that lane's resume point; the
 //! keys of a cluster's moved slots, read again at the end, go in the [`crate::resume::REREAD`] lane.
 
+pub mod backup;
 pub mod cluster;
 pub mod follow;
 pub mod keys_file;
@@ -23,7 +24,7 @@ use crossbeam_channel::Sender;
 use crate::account::{Counters, Reporter};
 use crate::config::Keys;
 use crate::exit::Fatal;
-use crate::flow::Batch;
+use crate::flow::{Batch, Keyed};
 use crate::key::Key;
 use crate::redis::conn::Conn;
 use crate::redis::endpoint::Timeouts;
@@ -80,10 +81,11 @@ impl SourceError {
     }
 }
 
-/// Batches keys and sends them on, counting them as scanned and opening them in the ledger.
-pub struct Batcher<'a> {
+/// Batches keys (or keys read already, from an RDB file) and sends them on, counting them as scanned
+/// and opening them in the ledger.
+pub struct Batcher<'a, T = Key> {
     /// The batch being filled.
-    keys: Vec<Key>,
+    keys: Vec<T>,
     /// Where the first key of `keys` was found.
     first: Position,
     /// Where the keys being pushed now come from (the current SCAN page).
@@ -93,7 +95,7 @@ pub struct Batcher<'a> {
     /// Its lane in the ledger: the scanner's, or [`crate::resume::REREAD`].
     lane: usize,
     /// The next stage.
-    out: Sender<Batch<Key>>,
+    out: Sender<Batch<T>>,
     /// For the scanned counter.
     rep: &'a Reporter<'a>,
     /// The ledger id of the last batch sent on.
@@ -114,15 +116,33 @@ pub struct Batching<'a> {
     pub slots: Option<&'a SlotSet>,
 }
 
-impl Batcher<'_> {
+impl<'a, T: Keyed> Batcher<'a, T> {
+    /// A batcher that sends to `out`, in `lane` of `ledger`, starting at `first`.
+    pub fn new(
+        rules: Batching<'a>,
+        lane: usize,
+        first: Position,
+        out: Sender<Batch<T>>,
+        rep: &'a Reporter<'a>,
+        ledger: &'a Ledger,
+    ) -> Batcher<'a, T> {
+        let keys = Vec::with_capacity(rules.size);
+        Batcher { keys, first, page: first, rules, lane, out, rep, last: None, ledger }
+    }
+
+    /// True when the run takes `key` (`--slots`, `--shard`).
+    pub fn takes(&self, key: &[u8]) -> bool {
+        self.rules.slots.is_none_or(|s| s.has_key(key))
+    }
+
     /// Adds a key; returns false when the run is stopping or the next stage has gone away. A stop
     /// cuts the current SCAN page short: the keys not yet sent were never scanned. A key of a slot the
     /// run does not take is left out (and returns true): it is another shard's.
-    pub fn push(&mut self, key: Key) -> bool {
+    pub fn push(&mut self, key: T) -> bool {
         if self.rep.stop.stop_scanning() {
             return false;
         }
-        if self.rules.slots.is_some_and(|s| !s.has_key(key.as_bytes())) {
+        if !self.takes(key.key().as_bytes()) {
             return true;
         }
         if self.keys.is_empty() {
@@ -156,6 +176,17 @@ impl Batcher<'_> {
         }
     }
 
+    /// One key handled outside the batches (a big key of an RDB file, built page by page by the
+    /// source itself): once the bucket admits it, it is counted as scanned and opened in the ledger, whose
+    /// id is returned; `None` when the run stops first.
+    pub fn alone(&mut self) -> Option<u64> {
+        if self.rules.throttle.is_some_and(|t| !t.admit(1, self.rep.stop)) || self.rep.stop.stop_scanning() {
+            return None;
+        }
+        Counters::add(&self.rep.counters.scanned, 1);
+        Some(self.ledger.open(self.lane, 1, self.first))
+    }
+
     /// The ledger id of the last batch sent on, if any.
     pub fn last_sent(&self) -> Option<u64> {
         self.last
@@ -180,17 +211,7 @@ pub fn run(
     ledger: &Ledger,
 ) {
     let first = start.first().copied().flatten().unwrap_or_default();
-    let mut batcher = Batcher {
-        keys: Vec::with_capacity(rules.size),
-        first,
-        page: first,
-        rules,
-        lane: source.main_lane(),
-        out,
-        rep: &rep,
-        last: None,
-        ledger,
-    };
+    let mut batcher = Batcher::new(rules, source.main_lane(), first, out, &rep, ledger);
     match source.feed(start, &mut batcher) {
         Err(e) => rep.stop.fatal(format!("scan stage: {}", e.message)),
         Ok(()) if !rep.stop.stop_scanning() => {

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
 use crate::account::{Counters, Reporter, Stage};
-use crate::flow::{exchange, forward, Batch, Fetched, Payload, Vanished};
+use crate::flow::{exchange, forward, Batch, Fetched, Lru, Payload, Vanished};
 use crate::key::Key;
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
@@ -84,7 +84,12 @@ pub fn run(
                 }
                 (Value::BulkString(payload), Value::Int(ttl)) => {
                     let expire_at_ms = sent.deadline(i, ttl);
-                    sorted.fetched.push(Fetched { key, payload: Payload::Dump(payload), expire_at_ms });
+                    sorted.fetched.push(Fetched {
+                        key,
+                        payload: Payload::Dump(payload),
+                        expire_at_ms,
+                        lru: Lru::default(),
+                    });
                 }
                 (dump, ttl) => rep.fail(
                     key,
@@ -125,9 +130,12 @@ impl Triage {
     fn gone(&mut self, key: Key) {
         match self.vanished {
             Vanished::Expired => self.expired += 1,
-            Vanished::Deleted => {
-                self.fetched.push(Fetched { key, payload: Payload::Gone, expire_at_ms: None })
-            }
+            Vanished::Deleted => self.fetched.push(Fetched {
+                key,
+                payload: Payload::Gone,
+                expire_at_ms: None,
+                lru: Lru::default(),
+            }),
         }
     }
 }
@@ -207,7 +215,12 @@ fn strings(
             (Value::BulkString(value), Value::Int(_)) if value.len() as u64 > limit => rest.push(key),
             (Value::BulkString(value), Value::Int(ttl)) => {
                 let expire_at_ms = sent.deadline(i, ttl);
-                sorted.fetched.push(Fetched { key, payload: Payload::String(value), expire_at_ms });
+                sorted.fetched.push(Fetched {
+                    key,
+                    payload: Payload::String(value),
+                    expire_at_ms,
+                    lru: Lru::default(),
+                });
             }
             (value, ttl) => rep.fail(
                 key,

@@ -221,6 +221,14 @@ pub fn plan(
     }
 }
 
+/// Whether the target behind `conn` refuses RESTORE for good (unknown or denied to the user), probed
+/// without running it.
+pub fn refuses_restore(conn: &mut Conn) -> bool {
+    let probe = probe_name();
+    let restore = redis::cmd("RESTORE").arg(&probe[..]).arg(0).arg(&b"not a payload"[..]).clone();
+    refused(conn, &probe, &restore).is_some()
+}
+
 /// Whether `conn`'s server refuses `cmd` for good: unknown (renamed, disabled) or denied to the user
 /// (NOPERM for the command, not for the key it names); `Some(why)` then. The command is queued inside
 /// MULTI and DISCARDed, so these checks are made and nothing runs: not even a DUMP is counted in the

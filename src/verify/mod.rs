@@ -14,6 +14,7 @@
 
 mod compare;
 mod extra;
+mod file;
 mod paged;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,10 +167,15 @@ struct Prepared {
 /// Runs `verify`; returns exit 0 when every key agrees, 1 otherwise, and the summary line (for
 /// standard output).
 pub fn run(cfg: &VerifyConfig, stop: &Stop) -> Result<(Exit, String), Fatal> {
-    let prepared = prepare(cfg)?;
     let start = Instant::now();
     let verdicts = Verdicts::default();
-    let extra_scanned = check(cfg, prepared, &verdicts, stop);
+    let extra_scanned = match cfg.source.file() {
+        Some(backup) => {
+            file::check(cfg, backup, &verdicts, stop)?;
+            0
+        }
+        None => check(cfg, prepare(cfg)?, &verdicts, stop),
+    };
     if cfg.check_extra {
         log::info!("--check-extra scanned {extra_scanned} keys on the target");
     }
@@ -214,7 +220,7 @@ fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
     if let Some(path) = &cfg.diff_path {
         files::check_writable("--diff", path).map_err(Fatal::bad_input)?;
     }
-    let (scan_conn, source_info) = preflight::open_checked(&cfg.source, cfg.timeouts)?;
+    let (scan_conn, source_info) = preflight::open_checked(cfg.source.server(), cfg.timeouts)?;
     let (first_target, target_info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
     preflight::distinct((&scan_conn, &source_info), (&first_target, &target_info))?;
     log::info!(
@@ -226,7 +232,7 @@ fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
     );
     let keys = source::open(&cfg.keys, keys_file, scan_conn, cfg.timeouts, cfg.slots())?;
     let open = |endpoint: &Endpoint| {
-        let info = if endpoint.role == cfg.source.role { &source_info } else { &target_info };
+        let info = if endpoint.role == cfg.source.server().role { &source_info } else { &target_info };
         preflight::open_like(endpoint, info, cfg.timeouts)
     };
     let tolerance_ms = i64::try_from(cfg.ttl_tolerance.as_millis()).unwrap_or(i64::MAX);
@@ -238,12 +244,12 @@ fn prepare(cfg: &VerifyConfig) -> Result<Prepared, Fatal> {
             Some(c) => c,
             None => open(&cfg.target)?,
         };
-        comparers.push(Comparer { source: open(&cfg.source)?, target, tolerance_ms, pexpiretime });
+        comparers.push(Comparer { source: open(cfg.source.server())?, target, tolerance_ms, pexpiretime });
     }
     let extra = match cfg.check_extra {
         true => Some((
             extra::target_scan(cfg, open(&cfg.target)?)?,
-            Extra { source: open(&cfg.source)?, target: open(&cfg.target)? },
+            Extra { source: open(cfg.source.server())?, target: open(&cfg.target)? },
         )),
         false => None,
     };

@@ -170,6 +170,16 @@ impl RedisServer {
     }
 
     /// The server's log file (its stdout and stderr), for failure messages.
+    /// Writes the server's data to its RDB file with SAVE and returns the file's path (the server's
+    /// own `dir` and `dbfilename`: both are protected configs on Redis 7.0).
+    pub fn save(&self) -> std::path::PathBuf {
+        let mut con = self.conn();
+        let _: () = redis::cmd("SAVE").query(&mut con).expect("SAVE");
+        let name: Vec<String> =
+            redis::cmd("CONFIG").arg("GET").arg("dbfilename").query(&mut con).expect("CONFIG GET");
+        self.dir.path().join(&name[1])
+    }
+
     pub fn log_path(&self) -> std::path::PathBuf {
         self.dir.path().join(LOG_FILE)
     }

@@ -37,15 +37,19 @@
 //! temporary names in [`temp`], reading the replies in [`values`]. What routes keys here in `--mode auto`
 //! is `stage/route.rs`'s.
 
+mod decoded;
 pub mod temp;
 mod types;
 mod values;
+mod writer;
+
+pub use decoded::Decoded;
+pub use writer::Writer;
 
 use crossbeam_channel::Receiver;
 use redis::{Cmd, Pipeline, Value};
 
 use crate::account::{Counters, Reporter, Stage, Stop, StopReason};
-use crate::config::OnConflict;
 use crate::flow::{exchange, Batch, Vanished};
 use crate::key::Key;
 use crate::redis::clock::{Deadlines, Sent};
@@ -75,7 +79,7 @@ pub struct Servers {
 
 /// What became of one key.
 #[derive(Debug, PartialEq)]
-enum Fate {
+pub enum Fate {
     /// Renamed into place.
     Copied,
     /// Under `skip`, the key appeared on the target before the rename.
@@ -119,7 +123,8 @@ pub fn run(
     servers: Servers,
     rep: Reporter,
 ) {
-    let mut copier = Copier { src, dst, ctx, servers, rep: &rep, units: 0, orphans: Vec::new() };
+    let w = Writer::new(dst, ctx, &rep, servers.batch);
+    let mut copier = Copier { src, ctx, servers, rep: &rep, w };
     for Batch { id, items } in rx {
         let mut keys = items.into_iter();
         while let Some(key) = keys.next() {
@@ -144,7 +149,7 @@ pub fn run(
             match end {
                 Fate::Copied => Counters::add(&counters.copied, 1),
                 Fate::Skipped => Counters::add(&counters.skipped, 1),
-                Fate::Expired if ctx.policy.vanished == Vanished::Deleted => match copier.delete(&key) {
+                Fate::Expired if ctx.policy.vanished == Vanished::Deleted => match copier.w.delete(&key) {
                     Ok(()) => Counters::add(&counters.deleted, 1),
                     Err((code, message)) => rep.fail(key, Stage::Write, code, message),
                 },
@@ -159,30 +164,25 @@ pub fn run(
             ctx.ledger.done(id, 1);
         }
     }
-    copier.drop_orphans();
+    copier.w.drop_orphans();
 }
 
 /// One typed thread's connections and state.
 struct Copier<'a> {
     /// Its own source connection.
     src: Conn,
-    /// Its own target connection.
-    dst: Conn,
     /// Policy, throttle, budget, ledger.
     ctx: &'a WriteContext<'a>,
     /// Facts about the servers.
     servers: Servers,
     /// Accounting.
     rep: &'a Reporter<'a>,
-    /// Keys and pages since the last `--sleep-after-batch` pause.
-    units: usize,
-    /// Temporary keys of failed attempts that could not be deleted yet (the target was unreachable);
-    /// deleted as soon as it answers again.
-    orphans: Vec<Vec<u8>>,
+    /// The target half: its own target connection, the transactions.
+    w: Writer<'a>,
 }
 
 /// A key being built under its temporary name.
-struct Build<'k> {
+pub struct Build<'k> {
     /// The key.
     key: &'k Key,
     /// Its temporary name.
@@ -209,7 +209,7 @@ impl<'a> Copier<'a> {
     /// Copies one key, starting it over when a target write was lost; the temporary key never
     /// outlives the attempt that made it.
     fn copy(&mut self, key: &Key) -> Fate {
-        let retry = self.dst.retry();
+        let retry = self.w.dst.retry();
         let mut attempt = 0;
         loop {
             let mut build =
@@ -220,21 +220,21 @@ impl<'a> Copier<'a> {
                     if matches!(end, Fate::Copied | Fate::Skipped) {
                         IN_FLIGHT.remove(&build.tmp);
                     } else {
-                        self.drop_temp(&build);
+                        self.w.drop_temp(&build);
                     }
                     return end;
                 }
                 Err(Fault::Again(stage, code, why)) => {
-                    self.drop_temp(&build);
+                    self.w.drop_temp(&build);
                     (stage, code, why)
                 }
             };
             attempt += 1;
             if attempt > retry.attempts || self.rep.stop.discard() {
-                if self.dst.ensure().is_err() {
+                if self.w.dst.ensure().is_err() {
                     self.rep.stop.fatal(format!(
                         "typed copy lost the connection to target {}: {why}",
-                        self.dst.endpoint()
+                        self.w.dst.endpoint()
                     ));
                 }
                 return Fate::Failed(stage, code, why);
@@ -242,43 +242,8 @@ impl<'a> Copier<'a> {
             let pause = retry.pause(attempt);
             log::warn!("{key}: type-aware copy starts over in {pause:?} (attempt {attempt}): {why}");
             self.rep.stop.sleep(pause, Stop::discard);
-            self.drop_orphans();
+            self.w.drop_orphans();
         }
-    }
-
-    /// A follow's key gone from the source (or whose deadline passed): deleted on the target too.
-    fn delete(&mut self, key: &Key) -> Result<(), (String, String)> {
-        let stop = self.rep.stop;
-        self.dst
-            .call::<i64>(redis::cmd("DEL").arg(key.as_bytes()), || stop.discard())
-            .map(|_| ())
-            .map_err(|e| reply::classify(&e))
-    }
-
-    /// Deletes the temporary key of a failed attempt, and those of earlier attempts that could not be
-    /// deleted then; what cannot be deleted now is tried again later (and its safety TTL covers a target
-    /// that never comes back).
-    fn drop_temp(&mut self, build: &Build) {
-        if build.sent {
-            self.orphans.push(build.tmp.clone());
-        }
-        self.drop_orphans();
-    }
-
-    /// One try at deleting the orphaned temporary keys.
-    fn drop_orphans(&mut self) {
-        if self.orphans.is_empty() || self.dst.ensure().is_err() {
-            return;
-        }
-        // One DEL each: on a cluster they live in different slots.
-        let dst = &mut self.dst;
-        self.orphans.retain(|tmp| {
-            let kept = dst.call::<i64>(redis::cmd("DEL").arg(&tmp[..]), || true).is_err();
-            if !kept {
-                IN_FLIGHT.remove(tmp);
-            }
-            kept
-        });
     }
 
     /// One attempt at a key.
@@ -370,166 +335,6 @@ impl<'a> Copier<'a> {
             other => Err(protocol(format!("unexpected {} reply: {}", self.ttl_cmd(), kind(&other))).into()),
         }
     }
-
-    /// Writes one page that is not the last: in one transaction, the check that the temporary key
-    /// still exists (from the second page on), the writes, and the safety TTL.
-    fn put(&mut self, b: &mut Build, writes: Vec<Cmd>) -> Result<(), Fault> {
-        self.pace(b)?;
-        let check = b.pages > 0;
-        let tx = page_tx(&b.tmp, check, &writes);
-        b.mark_sent();
-        let mut results = self.transact(&b.tmp, &[tx])?;
-        let results = results.pop().unwrap_or_default();
-        check_page(&results, check, writes.len())?;
-        b.pages += 1;
-        Ok(())
-    }
-
-    /// Takes a token per page after the first (so a big key is paced like as many keys as it has
-    /// pages) and pauses after every `--batch` keys and pages.
-    fn pace(&mut self, b: &Build) -> Result<(), Fault> {
-        if b.pages > 0 && !self.ctx.throttle.admit(1, self.rep.stop) && self.rep.stop.discard() {
-            return Err(Fate::Dropped.into());
-        }
-        if self.rep.stop.discard() {
-            return Err(Fate::Dropped.into());
-        }
-        self.units += 1;
-        if self.units >= self.servers.batch {
-            self.units = 0;
-            self.ctx.throttle.after_batch(self.rep.stop);
-        }
-        Ok(())
-    }
-
-    /// Writes the last page (if any), sets the deadline and renames, all of which a reader sees at
-    /// once. A one-page key goes in a single round trip: its page and the rename are two transactions
-    /// sent together (if the first is refused, the temporary key does not exist and the rename does
-    /// nothing).
-    fn finish(&mut self, b: &mut Build, last: Option<Cmd>) -> Result<Fate, Fault> {
-        let together = b.pages == 0 && last.is_some();
-        if !together {
-            if let Some(write) = last.clone() {
-                self.put(b, vec![write])?;
-            }
-        } else {
-            self.pace(b)?;
-        }
-        let final_tx = self.final_tx(b);
-        b.mark_sent();
-        let results = if together {
-            let page = page_tx(&b.tmp, false, &[last.expect("together has a page")]);
-            let mut results = self.transact(&b.tmp, &[page, final_tx])?;
-            let last = results.pop().unwrap_or_default();
-            check_page(&results.pop().unwrap_or_default(), false, 1)?;
-            b.pages += 1;
-            last
-        } else {
-            self.transact(&b.tmp, &[final_tx])?.pop().unwrap_or_default()
-        };
-        // [PEXPIREAT | PERSIST, RENAME | RENAMENX, (DEL)]. PEXPIREAT and PERSIST answer 1 for a temporary
-        // key that was there (it always has a TTL while it is built), 0 for one that vanished (evicted). A
-        // rename that then finds no such key met a deadline the target's clock says has passed: the
-        // PEXPIREAT deleted the key, in the same transaction.
-        let vanished = || {
-            Err(Fault::Again(
-                Stage::Write,
-                "ERR".into(),
-                "no such key: the temporary key vanished from the target before the rename (evicted?)".into(),
-            ))
-        };
-        let no_such_key = |e: &redis::ServerError| e.details().unwrap_or("").contains("no such key");
-        match (results.first(), results.get(1)) {
-            (Some(Value::Int(0)), _) => vanished(),
-            (_, Some(Value::Okay) | Some(Value::SimpleString(_)) | Some(Value::Int(1))) => Ok(Fate::Copied),
-            (_, Some(Value::Int(0))) => Ok(Fate::Skipped),
-            (_, Some(Value::ServerError(e))) if no_such_key(e) && b.deadline.is_some() => Ok(Fate::Expired),
-            (_, Some(Value::ServerError(e))) if no_such_key(e) => vanished(),
-            (_, Some(Value::ServerError(e))) => Ok(failed(Stage::Write, e)),
-            (_, other) => Ok(protocol(format!("unexpected RENAME reply: {}", other.map_or("none", kind)))),
-        }
-    }
-
-    /// The last transaction: deadline on the temporary key (the target's clock decides whether it has
-    /// passed: then the key is gone at once), then the rename.
-    fn final_tx(&self, b: &Build) -> Pipeline {
-        let mut tx = redis::pipe();
-        tx.atomic();
-        match b.deadline {
-            Some(at) => tx.cmd("PEXPIREAT").arg(&b.tmp[..]).arg(at),
-            None => tx.cmd("PERSIST").arg(&b.tmp[..]),
-        };
-        match self.ctx.policy.on_conflict {
-            OnConflict::Replace => {
-                tx.cmd("RENAME").arg(&b.tmp[..]).arg(b.key.as_bytes());
-            }
-            OnConflict::Skip => {
-                tx.cmd("RENAMENX").arg(&b.tmp[..]).arg(b.key.as_bytes()).cmd("DEL").arg(&b.tmp[..]);
-            }
-        }
-        tx
-    }
-
-    /// Sends transactions (MULTI/EXEC pipelines) on the temporary key `tmp` to the target in one round
-    /// trip (to the node of its slot) and returns each
-    /// one's results. A transaction the server refused (an error while queueing, or from EXEC) was
-    /// not applied: if the error is transient it is sent again, with those after it, after a pause;
-    /// otherwise the key fails. A broken connection means the temporary key's state is unknown.
-    fn transact(&mut self, tmp: &[u8], txs: &[Pipeline]) -> Result<Vec<Vec<Value>>, Fault> {
-        let retry = self.dst.retry();
-        let mut done: Vec<Vec<Value>> = Vec::with_capacity(txs.len());
-        let mut attempt = 0;
-        loop {
-            if let Err(e) = self.dst.ensure() {
-                return Err(Fault::Again(Stage::Write, "IO".into(), e.to_string()));
-            }
-            let pending = &txs[done.len()..];
-            // Every transaction of one key works on its temporary key, in the key's slot.
-            let dst = &mut self.dst;
-            let sent = IN_FLIGHT.write(|| {
-                dst.round(
-                    &[0],
-                    |_| Some(tmp),
-                    |pipe, _| {
-                        for tx in pending {
-                            pipe.cmd("MULTI");
-                            for cmd in tx.cmd_iter() {
-                                pipe.add_command(cmd.clone());
-                            }
-                            pipe.cmd("EXEC");
-                        }
-                    },
-                )
-            });
-            // The process is quitting (a second Ctrl-C): nothing more is written.
-            let Some((mut replies, broken)) = sent else { return Err(Fate::Dropped.into()) };
-            let Some(unit) = replies.unit(0) else {
-                let (code, message) =
-                    broken.as_ref().map_or_else(|| ("IO".into(), "no reply".into()), reply::classify);
-                return Err(Fault::Again(Stage::Write, code, message));
-            };
-            let mut replies = unit.iter_mut().map(std::mem::take);
-            let mut refused = None;
-            for tx in pending {
-                let group: Vec<Value> = replies.by_ref().take(tx.len() + 2).collect();
-                if refused.is_some() {
-                    continue;
-                }
-                match outcome(group) {
-                    Ok(results) => done.push(results),
-                    Err(why) => refused = Some(why),
-                }
-            }
-            let Some((code, message)) = refused else { return Ok(done) };
-            attempt += 1;
-            if !reply::is_transient(&code) || attempt > retry.attempts || self.rep.stop.discard() {
-                return Err(Fate::Failed(Stage::Write, code, message).into());
-            }
-            let pause = retry.pause(attempt);
-            log::debug!("target refused a typed write ({code}); again in {pause:?} (attempt {attempt})");
-            self.rep.stop.sleep(pause, Stop::discard);
-        }
-    }
 }
 
 /// A page's transaction: `EXISTS tmp` (when `check`), the writes, the safety TTL.
@@ -572,7 +377,7 @@ fn check_page(results: &[Value], check: bool, writes: usize) -> Result<(), Fault
 /// The results of one MULTI/EXEC from its replies (`+OK`, `+QUEUED`..., the EXEC reply), or the
 /// error that kept it from running (the first refused command's, which says why better than
 /// EXECABORT).
-fn outcome(group: Vec<Value>) -> Result<Vec<Value>, (String, String)> {
+pub fn outcome(group: Vec<Value>) -> Result<Vec<Value>, (String, String)> {
     let first_error = group.iter().find_map(|v| match v {
         Value::ServerError(e) => Some(reply::classify_reply(e)),
         _ => None,

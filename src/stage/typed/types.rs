@@ -83,9 +83,9 @@ impl Copier<'_> {
                         format!("the string shrank from {presized} to {offset} bytes on the source during the copy"),
                     ));
                 }
-                return self.finish(b, writes.pop());
+                return self.w.finish(b, writes.pop());
             }
-            self.put(b, writes)?;
+            self.w.put(b, writes)?;
         }
     }
 
@@ -110,10 +110,10 @@ impl Copier<'_> {
             });
             start += items.len();
             if last {
-                return self.finish(b, write);
+                return self.w.finish(b, write);
             }
             if let Some(write) = write {
-                self.put(b, vec![write])?;
+                self.w.put(b, vec![write])?;
             }
         }
     }
@@ -168,10 +168,10 @@ impl Copier<'_> {
             });
             cursor = next;
             if last {
-                return self.finish(b, write);
+                return self.w.finish(b, write);
             }
             if let Some(write) = write {
-                self.put(b, vec![write])?;
+                self.w.put(b, vec![write])?;
             }
         }
     }
@@ -216,7 +216,7 @@ impl Copier<'_> {
             }
             pager.saw(n, bytes);
             if !writes.is_empty() {
-                self.put(b, writes)?;
+                self.w.put(b, writes)?;
             }
             match last_id.as_deref().and_then(next_stream_id) {
                 Some(next) if n == want => start = next,
@@ -224,7 +224,7 @@ impl Copier<'_> {
             }
         }
         self.stream_meta(b)?;
-        self.finish(b, None)
+        self.w.finish(b, None)
     }
 
     /// The stream's counters and groups, then each group's consumers and pending entries.
@@ -252,7 +252,7 @@ impl Copier<'_> {
         };
         let (meta, names) =
             stream_setup(&b.tmp, b.pages == 0, &info, &groups, self.servers.target >= (7, 0, 0))?;
-        self.put(b, meta)?;
+        self.w.put(b, meta)?;
         for (group, pending, consumers) in names {
             if consumers > 0 {
                 self.consumers(b, &group)?;
@@ -292,7 +292,7 @@ impl Copier<'_> {
             }
         }
         for chunk in writes.chunks(MAX_PAGE) {
-            self.put(b, chunk.to_vec())?;
+            self.w.put(b, chunk.to_vec())?;
         }
         Ok(())
     }
@@ -333,7 +333,7 @@ impl Copier<'_> {
                 last = Some(id);
             }
             if !writes.is_empty() {
-                self.put(b, writes)?;
+                self.w.put(b, writes)?;
             }
             match last.as_deref().and_then(next_stream_id) {
                 Some(next) if n == want => start = next,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench-rdb.sh: copying an RDB file of N keys (`ferry-tools fill`'s mixed profile, saved by this machine's
 # redis-server) into an empty server, side by side in one run, the ways a user can:
-#   1. redis-ferry copy FILE TARGET                       (this tool, reading the file itself)
+#   1. redis-ferry copy FILE TARGET                       (this tool, reading the file itself), and the same
+#      with --mode typed (every value decoded and written type-aware, as into a server that cannot RESTORE it)
 #   2. a redis-server started on the file, then redis-ferry copy from it (what users do today: rent a server,
 #      load the backup, migrate from it); the time counts the load (until INFO says loading:0) and the copy
 #   3. rdb --command protocol FILE | redis-cli --pipe     (PyPI's rdbtools, in a venv), where it can read the
@@ -76,6 +77,16 @@ t1=$(now)
 finish file "$t0" "$t1" "$d0"
 peak_kb "$TMP/file.time" >"$TMP/file.rss"
 
+# 1b. The same, decoded and written type-aware (the way a file goes into a server that cannot RESTORE it).
+redis-cli -p "$DST" flushall >/dev/null
+d0=$(server_cpu "$DST")
+t0=$(now)
+/usr/bin/time -v -o "$TMP/typed.time" "$FERRY" copy "$FILE" "127.0.0.1:$DST" --progress 0 --mode typed \
+    --errors "$TMP/errors.csv" >"$TMP/typed.out" 2>"$TMP/typed.err" || problems+=("redis-ferry copy FILE --mode typed exited with $?")
+t1=$(now)
+finish typed "$t0" "$t1" "$d0"
+peak_kb "$TMP/typed.time" >"$TMP/typed.rss"
+
 # 2. A temporary server loads the file; then redis-ferry copies from it.
 redis-cli -p "$DST" flushall >/dev/null
 mkdir -p "$TMP/load"
@@ -123,7 +134,7 @@ if [ -z "$RDBTOOLS_NOTE" ]; then
     set -o pipefail
     t1=$(now)
     if grep -q "Invalid RDB version" "$TMP/rdbtools.err"; then
-        RDBTOOLS_NOTE="cannot read the file: $(grep -o "Invalid RDB version number [0-9]*" "$TMP/rdbtools.err" | head -1)"
+        RDBTOOLS_NOTE="cannot read the file: $(grep -o "Invalid RDB version number [0-9][0-9]*" "$TMP/rdbtools.err" | head -1)"
     else
         finish rdbtools "$t0" "$t1" "$d0"
         peak_kb "$TMP/rdbtools.time" >"$TMP/rdbtools.rss"
@@ -142,8 +153,11 @@ echo
 echo "data: $KEYS keys of the mixed profile (seed 1) in a $FILE_MB MiB RDB file; $(redis-server --version | cut -d' ' -f3), $(nproc) CPUs"
 printf "%-44s %10s %10s %10s %14s\n" "way" "keys/s" "vs ferry" "peak MB" "target s/100k"
 row file "redis-ferry copy FILE"
+row typed "redis-ferry copy FILE --mode typed"
 row load "redis-server loads it, then redis-ferry copy"
-echo "  (of which the load: $(cat "$TMP/load.loadtime") s; peak MB counts the temporary server and the copy)"
+awk -v keys="$KEYS" -v load="$(cat "$TMP/load.loadtime")" -v wall="$(cat "$TMP/load.wall")" 'BEGIN {
+    printf "  (the load %.3f s, then the live copy %.3f s: %.0f keys/s; peak MB counts the temporary server and the copy)\n", load, wall - load, keys / (wall - load)
+}'
 if [ -z "$RDBTOOLS_NOTE" ]; then
     row rdbtools "rdb --command protocol | redis-cli --pipe"
 else

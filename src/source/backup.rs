@@ -69,7 +69,7 @@ pub struct How {
     pub limit: Option<u64>,
     /// The target's version, for the type-aware writes.
     pub target: (u32, u32, u32),
-    /// Write nothing.
+    /// Write nothing (and build no big key: each goes to the dry run's sink).
     pub dry_run: bool,
 }
 
@@ -269,8 +269,7 @@ impl<R: Read> FileKeys<'_, '_, R> {
         let fate = match (big.failed.take(), big.build.as_mut(), self.writer.as_mut()) {
             (Some(fate), _, _) => fate,
             (None, Some(build), Some(writer)) => writer.end(build),
-            // A dry run: the key would have been built.
-            (None, _, _) => Fate::Copied,
+            (None, _, _) => Fate::Failed(Stage::Write, "IO".into(), "no connection to build the key on".into()),
         };
         if let Some(budget) = self.ctx.budget {
             budget.settle(1, u64::from(fate == Fate::Copied));
@@ -302,6 +301,8 @@ struct Small {
     bytes: usize,
     /// What the target cannot take (the key fails once it is read past).
     failed: Option<String>,
+    /// A dry run's value past the limit: it is counted as the others, its writes no longer kept.
+    over: bool,
 }
 
 /// A big value being built: its ledger id, its build, and a failure met on the way (the rest of the
@@ -346,7 +347,7 @@ impl Collect<'_, '_, '_, '_, '_> {
                 big.failed = Some(Fate::Dropped);
             }
         }
-        if let (Some(writer), false, None) = (self.writer.as_deref_mut(), self.dry_run, &big.failed) {
+        if let (Some(writer), None) = (self.writer.as_deref_mut(), &big.failed) {
             let mut build = writer.begin(self.key, self.decoded.tmp().to_vec(), self.expire_at_ms);
             let mut writes = small.writes;
             if let Some(s) = small.string {
@@ -371,7 +372,7 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
         }
         if let Some(small) = &mut self.small {
             small.bytes += part_bytes(&part);
-            if small.failed.is_none() {
+            if small.failed.is_none() && !small.over {
                 match (&part, self.string) {
                     (Part::Chunk(c), true) => small.string.get_or_insert_with(Vec::new).extend_from_slice(c),
                     (part, _) => match self.decoded.writes(part) {
@@ -381,7 +382,14 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
                 }
             }
             if small.bytes as u64 > self.limit {
-                self.go_big()?;
+                if self.dry_run {
+                    // Nothing is built in a dry run: the key goes to the dry run's sink like the others.
+                    small.over = true;
+                    small.writes = Vec::new();
+                    small.string = None;
+                } else {
+                    self.go_big()?;
+                }
             }
             return Ok(());
         }

@@ -13,8 +13,8 @@ use std::io::{Read, Seek, SeekFrom};
 
 use crossbeam_channel::Receiver;
 
-use super::prepare::{Connections, Prepared};
-use super::run::{self, FileStage, Input, Run, Stages, Then};
+use super::prepare::{Connections, FileStage, Input, Prepared};
+use super::run::{self, Run, Stages, Then};
 use super::Outcome;
 use crate::account::metrics::Listener;
 use crate::account::{Counters, Stop};

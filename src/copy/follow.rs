@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::cutover::Cutover;
-use super::prepare::{self, Connections};
-use super::run::{self, Input, Run, Stages, Then};
+use super::prepare::{self, Connections, Input};
+use super::run::{self, Run, Stages, Then};
 use super::Outcome;
 use crate::account::progress::Summary;
 use crate::account::{Counters, Stop};

@@ -2,7 +2,6 @@
 //! The two servers as they are ([`Servers`]), every connection the stages will use ([`Connections`],
 //! with the plan that says which threads run), the keys' source, and the checkpoint's start.
 
-use super::run::Input;
 use crate::account::metrics::Listener;
 use crate::config::{CopyConfig, Keys, Mode, DEFAULT_TYPED_THREADS_AUTO, DEFAULT_TYPED_THREADS_TYPED};
 use crate::exit::Fatal;
@@ -14,7 +13,7 @@ use crate::redis::endpoint::{Endpoint, Timeouts};
 use crate::redis::memory::Memory;
 use crate::redis::server::ServerInfo;
 use crate::resume::checkpoint::{self, Identity, Origin, SlotMap, Start};
-use crate::source;
+use crate::source::{self, Source};
 use crate::stage::route::{self, Plan};
 use crate::stage::typed;
 use crate::throttle::latency;
@@ -132,6 +131,29 @@ impl Connections {
         let watch = if cfg.dry_run || first.is_some() { None } else { Some(open(&cfg.target)?) };
         Ok(Connections { plan, batched, readers, writers, typed, probe, watch })
     }
+}
+
+/// Where a pass's keys come from.
+pub enum Input<'k> {
+    /// Keys found (a scan, a file of keys, a follow's events), whose values the fetch stage reads.
+    Keys(Box<dyn Source + 'k>),
+    /// Keys read with their values (an RDB file): they go straight to the write stage.
+    File(Box<FileStage>),
+}
+
+/// The first stage of a pass over an RDB file: the file, what is taken, how it is written, and a target
+/// connection for the big keys the stage builds itself (none in a dry run).
+pub struct FileStage {
+    /// The file, positioned at its first record to read.
+    pub reader: crate::rdb::Reader<Box<dyn std::io::Read + Send>>,
+    /// What is taken.
+    pub filter: crate::source::backup::Filter,
+    /// How it is written.
+    pub how: crate::source::backup::How,
+    /// Builds the big keys.
+    pub big: Option<Conn>,
+    /// Where the file comes from.
+    pub backup: crate::config::backup::Backup,
 }
 
 /// Everything preflight opened and decided.

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver};
 
-use super::prepare::{Connections, Prepared};
+use super::prepare::{Connections, FileStage, Input, Prepared};
 use crate::account::csv::write_errors;
 use crate::account::progress::{self, Show, Summary};
 use crate::account::{evictions, metrics, Counters, Reporter, Stop};
@@ -26,7 +26,7 @@ use crate::sink::budget::Budget;
 use crate::sink::dry_run::DryRun;
 use crate::sink::target::Target;
 use crate::sink::{Sink, WriteContext, WritePolicy};
-use crate::source::{self, backup, Batcher, Batching, Source};
+use crate::source::{self, backup, Batcher, Batching};
 use crate::stage::route::{Fallback, Router};
 use crate::stage::{check, fetch, typed, write};
 use crate::throttle::{latency, Throttle};
@@ -220,29 +220,6 @@ impl Watchers {
         let base = self.base;
         self.watch.map(|conn| s.spawn(move || evictions::watch(conn, base, &shared.counters, done)))
     }
-}
-
-/// Where a pass's keys come from.
-pub enum Input<'k> {
-    /// Keys found (a scan, a file of keys, a follow's events), whose values the fetch stage reads.
-    Keys(Box<dyn Source + 'k>),
-    /// Keys read with their values (an RDB file): they go straight to the write stage.
-    File(Box<FileStage>),
-}
-
-/// The first stage of a pass over an RDB file: the file, what is taken, how it is written, and a target
-/// connection for the big keys the stage builds itself (none in a dry run).
-pub struct FileStage {
-    /// The file, positioned at its first record to read.
-    pub reader: crate::rdb::Reader<Box<dyn std::io::Read + Send>>,
-    /// What is taken.
-    pub filter: backup::Filter,
-    /// How it is written.
-    pub how: backup::How,
-    /// Builds the big keys.
-    pub big: Option<Conn>,
-    /// Where the file comes from.
-    pub backup: crate::config::backup::Backup,
 }
 
 /// The threads that move keys in one pass, and what they are started with.

@@ -17,7 +17,6 @@ use crate::config::OnConflict;
 use crate::flow::{exchange_units, Fetched, Payload, Resend};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, kind, restore_refused};
-use crate::stage::typed;
 
 /// Writes to the target on a connection of its own.
 pub struct Target {
@@ -179,7 +178,7 @@ enum Fate {
 /// no temporary key met a deadline the target's clock says has passed (PEXPIREAT deleted it, in the same
 /// transaction; a hash whose every field's deadline has passed is gone the same way).
 fn built(replies: Vec<Value>, replace: bool) -> Result<Fate, (String, String)> {
-    let results = typed::outcome(replies)?;
+    let results = reply::transaction(replies)?;
     let tail = if replace { 1 } else { 2 };
     if results.len() < tail + 1 {
         return Err(("PROTOCOL".into(), format!("a transaction returned {} results", results.len())));

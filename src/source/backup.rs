@@ -269,7 +269,9 @@ impl<R: Read> FileKeys<'_, '_, R> {
         let fate = match (big.failed.take(), big.build.as_mut(), self.writer.as_mut()) {
             (Some(fate), _, _) => fate,
             (None, Some(build), Some(writer)) => writer.end(build),
-            (None, _, _) => Fate::Failed(Stage::Write, "IO".into(), "no connection to build the key on".into()),
+            (None, _, _) => {
+                Fate::Failed(Stage::Write, "IO".into(), "no connection to build the key on".into())
+            }
         };
         if let Some(budget) = self.ctx.budget {
             budget.settle(1, u64::from(fate == Fate::Copied));

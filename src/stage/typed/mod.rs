@@ -374,27 +374,6 @@ fn check_page(results: &[Value], check: bool, writes: usize) -> Result<(), Fault
     Ok(())
 }
 
-/// The results of one MULTI/EXEC from its replies (`+OK`, `+QUEUED`..., the EXEC reply), or the
-/// error that kept it from running (the first refused command's, which says why better than
-/// EXECABORT).
-pub fn outcome(group: Vec<Value>) -> Result<Vec<Value>, (String, String)> {
-    let first_error = group.iter().find_map(|v| match v {
-        Value::ServerError(e) => Some(reply::classify_reply(e)),
-        _ => None,
-    });
-    match group.last() {
-        Some(Value::Array(_)) => match group.into_iter().last() {
-            Some(Value::Array(results)) => Ok(results),
-            _ => unreachable!("checked just above"),
-        },
-        Some(Value::ServerError(e)) => Err(first_error.unwrap_or_else(|| reply::classify_reply(e))),
-        Some(Value::Nil) => Err(("PROTOCOL".into(), "EXEC was aborted".into())),
-        Some(other) => Err(first_error
-            .unwrap_or_else(|| ("PROTOCOL".into(), format!("unexpected EXEC reply: {}", kind(other))))),
-        None => Err(("PROTOCOL".into(), "no reply to EXEC".into())),
-    }
-}
-
 /// An error reply as a failure of the key at `stage`.
 fn failed(stage: Stage, err: &redis::ServerError) -> Fate {
     let (code, message) = reply::classify_reply(err);

@@ -6,7 +6,7 @@
 use redis::{Cmd, Pipeline, Value};
 
 use super::temp::IN_FLIGHT;
-use super::{check_page, failed, outcome, page_tx, protocol, Build, Fate, Fault};
+use super::{check_page, failed, page_tx, protocol, Build, Fate, Fault};
 use crate::account::{Reporter, Stage, Stop};
 use crate::config::OnConflict;
 use crate::key::Key;
@@ -216,7 +216,7 @@ impl<'a> Writer<'a> {
                 if refused.is_some() {
                     continue;
                 }
-                match outcome(group) {
+                match reply::transaction(group) {
                     Ok(results) => done.push(results),
                     Err(why) => refused = Some(why),
                 }

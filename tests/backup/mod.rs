@@ -428,3 +428,57 @@ fn bad_sources_are_refused_with_one_line() {
         assert_eq!(digest(&mut p.dst.conn()), before);
     }
 }
+
+#[test]
+fn idle_time_frequency_rate_and_report_go_along() {
+    // LFU: the file records each key's frequency, and RESTORE ... FREQ puts it back.
+    let p = Pair::with_target_args(&["--maxmemory-policy", "allkeys-lfu"]);
+    let mut s = p.src.conn();
+    run(&mut s, &[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lfu"]);
+    run(&mut s, &[b"SET", b"hot", b"v"]);
+    run(&mut s, &[b"SET", b"cold", b"v"]);
+    for _ in 0..2000 {
+        let _: Option<String> = q(&mut s, &[b"GET", b"hot"]);
+    }
+    let freq = |con: &mut redis::Connection, k: &[u8]| q::<i64>(con, &[b"OBJECT", b"FREQ", k]);
+    let (hot, cold) = (freq(&mut s, b"hot"), freq(&mut s, b"cold"));
+    assert!(hot > cold + 5, "the source's counters differ: {hot} {cold}");
+    let file = p.src.save();
+    let report = p.csv("report.json");
+    let out = copy_file(&p, &path_str(&file), &["--report", &path_str(&report)]);
+    assert_exit(&out, 0);
+    let mut d = p.dst.conn();
+    assert_eq!((freq(&mut d, b"hot"), freq(&mut d, b"cold")), (hot, cold), "{}", dump(&out));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["options"]["source"], serde_json::Value::String(path_str(&file)), "{json}");
+    assert_eq!(json["copied"], 2, "{json}");
+
+    // LRU: the idle time goes along as IDLETIME.
+    let p = Pair::with_target_args(&["--maxmemory-policy", "allkeys-lru"]);
+    let mut s = p.src.conn();
+    run(&mut s, &[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru"]);
+    run(&mut s, &[b"SET", b"old", b"v"]);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    run(&mut s, &[b"SET", b"new", b"v"]);
+    let file = p.src.save();
+    assert_exit(&copy_file(&p, &path_str(&file), &[]), 0);
+    let idle = |con: &mut redis::Connection, k: &[u8]| q::<i64>(con, &[b"OBJECT", b"IDLETIME", k]);
+    let mut d = p.dst.conn();
+    assert!(
+        idle(&mut d, b"old") >= 3 && idle(&mut d, b"new") <= 1,
+        "{} {}",
+        idle(&mut d, b"old"),
+        idle(&mut d, b"new")
+    );
+
+    // --rate meters the file's keys as it does a server's: 40 keys at 10 per second take 3 s at least.
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "r:", 38);
+    let file = p.src.save();
+    run(&mut p.dst.conn(), &[b"FLUSHALL"]);
+    let started = std::time::Instant::now();
+    let out = copy_file(&p, &path_str(&file), &["--rate", "10"]);
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, 40);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2900), "{:?}", started.elapsed());
+}

@@ -147,14 +147,24 @@ fn open(file: &Backup) -> Result<Opened, Fatal> {
     }
     let (handle, size) = open_file(file)?;
     let reader = Reader::open(Box::new(handle) as Stream, Some(size)).map_err(bad)?;
-    let contents = backup::check(reader).map_err(bad)?;
+    let mut contents = backup::check(reader, false).map_err(bad)?;
+    if !contents.facts.checksum_checked {
+        // No CRC-64 vouches for the bytes: every value's insides are read too, before anything is written.
+        let (handle, size) = open_file(file)?;
+        let reader = Reader::open(Box::new(handle) as Stream, Some(size)).map_err(bad)?;
+        contents = backup::check(reader, true).map_err(bad)?;
+    }
     let per_db: Vec<String> = contents.keys.iter().map(|(db, n)| format!("{n} in db {db}")).collect();
     log::info!(
         "{}: {} bytes, {}; checked whole{}: {} keys ({}){}",
         file.describe(),
         size,
         backup::writer_of(contents.version, contents.fork.unwrap_or(Fork::Redis), &contents.facts),
-        if contents.facts.checksum_checked { " (CRC-64 matches)" } else { " (the file carries no CRC-64)" },
+        if contents.facts.checksum_checked {
+            " (CRC-64 matches)"
+        } else {
+            " (the file carries no CRC-64: every value's insides were read too)"
+        },
         contents.keys.values().sum::<u64>(),
         if per_db.is_empty() { "none".into() } else { per_db.join(", ") },
         if contents.facts.functions > 0 {

@@ -460,6 +460,12 @@ impl<R: Read> Reader<R> {
         value::walk(&mut self.input, head.rdb_type, self.fork, Mode::Skip).map(|_| ())
     }
 
+    /// Consumes the value of `head`, reading the insides of every blob (ziplist, listpack, intset,
+    /// zipmap, LZF) as a decode would.
+    pub fn check(&mut self, head: &Head) -> Result<(), Error> {
+        value::walk(&mut self.input, head.rdb_type, self.fork, Mode::Check).map(|_| ())
+    }
+
     /// Cuts the value of `head` out of the file as a RESTORE payload (type byte, value bytes, RDB
     /// version, CRC-64), if it is at most `limit` bytes; `None` when it is bigger, and then the
     /// value must be read with [`Reader::decode`] next (its bytes so far are given again).
@@ -678,7 +684,8 @@ mod tests {
                         keys += 1;
                         assert!(keys <= bytes.len(), "more keys than bytes");
                         let result = match mode {
-                            0 => r.skip(&head),
+                            0 if keys % 2 == 0 => r.skip(&head),
+                            0 => r.check(&head),
                             1 => r.payload(&head, 64).and_then(|p| match p {
                                 Some(_) => Ok(()),
                                 None => r.decode(&head, &mut Collect(Vec::new())),
@@ -763,5 +770,23 @@ mod tests {
         let mut r = Reader::open(&file[..], None).unwrap();
         let head = r.head().unwrap().unwrap();
         assert!(r.decode(&head, &mut Collect(Vec::new())).is_err());
+    }
+
+    #[test]
+    fn crafted_deadlines_and_counts_do_not_overflow() {
+        // A Redis 7.4 hash with field deadlines (type 24) whose minimum deadline is i64::MAX and a field's
+        // relative deadline is 2; then a stream listpack whose live and deleted counts add past i64::MAX.
+        let mut file = b"REDIS0012".to_vec();
+        file.extend_from_slice(&[24, 1, b'h']);
+        file.extend_from_slice(&i64::MAX.to_le_bytes());
+        file.extend_from_slice(&[1, 2, 1, b'f', 1, b'v', 0xff]);
+        file.extend_from_slice(&[0; 8]);
+        let mut r = Reader::open(&file[..], None).unwrap();
+        let head = r.head().unwrap().unwrap();
+        let mut pages = Collect(Vec::new());
+        r.decode(&head, &mut pages).unwrap();
+        assert_eq!(pages.0, vec![Part::Fields(vec![(b"f".to_vec(), b"v".to_vec(), Some(i64::MAX - 1))])]);
+        // Deadlines in a file are compared and added to saturating, also in verify (abs_diff).
+        assert!(read_all(&file, None));
     }
 }

@@ -154,11 +154,12 @@ pub fn listpack(data: &[u8]) -> Result<Vec<Elem>, String> {
         };
         // The back length: the entry's size, 7 bits per byte, 1 to 5 bytes.
         let size = c.at - start;
+        // As Redis's lpEncodeBacklen: 7 bits per byte, with the bounds it uses (16383 takes 3 bytes).
         let back = match size {
             0..=127 => 1,
-            128..=16383 => 2,
-            16384..=2097151 => 3,
-            2097152..=268435455 => 4,
+            128..16383 => 2,
+            16383..2097151 => 3,
+            2097151..268435455 => 4,
             _ => 5,
         };
         c.take(back)?;
@@ -232,6 +233,28 @@ mod tests {
         lp[0] = lp.len() as u8;
         let e = listpack(&lp).unwrap();
         assert_eq!(e, vec![Elem::Bytes(b"a".to_vec()), Elem::Int(1), Elem::Int(-392)]);
+    }
+
+    #[test]
+    fn back_lengths_at_their_bounds() {
+        // One string entry whose encoding and data take exactly `size` bytes, then its back length.
+        for (len, back) in [(16378usize, 3usize), (16377, 2), (60, 1), (126, 2)] {
+            let mut lp = vec![0, 0, 0, 0, 1, 0];
+            if len < 64 {
+                lp.push(0x80 | len as u8);
+            } else if len < 4096 {
+                lp.extend_from_slice(&[0xe0 | (len >> 8) as u8, len as u8]);
+            } else {
+                lp.push(0xf0);
+                lp.extend_from_slice(&(len as u32).to_le_bytes());
+            }
+            lp.extend(std::iter::repeat_n(b'a', len));
+            lp.extend(std::iter::repeat_n(1, back));
+            lp.push(0xff);
+            let total = lp.len() as u32;
+            lp[..4].copy_from_slice(&total.to_le_bytes());
+            assert_eq!(listpack(&lp).unwrap().len(), 1, "a {len}-byte string with {back} back-length bytes");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`Mode::Raw`] consumes it while the input tees its bytes, which become a RESTORE payload; a value
 //!   that grows past the limit stops the walk ([`Walked::Big`]) so that it can be walked again, decoded;
 //! - [`Mode::Decode`] gives its elements, in pages of at most [`MAX_PAGE`] elements or about
-//!   [`PAGE_BYTES`] bytes, to a [`Pages`] (the type-aware writer), so that a big value is never held whole.
+//!   [`PAGE_BYTES`] bytes, to a [`Pages`] (the type-aware writer), so that a big value is never held whole;
+//! - [`Mode::Check`] decodes it as Decode does and drops the pages: every blob's insides are read (the
+//!   check of a file that has no CRC-64 to vouch for them).
 
 use std::io::Read;
 
@@ -34,6 +36,8 @@ pub enum Mode<'p> {
     },
     /// Give its elements, page by page.
     Decode(&'p mut dyn Pages),
+    /// Decode it, and drop the pages.
+    Check,
 }
 
 /// How a walk ended.
@@ -98,8 +102,9 @@ struct Walk<'a, 'p, R> {
 }
 
 impl<R: Read> Walk<'_, '_, R> {
+    /// Elements are read (to give them, or to check them).
     fn decoding(&self) -> bool {
-        matches!(self.mode, Mode::Decode(_))
+        matches!(self.mode, Mode::Decode(_) | Mode::Check)
     }
 
     /// After consuming in raw mode: stop when the value is over its limit.
@@ -114,7 +119,7 @@ impl<R: Read> Walk<'_, '_, R> {
     fn string(&mut self, what: &str) -> Step<Option<Vec<u8>>> {
         let head = encoding::string_head(self.input, what)?;
         if let Mode::Raw { limit } = self.mode {
-            if self.input.teed() as u64 + head.size() > limit {
+            if (self.input.teed() as u64).saturating_add(head.size()) > limit {
                 return Err(Stop::Big);
             }
         }
@@ -357,7 +362,7 @@ impl<R: Read> Walk<'_, '_, R> {
                     let v = self.string("hash value")?;
                     let deadline = match (ttl, min) {
                         (0, _) => None,
-                        (ttl, Some(min)) => Some(min + ttl as i64 - 1),
+                        (ttl, Some(min)) => Some(min.saturating_add(ttl as i64).saturating_sub(1)),
                         (ttl, None) => Some(ttl as i64),
                     };
                     if let (Some(f), Some(v)) = (f, v) {
@@ -404,16 +409,22 @@ impl<R: Read> Walk<'_, '_, R> {
     fn whole_string(&mut self) -> Step {
         let head = encoding::string_head(self.input, "string value")?;
         match self.mode {
-            Mode::Raw { limit } if self.input.teed() as u64 + head.size() > limit => return Err(Stop::Big),
+            Mode::Raw { limit } if (self.input.teed() as u64).saturating_add(head.size()) > limit => {
+                return Err(Stop::Big)
+            }
             Mode::Raw { .. } | Mode::Skip => {
                 encoding::skip_body(self.input, head, "string value")?;
                 return Ok(());
             }
-            Mode::Decode(_) => {}
+            Mode::Decode(_) | Mode::Check => {}
         }
         let Str::Raw(mut left) = head else {
+            // An LZF string is decompressed whole (its size), then given in chunks like the others.
             let v = encoding::string_body(self.input, head, "string value")?;
-            return self.chunk(v);
+            if v.len() <= PAGE_BYTES {
+                return self.chunk(v);
+            }
+            return v.chunks(PAGE_BYTES).try_for_each(|c| self.chunk(c.to_vec()));
         };
         loop {
             let n = left.min(PAGE_BYTES as u64);
@@ -473,11 +484,12 @@ impl<R: Read> Walk<'_, '_, R> {
 
     /// A module value (type 7): its module's id, then typed fields up to an end marker. It is walked (to
     /// cut its bytes) but cannot be decoded.
+    /// A module value is not held to the raw limit: it cannot be written in pages, only RESTOREd whole.
     fn module(&mut self) -> Step {
         let at = self.input.offset();
         let id = len(self.input, "module id")?;
         module_fields(self.input)?;
-        if self.decoding() {
+        if matches!(self.mode, Mode::Decode(_)) {
             // Consumed, so the file goes on with the next key.
             return Err(Error::Opaque {
                 offset: at,
@@ -490,7 +502,7 @@ impl<R: Read> Walk<'_, '_, R> {
             }
             .into());
         }
-        self.check()
+        Ok(())
     }
 
     /// A stream: its listpacks of entries, its metadata, its consumer groups.
@@ -510,8 +522,14 @@ impl<R: Read> Walk<'_, '_, R> {
             }
             self.check()?;
         }
-        let decoding = self.decoding();
+        // Only a decode keeps the groups (until the stream's end); a raw walk is held to its limit here too.
+        let decoding = matches!(self.mode, Mode::Decode(_));
+        let limit = match self.mode {
+            Mode::Raw { limit } => Some(limit),
+            _ => None,
+        };
         let input = &mut *self.input;
+        let over = |input: &Input<R>| limit.is_some_and(|l| input.teed() as u64 > l);
         let id = |input: &mut Input<R>, what: &str| -> Result<(u64, u64), Error> {
             Ok((len(input, what)?, len(input, what)?))
         };
@@ -531,7 +549,10 @@ impl<R: Read> Walk<'_, '_, R> {
             let entries_read = if t >= 19 { Some(len(input, "group entries read")?) } else { None };
             let entries_read = entries_read.filter(|&n| n != u64::MAX);
             let mut pending = Vec::new();
-            for _ in 0..count(input, "group pending entries")? {
+            for i in 0..count(input, "group pending entries")? {
+                if i % 1024 == 0 && over(input) {
+                    return Err(Stop::Big);
+                }
                 let raw = input.array::<16>("pending entry id")?;
                 let delivered = encoding::millis(input, "pending entry delivery time")?;
                 let deliveries = len(input, "pending entry delivery count")?;
@@ -539,6 +560,9 @@ impl<R: Read> Walk<'_, '_, R> {
             }
             let mut consumers = Vec::new();
             for _ in 0..count(input, "group consumers")? {
+                if over(input) {
+                    return Err(Stop::Big);
+                }
                 let name = encoding::string(input, "consumer name")?;
                 let seen = encoding::millis(input, "consumer seen time")?;
                 let active =
@@ -568,7 +592,7 @@ impl<R: Read> Walk<'_, '_, R> {
             len(input, "stream IDMP duplicates")?;
         }
         self.check()?;
-        if self.decoding() {
+        if decoding {
             self.flush()?;
             let meta = StreamMeta { length, last_id, first_id, max_deleted, added, groups };
             if let Mode::Decode(pages) = &mut self.mode {
@@ -650,7 +674,7 @@ fn stream_entries(master: (u64, u64), lp: &[u8]) -> Result<Vec<StreamEntry>, Str
         return Err("a stream listpack without the end of its master entry".into());
     }
     let mut out = Vec::new();
-    let total = live + deleted;
+    let total = live.saturating_add(deleted);
     for _ in 0..total {
         let mut next_int = |what: &str| -> Result<i64, String> {
             it.next().and_then(|e| e.int()).ok_or_else(|| format!("a stream entry without its {what}"))

@@ -25,6 +25,7 @@ use crate::account::{Counters, Reporter, Stage, StopReason};
 use crate::config::backup::Backup;
 use crate::flow::{Fetched, Lru, Payload};
 use crate::key::{Key, KeyType};
+use crate::rdb::value::MAX_PAGE;
 use crate::rdb::{self, Head, Pages, Part, Reader};
 use crate::redis::glob;
 use crate::sink::WriteContext;
@@ -86,12 +87,17 @@ pub struct Contents {
     pub fork: Option<rdb::Fork>,
 }
 
-/// Reads the whole file behind `reader`: every record, every value's structure, the CRC-64 trailer.
-pub fn check<R: Read>(mut reader: Reader<R>) -> Result<Contents, rdb::Error> {
+/// Reads the whole file behind `reader`: every record, every value's structure, the CRC-64 trailer;
+/// with `deep`, the insides of every blob too (for a file whose trailer vouches for nothing).
+pub fn check<R: Read>(mut reader: Reader<R>, deep: bool) -> Result<Contents, rdb::Error> {
     let mut keys = BTreeMap::new();
     while let Some(head) = reader.head()? {
         *keys.entry(head.db).or_insert(0) += 1;
-        reader.skip(&head)?;
+        if deep {
+            reader.check(&head)?;
+        } else {
+            reader.skip(&head)?;
+        }
     }
     Ok(Contents { keys, facts: reader.facts.clone(), version: reader.version, fork: Some(reader.fork) })
 }
@@ -235,7 +241,11 @@ impl<R: Read> FileKeys<'_, '_, R> {
                 self.ctx.ledger.done(id, 1);
                 Ok(true)
             }
-            (Err(e), _) => Err(e),
+            (Err(e), Some(big)) => {
+                self.abandon_big(big, &key, rep, &e);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
             (Ok(()), Some(big)) => {
                 self.paged += 1;
                 self.end_big(big, &key, rep);
@@ -264,6 +274,29 @@ impl<R: Read> FileKeys<'_, '_, R> {
         }
     }
 
+    /// A big key whose value could not be read to its end: its temporary key is deleted and its slot of
+    /// `--limit` given back; it failed (a corrupt or cut stream), or was not reached (the run stops).
+    fn abandon_big(&mut self, big: Big, key: &Key, rep: &Reporter, why: &rdb::Error) {
+        if let (Some(build), Some(writer)) = (big.build.as_ref(), self.writer.as_mut()) {
+            writer.abandon(build);
+        }
+        if let (true, Some(budget)) = (big.reserved, self.ctx.budget) {
+            budget.settle(1, 0);
+        }
+        match why {
+            rdb::Error::Stopped => rep.unreached(1),
+            e => {
+                rep.fail(
+                    key.clone(),
+                    Stage::Fetch,
+                    "CORRUPT".into(),
+                    format!("{}: {e}", self.backup.describe()),
+                );
+                self.ctx.ledger.done(big.id, 1);
+            }
+        }
+    }
+
     /// Ends a big key: its rename (or the failure met on the way), counted as the write stage counts.
     fn end_big(&mut self, mut big: Big, key: &Key, rep: &Reporter) {
         let fate = match (big.failed.take(), big.build.as_mut(), self.writer.as_mut()) {
@@ -273,7 +306,7 @@ impl<R: Read> FileKeys<'_, '_, R> {
                 Fate::Failed(Stage::Write, "IO".into(), "no connection to build the key on".into())
             }
         };
-        if let Some(budget) = self.ctx.budget {
+        if let (true, Some(budget)) = (big.reserved, self.ctx.budget) {
             budget.settle(1, u64::from(fate == Fate::Copied));
         }
         let counters = rep.counters;
@@ -313,6 +346,8 @@ struct Big<'k> {
     id: u64,
     build: Option<crate::stage::typed::Build<'k>>,
     failed: Option<Fate>,
+    /// A slot of `--limit` is held for it.
+    reserved: bool,
 }
 
 /// Where a decoded value's pages go: into a [`Small`] until it passes the limit, then straight to the
@@ -338,16 +373,24 @@ impl Collect<'_, '_, '_, '_, '_> {
     /// pages.
     fn go_big(&mut self) -> Result<(), rdb::Error> {
         let small = self.small.take().unwrap_or_default();
-        let Some(id) = self.batcher.alone() else { return Err(rdb::Error::Stopped) };
-        let mut big = Big { id, build: None, failed: None };
+        // `--limit` first: a key past it is never counted, and the run stops.
+        let reserved = match self.ctx.budget {
+            Some(budget) if budget.reserve(1) == 0 => {
+                self.rep.stop.request(StopReason::Limit);
+                return Err(rdb::Error::Stopped);
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let Some(id) = self.batcher.alone() else {
+            if let (true, Some(budget)) = (reserved, self.ctx.budget) {
+                budget.settle(1, 0);
+            }
+            return Err(rdb::Error::Stopped);
+        };
+        let mut big = Big { id, build: None, failed: None, reserved };
         if let Some(why) = small.failed {
             big.failed = Some(Fate::Failed(Stage::Write, "UNSUPPORTED".into(), why));
-        }
-        if let Some(budget) = self.ctx.budget {
-            if budget.reserve(1) == 0 {
-                self.rep.stop.request(StopReason::Limit);
-                big.failed = Some(Fate::Dropped);
-            }
         }
         if let (Some(writer), None) = (self.writer.as_deref_mut(), &big.failed) {
             let mut build = writer.begin(self.key, self.decoded.tmp().to_vec(), self.expire_at_ms);
@@ -355,16 +398,28 @@ impl Collect<'_, '_, '_, '_, '_> {
             if let Some(s) = small.string {
                 writes = self.decoded.writes(&Part::Chunk(s)).unwrap_or_default();
             }
-            if !writes.is_empty() {
-                if let Err(fate) = writer.add(&mut build, writes) {
-                    big.failed = Some(fate);
-                }
+            if let Err(fate) = add_pages(writer, &mut build, writes) {
+                big.failed = Some(fate);
             }
             big.build = Some(build);
         }
         self.big = Some(big);
         Ok(())
     }
+}
+
+/// Writes `writes` as pages of at most [`MAX_PAGE`] commands each (a stream's groups can be many).
+fn add_pages(
+    writer: &mut Writer,
+    build: &mut crate::stage::typed::Build,
+    writes: Vec<Cmd>,
+) -> Result<(), Fate> {
+    let mut writes = writes.into_iter().peekable();
+    while writes.peek().is_some() {
+        let page: Vec<Cmd> = writes.by_ref().take(MAX_PAGE).collect();
+        writer.add(build, page)?;
+    }
+    Ok(())
 }
 
 impl Pages for Collect<'_, '_, '_, '_, '_> {
@@ -383,7 +438,8 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
                     },
                 }
             }
-            if small.bytes as u64 > self.limit {
+            // Past the limit, or too many commands for one transaction (a stream's groups).
+            if small.bytes as u64 > self.limit || small.writes.len() > MAX_PAGE {
                 if self.dry_run {
                     // Nothing is built in a dry run: the key goes to the dry run's sink like the others.
                     small.over = true;
@@ -404,7 +460,7 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
         };
         match self.decoded.writes(&part) {
             Ok(writes) => {
-                if let Err(fate) = writer.add(build, writes) {
+                if let Err(fate) = add_pages(writer, build, writes) {
                     big.failed = Some(fate);
                 }
             }

@@ -38,7 +38,15 @@ fn saved() -> (Pair, PathBuf, Vec<Vec<u8>>) {
     run(&mut s, &[b"RPUSH", b"list:plain", b"a", &noise(20_000, 7), b"b"]);
     run(&mut s, &[b"HSET", b"hash:long", b"f", &noise(5000, 8)]);
     run(&mut s, &[b"SET", b"str:long", &noise(100_000, 9)]);
-    keys.extend([b"set:ints".to_vec(), b"list:plain".to_vec(), b"hash:long".to_vec(), b"str:long".to_vec()]);
+    // A listpack entry of exactly 16383 bytes, whose back length takes 3 bytes.
+    run(&mut s, &[b"RPUSH", b"list:edge", &[b'a'; 16378], b"b"]);
+    keys.extend([
+        b"set:ints".to_vec(),
+        b"list:plain".to_vec(),
+        b"hash:long".to_vec(),
+        b"str:long".to_vec(),
+        b"list:edge".to_vec(),
+    ]);
     run(&mut s, &[b"SELECT", b"3"]);
     run(&mut s, &[b"SET", b"in:three", b"3"]);
     run(&mut s, &[b"SELECT", b"0"]);
@@ -481,4 +489,60 @@ fn idle_time_frequency_rate_and_report_go_along() {
     assert_exit(&out, 0);
     assert_eq!(summary(&out).copied, 40);
     assert!(started.elapsed() >= std::time::Duration::from_millis(2900), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_limit_or_a_cut_inside_a_big_value_leaves_every_bucket_right() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    fill_strings(&mut s, "a:", 8);
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.cmd("RPUSH").arg("big").arg(format!("element-{i}-{}", "x".repeat(40))).ignore();
+    }
+    let _: () = pipe.query(&mut s).unwrap();
+    let file = p.src.save();
+    let f = path_str(&file);
+    // --limit reached at the big value: it is not counted, and nothing is left half-built.
+    for extra in [&["--limit", "4", "--batch", "1"][..], &["--limit", "9"][..]] {
+        run(&mut p.dst.conn(), &[b"FLUSHALL"]);
+        let mut args = vec!["--big-key-bytes", "100000"];
+        args.extend_from_slice(extra);
+        let out = copy_file(&p, &f, &args);
+        assert_exit(&out, 0);
+        let s = summary(&out);
+        assert_eq!(s.copied, extra[1].parse::<u64>().unwrap(), "{}", dump(&out));
+        assert_eq!(dbsize(&mut p.dst.conn()), s.copied as i64, "no temporary key: {}", dump(&out));
+    }
+    // A stream cut inside the big value: the key fails with a row, its temporary key is gone.
+    run(&mut p.dst.conn(), &[b"FLUSHALL"]);
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = &bytes[..bytes.len() - 2000];
+    let errors = p.csv("cut.csv");
+    let out =
+        ferry_with(copy_args("-", &p.dst.url(), &errors, &["--big-key-bytes", "100000"]), &[], Some(cut));
+    assert_exit(&out, 3);
+    let s = summary(&out);
+    let rows = read_errors(&errors);
+    // The keys before it in the file (their order is the server's) are written; the big one fails.
+    assert_eq!((s.failed, rows.len()), (1, 1), "{}", dump(&out));
+    assert!(s.copied <= 8, "{}", dump(&out));
+    assert_eq!(rows[0].key, b"big".to_vec());
+    assert_eq!(rows[0].error, "CORRUPT");
+    assert_eq!(dbsize(&mut p.dst.conn()), s.copied as i64, "no temporary key left: {}", dump(&out));
+}
+
+#[test]
+fn verify_a_file_takes_the_same_shard() {
+    let p = Pair::new();
+    let keys = fill_strings(&mut p.src.conn(), "k:", 200);
+    let file = path_str(&p.src.save());
+    assert_exit(&copy_file(&p, &file, &["--shard", "1/2"]), 0);
+    let out = ferry(["verify", &file, &p.dst.url(), "--shard", "1/2"]);
+    assert_exit(&out, 0);
+    let v = verify_summary(&out);
+    assert_eq!(v.matched as i64, dbsize(&mut p.dst.conn()), "{}", dump(&out));
+    assert!(v.matched > 50 && (v.matched as usize) < keys.len(), "{}", dump(&out));
+    let out = ferry(["verify", &file, &p.dst.url()]);
+    assert_exit(&out, 1);
 }

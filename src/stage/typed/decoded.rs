@@ -130,10 +130,14 @@ impl Decoded {
                     );
                 }
             }
+            // Each pending entry goes to the consumer whose own list holds it (entries of deleted messages
+            // cannot be claimed: XCLAIM skips an ID the stream no longer has).
+            let owners: std::collections::HashMap<(u64, u64), &[u8]> =
+                g.consumers.iter().flat_map(|c| c.pending.iter().map(move |id| (*id, &c.name[..]))).collect();
             for p in &g.pending {
-                let Some(owner) = g.consumers.iter().find(|c| c.pending.contains(&p.id)) else { continue };
+                let Some(owner) = owners.get(&p.id) else { continue };
                 let mut claim = redis::cmd("XCLAIM");
-                claim.arg(tmp).arg(&g.name[..]).arg(&owner.name[..]).arg(0).arg(id(p.id));
+                claim.arg(tmp).arg(&g.name[..]).arg(*owner).arg(0).arg(id(p.id));
                 claim
                     .arg("TIME")
                     .arg(p.delivered)

@@ -251,6 +251,12 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Gives up on `b` (the value could not be read to its end, or the run stops): its temporary key is
+    /// deleted.
+    pub fn abandon(&mut self, b: &Build) {
+        self.drop_temp(b);
+    }
+
     /// Sets the deadline and renames `b` into place.
     pub fn end(&mut self, b: &mut Build) -> Fate {
         match self.finish(b, None) {

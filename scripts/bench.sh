@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench.sh: redis-ferry against the baseline it must beat (SCAN + server-side MIGRATE ... COPY REPLACE
-# KEYS, as `ferry-tools migrate`), side by side in one run on the same data and the same two throwaway
+# KEYS, as `ferry-tools migrate`), and its own `--mode typed`, side by side in one run on the same data and the same two throwaway
 # redis-server processes on free 127.0.0.1 ports. For each tool: wall-clock keys/s, the ratio to MIGRATE,
 # the tool's peak RSS (GNU time -v; for migrate that is the ferry-tools driver, the data moves inside
 # redis), the CPU seconds per 100k keys of the source and the target (INFO CPU used_cpu_sys +
@@ -333,9 +333,11 @@ echo "== a) MIGRATE baseline (ferry-tools migrate)" >&2
 run_case migrate "$TOOLS" migrate --source "127.0.0.1:$SRC" --target "127.0.0.1:$DST"
 echo "== b) redis-ferry copy, default flags" >&2
 run_case ferry "$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 0 --errors "$TMP/errors.csv"
+echo "== c) redis-ferry copy --mode typed (what a copy to Valkey or to an older server does)" >&2
+run_case typed "$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 0 --mode typed --errors "$TMP/errors.csv"
 
 problems=()
-for name in migrate ferry; do
+for name in migrate ferry typed; do
     rc=$(cat "$TMP/$name.rc")
     got=$(cat "$TMP/$name.dbsize")
     [ "$rc" -eq 0 ] || problems+=("$name exited with $rc")
@@ -377,11 +379,13 @@ echo "redis: $(redis-server --version)"
 echo "data: $SRC_KEYS keys, profile $PROFILE, seed 1"
 echo "migrate: $(tail -n 1 "$TMP/migrate.out")"
 echo "ferry:   $(tail -n 1 "$TMP/ferry.out")"
-echo "probes:  migrate $(cat "$TMP/migrate.probe") | ferry $(cat "$TMP/ferry.probe")"
+echo "typed:   $(tail -n 1 "$TMP/typed.out")"
+echo "probes:  migrate $(cat "$TMP/migrate.probe") | ferry $(cat "$TMP/ferry.probe") | typed $(cat "$TMP/typed.probe")"
 echo
 printf "%-22s %12s %10s %12s %15s %15s %15s %16s\n" tool keys/s vs_migrate peak_rss_mb src_cpu_s/100k \
     dst_cpu_s/100k tool_cpu_s/100k src_p99_ping_ms
 row migrate "MIGRATE (ferry-tools)" "$MIGRATE_KPS"
 row ferry "redis-ferry copy" "$MIGRATE_KPS"
+row typed "redis-ferry --mode typed" "$MIGRATE_KPS"
 
 fail_on_problems "WARNING"

@@ -27,7 +27,7 @@ use crate::sink::dry_run::DryRun;
 use crate::sink::target::Target;
 use crate::sink::{Sink, WriteContext, WritePolicy};
 use crate::source::{self, backup, Batcher, Batching};
-use crate::stage::route::{Fallback, Router};
+use crate::stage::route::{ByValue, Fallback, Router};
 use crate::stage::{check, fetch, typed, write};
 use crate::throttle::{latency, Throttle};
 
@@ -101,6 +101,16 @@ pub fn run(cfg: &CopyConfig, mut p: Prepared, stop: &Stop, then: Option<&dyn The
             plan.size_check && cfg.big_key_bytes.is_some(),
             plan.strings,
             !plan.all_typed,
+            // When every key goes type-aware (no DUMP/RESTORE), small aggregates go in batches too, rather than
+            // one by one through the typed threads. (With DUMP/RESTORE at hand they keep it: the by-value writes
+            // need the target's permission on temporary keys, which RESTORE does not.)
+            (plan.strings && plan.all_typed).then_some(ByValue {
+                target: p.target.version,
+                hashes: p.source.version < (7, 4, 0),
+                zsets: true,
+                // XINFO STREAM FULL gives entries-added and max-deleted-entry-id from 7.0 on.
+                streams: p.source.version >= (7, 0, 0),
+            }),
         ),
         cfg,
     };

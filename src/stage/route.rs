@@ -38,6 +38,11 @@ pub struct Fallback {
     strings: AtomicBool,
     /// Keys that are not read by value go by DUMP/RESTORE; when false, they all go type-aware.
     pub dump: bool,
+    /// Small aggregates are read by value and written in one transaction each (turned off when a server
+    /// refuses one of the commands).
+    by_value: Option<ByValue>,
+    /// `by_value` still holds.
+    by_value_on: AtomicBool,
     /// One flag per [`Detour`]: the first key of that kind was logged.
     said: [AtomicBool; 3],
     /// Keys routed so far, per [`Detour`].
@@ -48,12 +53,20 @@ impl Fallback {
     /// A fallback for `--big-key-bytes` `big_key_bytes`; `size_check` says MEMORY USAGE may be used,
     /// `strings` that strings may be read by value and written with SET, `dump` that the other keys go
     /// by DUMP/RESTORE (else all of them go type-aware).
-    pub fn new(big_key_bytes: u64, size_check: bool, strings: bool, dump: bool) -> Fallback {
+    pub fn new(
+        big_key_bytes: u64,
+        size_check: bool,
+        strings: bool,
+        dump: bool,
+        by_value: Option<ByValue>,
+    ) -> Fallback {
         Fallback {
             big_key_bytes,
             size_check: AtomicBool::new(size_check),
             strings: AtomicBool::new(strings),
             dump,
+            by_value,
+            by_value_on: AtomicBool::new(by_value.is_some()),
             said: Default::default(),
             routed: Default::default(),
         }
@@ -86,6 +99,20 @@ impl Fallback {
         }
     }
 
+    /// Which aggregates are read by value, while that path holds.
+    pub fn by_value(&self) -> Option<ByValue> {
+        self.by_value.filter(|_| self.by_value_on.load(Ordering::Relaxed))
+    }
+
+    /// A server refused a command of the by-value path: from now on aggregates go as before.
+    pub fn no_by_value(&self, why: &str) {
+        if self.by_value_on.swap(false, Ordering::Relaxed) {
+            log::warn!(
+                "a server refuses a command of the by-value path ({why}): aggregates now go as before"
+            );
+        }
+    }
+
     /// Records that `key` goes type-aware for `why`; the first key of each kind is logged.
     pub fn note(&self, why: Detour, key: &Key, detail: &str) {
         let i = why as usize;
@@ -106,6 +133,37 @@ impl Fallback {
     pub fn counts(&self) -> (u64, u64, u64) {
         let n = |i: usize| self.routed[i].load(Ordering::Relaxed);
         (n(0), n(1), n(2))
+    }
+}
+
+/// The aggregates read by value when every key goes type-aware: each with its type's read (HGETALL, LRANGE,
+/// SMEMBERS, ZRANGE … WITHSCORES, XINFO STREAM … FULL) in the batch's pipeline, and written in the batch's
+/// pipeline, one MULTI/EXEC per key, instead of one by one through the typed threads. Hashes only from a
+/// source without hash field deadlines (before Redis 7.4: HGETALL does not give them); streams from Redis
+/// 7.0 on (for their counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByValue {
+    /// The target's version, for the writes.
+    pub target: (u32, u32, u32),
+    /// Hashes too.
+    pub hashes: bool,
+    /// Sorted sets too.
+    pub zsets: bool,
+    /// Streams too, with their groups (XINFO STREAM … FULL).
+    pub streams: bool,
+}
+
+impl ByValue {
+    /// The read of a key of type `ty` by value (`None`: that type does not go by value).
+    pub fn read(&self, ty: &str) -> Option<&'static str> {
+        match ty {
+            "list" => Some("LRANGE"),
+            "set" => Some("SMEMBERS"),
+            "hash" if self.hashes => Some("HGETALL"),
+            "zset" if self.zsets => Some("ZRANGE"),
+            "stream" if self.streams => Some("XINFO"),
+            _ => None,
+        }
     }
 }
 

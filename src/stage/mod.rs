@@ -5,6 +5,7 @@
 //! `--mode typed`), and [`route`] decides which keys go that way. What the stages share (batches,
 //! `exchange`) is `flow.rs`'s.
 
+pub mod by_value;
 pub mod check;
 pub mod fetch;
 pub mod route;

@@ -160,6 +160,38 @@ fn typed_streams_carry_ids_counters_groups_consumers_and_pending_entries() {
 }
 
 #[test]
+fn typed_mode_reads_small_aggregates_in_batches_and_big_ones_in_pages() {
+    let p = Pair::new();
+    let mut s = p.src.conn();
+    for i in 0..60 {
+        let k = |t: &str| format!("{t}:{i}").into_bytes();
+        run(&mut s, &[b"RPUSH", &k("l"), b"a", b"b"]);
+        run(&mut s, &[b"SADD", &k("s"), b"x", b"y"]);
+        run(&mut s, &[b"HSET", &k("h"), b"f", b"v"]);
+        run(&mut s, &[b"ZADD", &k("z"), b"1.5", b"m"]);
+        run(&mut s, &[b"PEXPIRE", &k("z"), b"600000"]);
+    }
+    fill_stream(&mut s, b"x:small", 8);
+    // Above 16 KiB: page by page through the typed threads.
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.cmd("SADD").arg("s:big").arg(format!("member-{i}-{}", "y".repeat(20))).ignore();
+    }
+    let _: () = pipe.query(&mut s).unwrap();
+    run(&mut s, &[b"CONFIG", b"RESETSTAT"]);
+    let out = p.copy(&["--progress", "0", "--mode", "typed"]);
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, 242, "{}", dump(&out));
+    // One read per small key, in the batch's pipeline; the big set alone is scanned in pages.
+    let calls = |c: &str| command_calls(&mut p.src.conn(), c);
+    assert_eq!((calls("lrange"), calls("smembers"), calls("hgetall")), (60, 60, 60));
+    assert_eq!((calls("zrange"), calls("xinfo|stream")), (60, 1));
+    assert!(calls("sscan") >= 3, "the big set goes in pages: {} SSCAN", calls("sscan"));
+    assert_verified(&p);
+    assert!(temp_keys(&mut p.dst.conn()).is_empty());
+}
+
+#[test]
 fn typed_dry_run_writes_nothing_and_limit_counts_typed_copies() {
     let p = Pair::new();
     let (mut s, mut d) = (p.src.conn(), p.dst.conn());

@@ -7,6 +7,8 @@
 //! `./cache:6379/2` for the file. TARGET is always a server.
 
 use super::{bad, ConfigError};
+use crate::cli::CopyArgs;
+use crate::redis::endpoint::Endpoint;
 
 /// An RDB file (or stream) to read keys from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,72 @@ pub fn backup(path: &str, source_db: Option<i64>, all_dbs: bool) -> Result<Backu
         (Some(n), false) => Some(n as u64),
     };
     Ok(Backup { path: path.to_string(), db })
+}
+
+/// What keys are read from: a server, or an RDB file.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A server (standalone or cluster).
+    Server(Endpoint),
+    /// An RDB file or stream.
+    File(Backup),
+}
+
+impl Source {
+    /// The source server. Only the server paths call this: `copy` and `verify` send a file source down
+    /// its own path before any of them.
+    pub fn server(&self) -> &Endpoint {
+        match self {
+            Source::Server(endpoint) => endpoint,
+            Source::File(b) => unreachable!("{} reached a server path", b.describe()),
+        }
+    }
+
+    /// The RDB file, when the source is one.
+    pub fn file(&self) -> Option<&Backup> {
+        match self {
+            Source::File(b) => Some(b),
+            Source::Server(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Source::Server(endpoint) => endpoint.fmt(f),
+            Source::File(b) => f.write_str(&b.path),
+        }
+    }
+}
+
+/// What `copy` cannot do with an RDB file SOURCE, each with why.
+pub fn refusals(args: &CopyArgs, b: &Backup) -> Result<(), ConfigError> {
+    let what = b.describe();
+    let refuse = |flag: &str, why: &str| Err(bad(format!("{flag} cannot be used with {what}: {why}")));
+    if args.follow {
+        return refuse("--follow", "a file does not change; copy it, then follow the live server");
+    }
+    if args.checkpoint.is_some() {
+        return refuse("--checkpoint", "a file is read in one pass (run it again with --on-conflict skip)");
+    }
+    if args.max_latency.is_some() {
+        return refuse("--max-latency", "there is no source server to watch; use --rate");
+    }
+    if args.readers.is_some() {
+        return refuse("--readers", "one thread reads the file; --writers sets the write threads");
+    }
+    if b.is_stdin() && args.keys_from.as_deref() == Some("-") {
+        return Err(bad("SOURCE and --keys-from cannot both be standard input"));
+    }
+    if b.is_stdin() && b.db.is_none() {
+        return refuse(
+            "--all-dbs",
+            "each database is copied in a pass of its own, and standard input can be read once; give the \
+             file by path, or copy one database with --source-db N",
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,19 +3,24 @@
 //! and the password variables.
 //!
 //! Every check whose failure is the user's to fix happens here, before any connection is made, and each
-//! error names the flag or value at fault. SOURCE and TARGET are parsed in `endpoint.rs`, the TLS flags
-//! checked in `tls.rs`, `--slots` and `--shard` in `split.rs`. What can only be known by looking at files or talking to a server (two flags
-//! naming one file, a server that is not reachable, a password that is wrong) is checked at preflight.
+//! error names the flag or value at fault. SOURCE and TARGET are parsed in `endpoint.rs` (and an RDB file
+//! SOURCE told from a server in `backup.rs`), the TLS flags checked in `tls.rs`, `--slots` and `--shard` in
+//! `split.rs`, the pace flags in `pacing.rs`. What can only be known by looking at files or talking to a
+//! server (two flags naming one file, a server that is not reachable, a password that is wrong) is checked at
+//! preflight.
 
 pub mod backup;
+pub use backup::Source;
 mod endpoint;
 pub mod follow;
+mod pacing;
 mod split;
 mod tls;
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use pacing::Pacing;
 use split::split;
 pub use split::Split;
 use tls::{Shared, TlsFlags};
@@ -32,43 +37,6 @@ pub struct ConfigError(pub String);
 
 fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
-}
-
-/// What keys are read from: a server, or an RDB file.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// A server (standalone or cluster).
-    Server(Endpoint),
-    /// An RDB file or stream.
-    File(backup::Backup),
-}
-
-impl Source {
-    /// The source server. Only the server paths call this: `copy` and `verify` send a file source down
-    /// its own path before any of them.
-    pub fn server(&self) -> &Endpoint {
-        match self {
-            Source::Server(endpoint) => endpoint,
-            Source::File(b) => unreachable!("{} reached a server path", b.describe()),
-        }
-    }
-
-    /// The RDB file, when the source is one.
-    pub fn file(&self) -> Option<&backup::Backup> {
-        match self {
-            Source::File(b) => Some(b),
-            Source::Server(_) => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            Source::Server(endpoint) => endpoint.fmt(f),
-            Source::File(b) => f.write_str(&b.path),
-        }
-    }
 }
 
 /// Where the keys to work on come from.
@@ -390,35 +358,6 @@ fn endpoints(
     Ok((Source::Server(source), target))
 }
 
-/// What `copy` cannot do with an RDB file SOURCE, each with why.
-fn file_refusals(args: &CopyArgs, b: &backup::Backup) -> Result<(), ConfigError> {
-    let what = b.describe();
-    let refuse = |flag: &str, why: &str| Err(bad(format!("{flag} cannot be used with {what}: {why}")));
-    if args.follow {
-        return refuse("--follow", "a file does not change; copy it, then follow the live server");
-    }
-    if args.checkpoint.is_some() {
-        return refuse("--checkpoint", "a file is read in one pass (run it again with --on-conflict skip)");
-    }
-    if args.max_latency.is_some() {
-        return refuse("--max-latency", "there is no source server to watch; use --rate");
-    }
-    if args.readers.is_some() {
-        return refuse("--readers", "one thread reads the file; --writers sets the write threads");
-    }
-    if b.is_stdin() && args.keys_from.as_deref() == Some("-") {
-        return Err(bad("SOURCE and --keys-from cannot both be standard input"));
-    }
-    if b.is_stdin() && b.db.is_none() {
-        return refuse(
-            "--all-dbs",
-            "each database is copied in a pass of its own, and standard input can be read once; give the \
-             file by path, or copy one database with --source-db N",
-        );
-    }
-    Ok(())
-}
-
 /// Checks that `--lock`, `--report` and `--checkpoint` each name a file when given.
 fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
     for (flag, value) in
@@ -495,86 +434,6 @@ macro_rules! tls_flags {
     }};
 }
 
-/// The flags that set how fast keys go: `--batch`, `--rate`, `--burst`, `--max-latency`,
-/// `--sleep-after-batch`, checked together (a batch waits for all its tokens).
-struct Pacing {
-    /// Keys per batch.
-    batch: usize,
-    /// `--rate`.
-    rate: Option<NonZeroU32>,
-    /// The bucket's depth.
-    burst: usize,
-    /// `--max-latency`.
-    max_latency: Option<Duration>,
-    /// `--sleep-after-batch`.
-    sleep_after_batch: Duration,
-}
-
-impl Pacing {
-    fn of(args: &CopyArgs) -> Result<Pacing, ConfigError> {
-        let rate = match args.rate {
-            None => None,
-            Some(0) => return Err(bad("--rate must be at least 1 key per second (got 0)")),
-            Some(r) => Some(
-                u32::try_from(r)
-                    .ok()
-                    .and_then(NonZeroU32::new)
-                    .ok_or_else(|| bad(format!("--rate must be at most {} (got {r})", u32::MAX)))?,
-            ),
-        };
-        // A batch waits for all its tokens: by default a batch is at most one second of --rate.
-        let batch = match (args.batch, rate) {
-            (Some(n), _) => batch(n)?,
-            (None, Some(r)) => (r.get() as usize).min(DEFAULT_BATCH),
-            (None, None) => DEFAULT_BATCH,
-        };
-        let burst = match args.burst {
-            None => batch,
-            Some(_) if rate.is_none() && args.max_latency.is_none() => {
-                return Err(bad(
-                    "--burst sizes the --rate token bucket; give it with --rate or --max-latency",
-                ))
-            }
-            Some(b) if b < batch as u64 => {
-                return Err(bad(format!(
-                    "--burst must be at least --batch ({batch}), so a batch can pass (got {b})"
-                )))
-            }
-            Some(b) if b > u64::from(u32::MAX) => {
-                return Err(bad(format!("--burst must be at most {} (got {b})", u32::MAX)))
-            }
-            Some(b) => b as usize,
-        };
-        if let Some(r) = rate.map(|r| u64::from(r.get())).filter(|r| batch as u64 > MAX_BATCH_SECONDS * r) {
-            return Err(bad(format!(
-                "--batch {batch} with --rate {r}: a batch waits for all its tokens, so the copy would move \
-                 {batch} keys at once and then nothing for {} s, batch after batch; give --batch {} or less, or \
-                 a higher --rate",
-                batch as u64 / r,
-                MAX_BATCH_SECONDS * r
-            )));
-        }
-        let max_latency = match args.max_latency {
-            None => None,
-            Some(0) => return Err(bad("--max-latency must be at least 1 millisecond (got 0)")),
-            Some(ms) if ms > 60_000 => {
-                return Err(bad(format!("--max-latency must be at most 60000 ms (got {ms})")))
-            }
-            Some(ms) => Some(Duration::from_millis(ms)),
-        };
-        let sleep_after_batch = match args.sleep_after_batch {
-            ms if ms > MAX_SLEEP_AFTER_BATCH_MS => {
-                return Err(bad(format!(
-                "--sleep-after-batch must be at most {MAX_SLEEP_AFTER_BATCH_MS} ms (got {ms}); for a slower \
-                     copy use --rate"
-            )))
-            }
-            ms => Duration::from_millis(ms),
-        };
-        Ok(Pacing { batch, rate, burst, max_latency, sleep_after_batch })
-    }
-}
-
 impl CopyConfig {
     /// `--slots` / `--shard`: the slots taken, `None` for every slot.
     pub fn slots(&self) -> Option<&crate::redis::slots::SlotSet> {
@@ -594,7 +453,7 @@ impl CopyConfig {
         let split = split(&args.slots, &args.shard)?;
         let follow = follow::follow(args)?;
         if let Source::File(b) = &source {
-            file_refusals(args, b)?;
+            backup::refusals(args, b)?;
         }
         let from_file = source.file().is_some();
         let on_conflict = match args.on_conflict.as_deref() {

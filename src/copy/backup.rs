@@ -90,21 +90,11 @@ pub fn copy(cfg: &CopyConfig, file: &Backup, stop: &Stop) -> Result<Outcome, Fat
         why(&how, reader.version),
         if cfg.dry_run { ", dry run: nothing will be written" } else { "" }
     );
-    let (big, plan, writers) = conns;
+    let (big, mut connections) = conns;
     let stage = FileStage { reader, filter, how, big, backup: file.clone() };
-    let connections = Connections {
-        plan,
-        batched: true,
-        readers: Vec::new(),
-        writers,
-        typed: Vec::new(),
-        probe: Vec::new(),
-        watch: if cfg.dry_run {
-            None
-        } else {
-            Some(preflight::open_like(&cfg.target, &target, cfg.timeouts)?)
-        },
-    };
+    if !cfg.dry_run {
+        connections.watch = Some(preflight::open_like(&cfg.target, &target, cfg.timeouts)?);
+    }
     let prepared = Prepared {
         check,
         source: ServerInfo::default(),
@@ -249,13 +239,13 @@ fn why(how: &How, version: u32) -> String {
 }
 
 /// A pass's connections to `endpoint` (the target, at the pass's database): the big keys' builder (not
-/// in a dry run), the plan, and one per write thread.
+/// in a dry run), and the write threads' (no evictions watch: the first pass adds one).
 fn open_pass(
     cfg: &CopyConfig,
     endpoint: &Endpoint,
     info: &ServerInfo,
     how: How,
-) -> Result<(Option<Conn>, Plan, Vec<Conn>), Fatal> {
+) -> Result<(Option<Conn>, Connections), Fatal> {
     let open = || preflight::open_like(endpoint, info, cfg.timeouts).map(|c| c.with_retry(cfg.retry));
     let big = if cfg.dry_run { None } else { Some(open()?) };
     let writers = (0..cfg.writers).map(|_| open()).collect::<Result<Vec<_>, _>>()?;
@@ -266,7 +256,16 @@ fn open_pass(
         strings: false,
         why: String::new(),
     };
-    Ok((big, plan, writers))
+    let conns = Connections {
+        plan,
+        batched: true,
+        readers: Vec::new(),
+        writers,
+        typed: Vec::new(),
+        probe: Vec::new(),
+        watch: None,
+    };
+    Ok((big, conns))
 }
 
 /// `--all-dbs`: the passes over the file's other databases, one after the other.
@@ -292,18 +291,9 @@ impl Databases<'_> {
             .map_err(|e| Fatal::bad_input(format!("SOURCE {}: {e}", self.file.path)))?;
         let reader = Reader::resume(Box::new(handle) as Stream, self.size, self.version, self.fork, at);
         let endpoint = Endpoint { db: db as i64, ..self.cfg.target.clone() };
-        let (big, plan, writers) = open_pass(self.cfg, &endpoint, &self.target, self.how)?;
+        let (big, conns) = open_pass(self.cfg, &endpoint, &self.target, self.how)?;
         let filter = filter(self.cfg, self.keys.clone(), Some(db), true);
         let stage = FileStage { reader, filter, how: self.how, big, backup: self.file.clone() };
-        let conns = Connections {
-            plan,
-            batched: true,
-            readers: Vec::new(),
-            writers,
-            typed: Vec::new(),
-            probe: Vec::new(),
-            watch: None,
-        };
         Ok(Stages {
             keys: Input::File(Box::new(stage)),
             check: None,

@@ -20,6 +20,7 @@ mod encoding;
 pub mod input;
 mod lzf;
 pub mod packed;
+mod stream;
 pub mod value;
 
 use std::fmt;
@@ -129,6 +130,37 @@ pub enum Part {
     Entries(Vec<StreamEntry>),
     /// The end of a stream: its metadata and consumer groups.
     StreamEnd(StreamMeta),
+}
+
+impl Part {
+    /// About how many bytes the page holds (what bounds a batch or a transaction of them).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Part::Chunk(c) => c.len(),
+            Part::Items(v) | Part::Members(v) => v.iter().map(|e| e.len() + 8).sum(),
+            Part::Scored(v) => v.iter().map(|(_, m)| m.len() + 16).sum(),
+            Part::Fields(v) => v.iter().map(|(f, x, _)| f.len() + x.len() + 16).sum(),
+            Part::Entries(v) => {
+                v.iter().map(|e| 16 + e.fields.iter().map(|(f, x)| f.len() + x.len()).sum::<usize>()).sum()
+            }
+            Part::StreamEnd(m) => {
+                m.groups.iter().map(|g| 64 + g.pending.len() * 40 + g.consumers.len() * 64).sum()
+            }
+        }
+    }
+
+    /// The elements of the page: members, fields, entries, a stream's pending entries and consumers (a
+    /// string's chunk has none).
+    pub fn elements(&self) -> usize {
+        match self {
+            Part::Items(v) | Part::Members(v) => v.len(),
+            Part::Fields(v) => v.len(),
+            Part::Scored(v) => v.len(),
+            Part::Entries(v) => v.len(),
+            Part::StreamEnd(m) => m.groups.iter().map(|g| g.pending.len() + g.consumers.len()).sum(),
+            Part::Chunk(_) => 0,
+        }
+    }
 }
 
 /// A stream entry.
@@ -305,7 +337,12 @@ impl<R: Read> Reader<R> {
                 })
             }
         }
-        Ok(Reader {
+        Ok(Reader::at(input, version, fork, false))
+    }
+
+    /// A reader of the records of `input`, of a file of RDB `version` by `fork`.
+    fn at(input: Input<R>, version: u32, fork: Fork, resumed: bool) -> Reader<R> {
+        Reader {
             input,
             version,
             fork,
@@ -315,25 +352,14 @@ impl<R: Read> Reader<R> {
             freq: None,
             facts: Facts::default(),
             done: false,
-            resumed: false,
-        })
+            resumed,
+        }
     }
 
     /// A reader of the records of a file already opened (and checked whole) once, from `inner`, which
     /// is positioned at byte `at` of it: one database's records, for a pass of its own.
     pub fn resume(inner: R, size: Option<u64>, version: u32, fork: Fork, at: u64) -> Reader<R> {
-        Reader {
-            input: Input::new(inner, size).starting_at(at),
-            version,
-            fork,
-            db: 0,
-            expire: None,
-            idle: None,
-            freq: None,
-            facts: Facts::default(),
-            done: false,
-            resumed: true,
-        }
+        Reader::at(Input::new(inner, size).starting_at(at), version, fork, true)
     }
 
     /// Reads up to the next key; `None` at the end of the file, once its trailer was checked.

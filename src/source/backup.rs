@@ -428,7 +428,7 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
             return Err(rdb::Error::Stopped);
         }
         if let Some(small) = &mut self.small {
-            small.bytes += part_bytes(&part);
+            small.bytes += part.bytes();
             if small.failed.is_none() && !small.over {
                 match (&part, self.string) {
                     (Part::Chunk(c), true) => small.string.get_or_insert_with(Vec::new).extend_from_slice(c),
@@ -467,21 +467,5 @@ impl Pages for Collect<'_, '_, '_, '_, '_> {
             Err(why) => big.failed = Some(Fate::Failed(Stage::Write, "UNSUPPORTED".into(), why)),
         }
         Ok(())
-    }
-}
-
-/// About how many bytes a page holds.
-fn part_bytes(part: &Part) -> usize {
-    match part {
-        Part::Chunk(c) => c.len(),
-        Part::Items(v) | Part::Members(v) => v.iter().map(|e| e.len() + 8).sum(),
-        Part::Scored(v) => v.iter().map(|(_, m)| m.len() + 16).sum(),
-        Part::Fields(v) => v.iter().map(|(f, x, _)| f.len() + x.len() + 16).sum(),
-        Part::Entries(v) => {
-            v.iter().map(|e| 16 + e.fields.iter().map(|(f, x)| f.len() + x.len()).sum::<usize>()).sum()
-        }
-        Part::StreamEnd(m) => {
-            m.groups.iter().map(|g| 64 + g.pending.len() * 40 + g.consumers.len() * 64).sum()
-        }
     }
 }

@@ -141,10 +141,10 @@ pub(super) fn aggregates(
             }
             (Value::Array(items), Value::Int(ttl)) => match parts(read, items) {
                 // No aggregate is empty (a stream may be): it was deleted between the two reads.
-                Some(parts) if read != "XINFO" && parts.iter().map(elements).sum::<usize>() == 0 => {
+                Some(parts) if read != "XINFO" && parts.iter().map(Part::elements).sum::<usize>() == 0 => {
                     sorted.gone.push(key)
                 }
-                Some(parts) if parts.iter().all(|p| elements(p) <= MAX_BY_VALUE_ELEMENTS) => {
+                Some(parts) if parts.iter().all(|p| p.elements() <= MAX_BY_VALUE_ELEMENTS) => {
                     let tmp = temp_name(key.as_bytes());
                     let mut decoded = Decoded::new(tmp, by_value.target);
                     let mut writes = Vec::new();
@@ -318,16 +318,4 @@ fn stream_parts(items: Vec<Value>) -> Option<Vec<Part>> {
     }
     parts.push(Part::StreamEnd(meta));
     Some(parts)
-}
-
-/// The elements of a page.
-fn elements(part: &Part) -> usize {
-    match part {
-        Part::Items(v) | Part::Members(v) => v.len(),
-        Part::Fields(v) => v.len(),
-        Part::Scored(v) => v.len(),
-        Part::Entries(v) => v.len(),
-        Part::StreamEnd(m) => m.groups.iter().map(|g| g.pending.len() + g.consumers.len()).sum(),
-        Part::Chunk(_) => 0,
-    }
 }

@@ -16,6 +16,7 @@ mod compare;
 mod extra;
 mod file;
 mod paged;
+mod probe;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;

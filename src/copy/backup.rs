@@ -8,7 +8,6 @@
 //! pass per database, each reading only that database's records (the check found where each starts).
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use crossbeam_channel::Receiver;
@@ -19,7 +18,7 @@ use super::Outcome;
 use crate::account::metrics::Listener;
 use crate::account::{Counters, Stop};
 use crate::config::backup::Backup;
-use crate::config::{CopyConfig, Keys, Mode};
+use crate::config::{CopyConfig, Mode};
 use crate::exit::Fatal;
 use crate::key::Key;
 use crate::rdb::{Fork, Reader};
@@ -43,7 +42,7 @@ type Opened = (Reader<Stream>, Option<Contents>, Option<u64>);
 /// Runs a copy from an RDB file.
 pub fn copy(cfg: &CopyConfig, file: &Backup, stop: &Stop) -> Result<Outcome, Fatal> {
     let metrics = cfg.metrics.map(Listener::bind).transpose().map_err(Fatal::bad_input)?;
-    let keys = keys_from(&cfg.keys)?;
+    let keys = backup::key_set(&cfg.keys)?;
     files::check_writable("--errors", &cfg.errors_path).map_err(Fatal::bad_input)?;
     let (reader, contents, size) = open(file)?;
     let (mut check, target) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
@@ -73,7 +72,7 @@ pub fn copy(cfg: &CopyConfig, file: &Backup, stop: &Stop) -> Result<Outcome, Fat
     preflight::room(&Memory::default(), &memory, false);
     let mut second = preflight::open_like(&cfg.target, &target, cfg.timeouts)?;
     let deadlines = Deadlines { pexpiretime: true, clock: clock::skew(&mut second, &mut check) };
-    let filter = filter(cfg, keys.clone(), Some(first_db), file.db.is_none());
+    let filter = Filter::new(&cfg.keys, keys.clone(), Some(first_db), file.db.is_none());
     let estimate = contents.as_ref().map(|c| match file.db {
         Some(db) => c.keys.get(&db).copied().unwrap_or(0),
         None => c.keys.values().sum(),
@@ -135,12 +134,12 @@ fn open(file: &Backup) -> Result<Opened, Fatal> {
         let reader = Reader::open(Box::new(std::io::stdin()) as Stream, None).map_err(bad)?;
         return Ok((reader, None, None));
     }
-    let (handle, size) = open_file(file)?;
+    let (handle, size) = backup::open_file(file)?;
     let reader = Reader::open(Box::new(handle) as Stream, Some(size)).map_err(bad)?;
     let mut contents = backup::check(reader, false).map_err(bad)?;
     if !contents.facts.checksum_checked {
         // No CRC-64 vouches for the bytes: every value's insides are read too, before anything is written.
-        let (handle, size) = open_file(file)?;
+        let (handle, size) = backup::open_file(file)?;
         let reader = Reader::open(Box::new(handle) as Stream, Some(size)).map_err(bad)?;
         contents = backup::check(reader, true).map_err(bad)?;
     }
@@ -166,41 +165,9 @@ fn open(file: &Backup) -> Result<Opened, Fatal> {
             String::new()
         }
     );
-    let (handle, size) = open_file(file)?;
+    let (handle, size) = backup::open_file(file)?;
     let reader = Reader::open(Box::new(handle) as Stream, Some(size)).map_err(bad)?;
     Ok((reader, Some(contents), Some(size)))
-}
-
-/// Opens the file by path, with its size.
-fn open_file(file: &Backup) -> Result<(File, u64), Fatal> {
-    let handle = File::open(&file.path)
-        .map_err(|e| Fatal::bad_input(format!("SOURCE {}: cannot open it: {e}", file.path)))?;
-    let meta = handle.metadata().map_err(|e| Fatal::bad_input(format!("SOURCE {}: {e}", file.path)))?;
-    if meta.is_dir() {
-        return Err(Fatal::bad_input(format!("SOURCE {} is a directory, not an RDB file", file.path)));
-    }
-    Ok((handle, meta.len()))
-}
-
-/// `--keys-from`, as the set of keys the run takes.
-fn keys_from(keys: &Keys) -> Result<Option<HashSet<Vec<u8>>>, Fatal> {
-    let Some(mut file) = crate::source::keys_file(keys)? else { return Ok(None) };
-    let mut set = HashSet::new();
-    while let Some(key) = file.lines.next_key().map_err(|e| Fatal::bad_input(format!("--keys-from: {e}")))? {
-        set.insert(key.0);
-    }
-    Ok(Some(set))
-}
-
-/// The filter of one pass.
-fn filter(cfg: &CopyConfig, keys: Option<HashSet<Vec<u8>>>, db: Option<u64>, segment: bool) -> Filter {
-    let (patterns, types) = match &cfg.keys {
-        Keys::Scan { patterns, types, .. } => {
-            (patterns.iter().filter(|p| p.as_slice() != b"*").cloned().collect(), types.clone())
-        }
-        Keys::File(_) => (Vec::new(), Vec::new()),
-    };
-    Filter { db, patterns, types, keys, segment }
 }
 
 /// Which way the keys go: the file's own bytes (RESTORE) when the target reads the file's RDB version
@@ -285,14 +252,14 @@ struct Databases<'c> {
 impl Databases<'_> {
     /// The stages of the pass over database `db`, whose records start at byte `at`.
     fn stages(&self, db: u64, at: u64) -> Result<Stages<'static>, Fatal> {
-        let (mut handle, _) = open_file(self.file)?;
+        let (mut handle, _) = backup::open_file(self.file)?;
         handle
             .seek(SeekFrom::Start(at))
             .map_err(|e| Fatal::bad_input(format!("SOURCE {}: {e}", self.file.path)))?;
         let reader = Reader::resume(Box::new(handle) as Stream, self.size, self.version, self.fork, at);
         let endpoint = Endpoint { db: db as i64, ..self.cfg.target.clone() };
         let (big, conns) = open_pass(self.cfg, &endpoint, &self.target, self.how)?;
-        let filter = filter(self.cfg, self.keys.clone(), Some(db), true);
+        let filter = Filter::new(&self.cfg.keys, self.keys.clone(), Some(db), true);
         let stage = FileStage { reader, filter, how: self.how, big, backup: self.file.clone() };
         Ok(Stages {
             keys: Input::File(Box::new(stage)),

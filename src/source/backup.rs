@@ -23,6 +23,8 @@ use redis::Cmd;
 use super::{Batcher, SourceError};
 use crate::account::{Counters, Reporter, Stage, StopReason};
 use crate::config::backup::Backup;
+use crate::config::Keys;
+use crate::exit::Fatal;
 use crate::flow::{Fetched, Lru, Payload};
 use crate::key::{Key, KeyType};
 use crate::rdb::value::MAX_PAGE;
@@ -35,6 +37,27 @@ use crate::stage::typed::{Decoded, Fate, Writer};
 /// A batch of raw payloads is sent on once it holds this many bytes, whatever its number of keys: with
 /// the bounded channels, this bounds what is in flight (see the README).
 pub const BATCH_BYTES: usize = 4 << 20;
+
+/// Opens an RDB file by path, with its size; a directory or a file that cannot be opened is bad input.
+pub fn open_file(file: &Backup) -> Result<(std::fs::File, u64), Fatal> {
+    let handle = std::fs::File::open(&file.path)
+        .map_err(|e| Fatal::bad_input(format!("SOURCE {}: cannot open it: {e}", file.path)))?;
+    let meta = handle.metadata().map_err(|e| Fatal::bad_input(format!("SOURCE {}: {e}", file.path)))?;
+    if meta.is_dir() {
+        return Err(Fatal::bad_input(format!("SOURCE {} is a directory, not an RDB file", file.path)));
+    }
+    Ok((handle, meta.len()))
+}
+
+/// `--keys-from`, as the set of keys the run takes (`None` without it).
+pub fn key_set(keys: &Keys) -> Result<Option<HashSet<Vec<u8>>>, Fatal> {
+    let Some(mut file) = super::keys_file(keys)? else { return Ok(None) };
+    let mut set = HashSet::new();
+    while let Some(key) = file.lines.next_key().map_err(|e| Fatal::bad_input(format!("--keys-from: {e}")))? {
+        set.insert(key.0);
+    }
+    Ok(Some(set))
+}
 
 /// Which keys of the file the run takes.
 #[derive(Debug, Default)]
@@ -52,6 +75,18 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter of `--match` / `--type` (from `keys`) and `--keys-from` (`set`), for database `db`
+    /// (`None`: every one); `segment`: stop at the first key of another database.
+    pub fn new(keys: &Keys, set: Option<HashSet<Vec<u8>>>, db: Option<u64>, segment: bool) -> Filter {
+        let (patterns, types) = match keys {
+            Keys::Scan { patterns, types, .. } => {
+                (patterns.iter().filter(|p| p.as_slice() != b"*").cloned().collect(), types.clone())
+            }
+            Keys::File(_) => (Vec::new(), Vec::new()),
+        };
+        Filter { db, patterns, types, keys: set, segment }
+    }
+
     /// Whether the run takes the key of `head`.
     pub fn takes(&self, head: &Head) -> bool {
         self.db.is_none_or(|db| db == head.db)
@@ -188,13 +223,14 @@ impl<R: Read> FileKeys<'_, '_, R> {
     /// One key the run takes; false when the run is stopping.
     fn key(
         &mut self,
-        head: Head,
+        mut head: Head,
         batcher: &mut Batcher<Fetched>,
         rep: &Reporter,
         bytes: &mut usize,
     ) -> Result<bool, rdb::Error> {
         let lru = Lru { idle: head.idle, freq: head.freq };
-        let key = Key(head.key.clone());
+        // The reader needs the value's type, not the key's bytes: they move into the key.
+        let key = Key(std::mem::take(&mut head.key));
         let expire_at_ms = head.expire_at_ms;
         let mut limit = self.how.limit.unwrap_or(u64::MAX);
         if self.how.fast {

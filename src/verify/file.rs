@@ -22,14 +22,14 @@ use super::{diff_row, Difference, Recorder, Verdicts, COMPARERS, DIFF_HEADER};
 use crate::account::csv::{self, CsvFile};
 use crate::account::{Counters, Reporter, Stage, Stop};
 use crate::config::backup::Backup;
-use crate::config::{Keys, VerifyConfig};
+use crate::config::VerifyConfig;
 use crate::exit::Fatal;
 use crate::flow::{exchange_units, Resend};
 use crate::key::Key;
 use crate::rdb::{self, Head, Pages, Part, Reader};
 use crate::redis::clock;
 use crate::redis::conn::Conn;
-use crate::source::backup::Filter;
+use crate::source::backup::{self, Filter};
 use crate::{files, preflight};
 
 /// Keys of up to this many bytes are compared whole, in batches.
@@ -42,27 +42,14 @@ pub fn check(cfg: &VerifyConfig, file: &Backup, verdicts: &Verdicts, stop: &Stop
     if let Some(path) = &cfg.diff_path {
         files::check_writable("--diff", path).map_err(Fatal::bad_input)?;
     }
-    let keys = match crate::source::keys_file(&cfg.keys)? {
-        Some(mut f) => {
-            let mut set = std::collections::HashSet::new();
-            while let Some(k) =
-                f.lines.next_key().map_err(|e| Fatal::bad_input(format!("--keys-from: {e}")))?
-            {
-                set.insert(k.0);
-            }
-            Some(set)
-        }
-        None => None,
-    };
+    let keys = backup::key_set(&cfg.keys)?;
     let bad = |e: rdb::Error| Fatal::bad_input(format!("SOURCE: {}: {e}", file.describe()));
-    let stream: Box<dyn Read + Send> = if file.is_stdin() {
-        Box::new(std::io::stdin())
+    let (stream, size): (Box<dyn Read + Send>, _) = if file.is_stdin() {
+        (Box::new(std::io::stdin()), None)
     } else {
-        let handle = std::fs::File::open(&file.path)
-            .map_err(|e| Fatal::bad_input(format!("SOURCE {}: cannot open it: {e}", file.path)))?;
-        Box::new(handle)
+        let (handle, size) = backup::open_file(file)?;
+        (Box::new(handle), Some(size))
     };
-    let size = (!file.is_stdin()).then(|| std::fs::metadata(&file.path).map(|m| m.len()).ok()).flatten();
     let reader = Reader::open(stream, size).map_err(bad)?;
     let (mut first, info) = preflight::open_checked(&cfg.target, cfg.timeouts)?;
     let mut second = preflight::open_like(&cfg.target, &info, cfg.timeouts)?;
@@ -73,13 +60,7 @@ pub fn check(cfg: &VerifyConfig, file: &Backup, verdicts: &Verdicts, stop: &Stop
         preflight::describe(&first, &info),
         file.describe()
     );
-    let (patterns, types) = match &cfg.keys {
-        Keys::Scan { patterns, types, .. } => {
-            (patterns.iter().filter(|p| p.as_slice() != b"*").cloned().collect(), types.clone())
-        }
-        Keys::File(_) => (Vec::new(), Vec::new()),
-    };
-    let filter = Filter { db: file.db, patterns, types, keys, segment: false };
+    let filter = Filter::new(&cfg.keys, keys, file.db, false);
     let rules = Rules { tolerance: cfg.ttl_tolerance.as_millis() as i64, now, target: info.version };
     let mut comparers = vec![first, second];
     while comparers.len() < COMPARERS {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh: redis-ferry against the baseline it must beat (SCAN + server-side MIGRATE ... COPY REPLACE
-# KEYS, as `ferry-tools migrate`), and its own `--mode typed`, side by side in one run on the same data and the same two throwaway
+# KEYS, as `ferry-tools migrate`), its own `--mode typed`, and `--read-from replica` (from a replica of the
+# source started for it: the primary's CPU with and without the copy's reads), side by side in one run on the same data and the same two throwaway
 # redis-server processes on free 127.0.0.1 ports. For each tool: wall-clock keys/s, the ratio to MIGRATE,
 # the tool's peak RSS (GNU time -v; for migrate that is the ferry-tools driver, the data moves inside
 # redis), the CPU seconds per 100k keys of the source and the target (INFO CPU used_cpu_sys +
@@ -335,9 +336,24 @@ echo "== b) redis-ferry copy, default flags" >&2
 run_case ferry "$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 0 --errors "$TMP/errors.csv"
 echo "== c) redis-ferry copy --mode typed (what a copy to Valkey or to an older server does)" >&2
 run_case typed "$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 0 --mode typed --errors "$TMP/errors.csv"
+echo "== d) redis-ferry copy --read-from replica (a replica of the source, started and synced first)" >&2
+start_server
+REPLICA=$STARTED_PORT
+redis-cli -p "$REPLICA" replicaof 127.0.0.1 "$SRC" >/dev/null
+for _ in $(seq 1 1200); do
+    if redis-cli -p "$REPLICA" info replication | tr -d '\r' | grep -qx 'master_link_status:up' &&
+        [ "$(dbsize "$REPLICA")" = "$SRC_KEYS" ]; then
+        break
+    fi
+    sleep 0.5
+done
+rcpu0=$(server_cpu "$REPLICA")
+run_case replica "$FERRY" copy "127.0.0.1:$SRC" "127.0.0.1:$DST" --progress 0 --read-from replica \
+    --errors "$TMP/errors.csv"
+rcpu1=$(server_cpu "$REPLICA")
 
 problems=()
-for name in migrate ferry typed; do
+for name in migrate ferry typed replica; do
     rc=$(cat "$TMP/$name.rc")
     got=$(cat "$TMP/$name.dbsize")
     [ "$rc" -eq 0 ] || problems+=("$name exited with $rc")
@@ -380,6 +396,7 @@ echo "data: $SRC_KEYS keys, profile $PROFILE, seed 1"
 echo "migrate: $(tail -n 1 "$TMP/migrate.out")"
 echo "ferry:   $(tail -n 1 "$TMP/ferry.out")"
 echo "typed:   $(tail -n 1 "$TMP/typed.out")"
+echo "replica: $(tail -n 1 "$TMP/replica.out")"
 echo "probes:  migrate $(cat "$TMP/migrate.probe") | ferry $(cat "$TMP/ferry.probe") | typed $(cat "$TMP/typed.probe")"
 echo
 printf "%-22s %12s %10s %12s %15s %15s %15s %16s\n" tool keys/s vs_migrate peak_rss_mb src_cpu_s/100k \
@@ -387,5 +404,11 @@ printf "%-22s %12s %10s %12s %15s %15s %15s %16s\n" tool keys/s vs_migrate peak_
 row migrate "MIGRATE (ferry-tools)" "$MIGRATE_KPS"
 row ferry "redis-ferry copy" "$MIGRATE_KPS"
 row typed "redis-ferry --mode typed" "$MIGRATE_KPS"
+row replica "ferry --read-from replica" "$MIGRATE_KPS"
+echo
+# With --read-from replica the src columns are the primary's (it serves no read; the probe PINGs it).
+awk -v a="$rcpu0" -v b="$rcpu1" -v keys="$SRC_KEYS" 'BEGIN {
+    printf "--read-from replica: the replica used %.3f CPU s per 100k keys; src_cpu above is the primary'"'"'s\n", \
+        (keys > 0 ? (b - a) * 100000 / keys : 0) }'
 
 fail_on_problems "WARNING"

@@ -287,6 +287,10 @@ pub struct CopyArgs {
     /// for a rediss:// SOURCE: do not verify its certificate or host name (insecure; warned about)
     #[argh(switch)]
     pub source_tls_insecure: bool,
+    /// read the source from replicas: primary (default) or replica (a replica of a standalone SOURCE, by its
+    /// INFO; on a cluster one per primary, with READONLY; a primary without one is read, with a warning)
+    #[argh(option)]
+    pub read_from: Option<String>,
     /// for a rediss:// TARGET: trust the CA certificate(s) in this PEM file instead of the system's
     #[argh(option)]
     pub target_tls_ca: Option<String>,
@@ -394,6 +398,10 @@ pub struct VerifyArgs {
     /// for a rediss:// SOURCE: do not verify its certificate or host name (insecure; warned about)
     #[argh(switch)]
     pub source_tls_insecure: bool,
+    /// read the source from replicas: primary (default) or replica (a replica of a standalone SOURCE, by its
+    /// INFO; on a cluster one per primary, with READONLY; a primary without one is read, with a warning)
+    #[argh(option)]
+    pub read_from: Option<String>,
     /// for a rediss:// TARGET: trust the CA certificate(s) in this PEM file instead of the system's
     #[argh(option)]
     pub target_tls_ca: Option<String>,

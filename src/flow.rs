@@ -5,11 +5,13 @@
 //! run.
 
 use crossbeam_channel::Sender;
-use redis::{Pipeline, Value};
+use redis::Value;
 
 use crate::account::{Reporter, Stage, Stop};
 use crate::key::Key;
 use crate::redis::conn::Conn;
+use crate::redis::pipe::Pipe;
+use crate::redis::replies::Replies;
 use crate::redis::reply;
 use crate::resume::Ledger;
 
@@ -123,24 +125,23 @@ pub enum Resend {
 
 /// Sends one pipelined batch and returns, for each of its `n` keys, the key's `K` replies (error
 /// replies included, as `Value::ServerError`), or `None` for a key that failed and was reported.
-/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it. [`exchange_units`] is the same
+/// `build(pipe, i)` appends key `i`'s `K` commands; `key(i)` names it. [`exchange_replies`] is the same
 /// for keys that take different numbers of commands.
 pub fn exchange<'k, const K: usize>(
     conn: &mut Conn,
     n: usize,
     key: impl Fn(usize) -> &'k Key,
-    build: impl Fn(&mut Pipeline, usize),
+    build: impl Fn(&mut Pipe, usize),
     stage: Stage,
     rep: &Reporter,
 ) -> Vec<Option<[Value; K]>> {
-    exchange_units(conn, n, key, build, stage, rep, Resend::OnAnyReply)
-        .into_iter()
-        .map(|unit| unit.map(|u| u.try_into().expect("build appends K commands for every key")))
-        .collect()
+    let mut replies = exchange_replies(conn, n, key, build, stage, rep, Resend::OnAnyReply);
+    (0..n).map(|i| replies.take::<K>(i)).collect()
 }
 
-/// Sends one pipelined batch and returns, for each of its `n` keys, the replies to the commands
-/// `build(pipe, i)` appended for it, or `None` for a key that failed and was reported.
+/// Sends one pipelined batch and returns, for each of its `n` keys (as the units of [`Replies`]), the
+/// replies to the commands `build(pipe, i)` appended for it, or none for a key that failed and was
+/// reported.
 ///
 /// This is the one place where faults are survived. A key whose replies include a transient error
 /// (OOM, LOADING, BUSY, TRYAGAIN, ...; in its first reply only, with [`Resend::OnFirstReply`]) and the
@@ -150,16 +151,16 @@ pub fn exchange<'k, const K: usize>(
 /// last error; if the connection could not even be re-established, the run is aborted too. A resent
 /// RESTORE whose first attempt reached the server but whose answer was lost comes back as BUSYKEY
 /// (skip policy; the write stage counts it as skipped) or overwrites with the same payload (replace).
-pub fn exchange_units<'k>(
+pub fn exchange_replies<'k>(
     conn: &mut Conn,
     n: usize,
     key: impl Fn(usize) -> &'k Key,
-    build: impl Fn(&mut Pipeline, usize),
+    build: impl Fn(&mut Pipe, usize),
     stage: Stage,
     rep: &Reporter,
     resend: Resend,
-) -> Vec<Option<Vec<Value>>> {
-    let mut answers: Vec<Option<Vec<Value>>> = (0..n).map(|_| None).collect();
+) -> Replies {
+    let mut answers = Replies::unanswered(n);
     let mut pending: Vec<usize> = (0..n).collect();
     let retry = conn.retry();
     let mut attempt = 0;
@@ -179,7 +180,7 @@ pub fn exchange_units<'k>(
                 }
                 for (p, &i) in pending.iter().enumerate() {
                     // Unanswered: the connection broke before its replies came.
-                    let Some(group) = replies.take_unit(p) else {
+                    let Some(group) = replies.unit(p) else {
                         again.push(i);
                         continue;
                     };
@@ -194,12 +195,18 @@ pub fn exchange_units<'k>(
                         }
                         _ => None,
                     });
-                    match busy {
-                        Some(why) => {
-                            last_error = Some(why);
-                            again.push(i);
-                        }
-                        None => answers[i] = Some(group),
+                    if let Some(why) = busy {
+                        last_error = Some(why);
+                        replies.forget(p);
+                        again.push(i);
+                    }
+                }
+                if pending.len() == n && answers.none_answered() {
+                    // The first answered round: its units are the keys themselves.
+                    answers = replies;
+                } else {
+                    for (p, &i) in pending.iter().enumerate() {
+                        answers.adopt(i, &mut replies, p);
                     }
                 }
             }

@@ -66,13 +66,23 @@ pub fn open_like(endpoint: &Endpoint, info: &ServerInfo, timeouts: Timeouts) -> 
     conn.map_err(Fatal::from)
 }
 
-/// What a side is, for the run's first log line: `redis 7.0.15`, and for a cluster its primaries.
+/// What a side is, for the run's first log line: `redis 7.0.15`, and for a cluster its primaries (or
+/// the replicas read instead of them).
 pub fn describe(conn: &Conn, info: &ServerInfo) -> String {
     let (a, b, c) = info.version;
+    let replicas = conn.replicas_read();
+    let read = match replicas.len() {
+        0 => String::new(),
+        1 => format!(", read from its replica {}", replicas[0]),
+        n => format!(", read from {n} replicas: {}", replicas.join(", ")),
+    };
     if !conn.is_cluster() {
-        return format!("redis {a}.{b}.{c}");
+        return format!("redis {a}.{b}.{c}{read}");
     }
     let primaries = conn.primaries();
+    if !replicas.is_empty() {
+        return format!("redis {a}.{b}.{c}, a Redis Cluster of {} primaries{read}", primaries.len());
+    }
     format!(
         "redis {a}.{b}.{c}, a Redis Cluster of {} primaries: {}",
         primaries.len(),

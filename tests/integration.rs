@@ -14,6 +14,7 @@ mod faults;
 mod follow;
 mod input;
 mod kubernetes;
+mod replicas;
 mod resume;
 mod servers;
 mod shards;

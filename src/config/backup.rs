@@ -8,7 +8,7 @@
 
 use super::{bad, ConfigError};
 use crate::cli::CopyArgs;
-use crate::redis::endpoint::Endpoint;
+use crate::redis::endpoint::{Endpoint, Reads};
 
 /// An RDB file (or stream) to read keys from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +84,22 @@ pub enum Source {
 }
 
 impl Source {
+    /// Sets `--read-from` on a server source; a file has no replica, and `--read-from replica` is refused
+    /// for it.
+    pub fn read_from(&mut self, reads: Reads) -> Result<(), ConfigError> {
+        match self {
+            Source::Server(endpoint) => endpoint.reads = reads,
+            Source::File(b) if reads == Reads::Replica => {
+                return Err(bad(format!(
+                    "--read-from replica cannot be used with {}: a file has no replica",
+                    b.describe()
+                )));
+            }
+            Source::File(_) => {}
+        }
+        Ok(())
+    }
+
     /// The source server. Only the server paths call this: `copy` and `verify` send a file source down
     /// its own path before any of them.
     pub fn server(&self) -> &Endpoint {

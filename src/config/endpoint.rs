@@ -3,7 +3,7 @@
 //! masked, for messages. No I/O but reading the password variable.
 
 use super::{bad, ConfigError};
-use crate::redis::endpoint::{Endpoint, Role, Tls};
+use crate::redis::endpoint::{Endpoint, Reads, Role, Tls};
 
 impl Endpoint {
     /// Parses `host:port` or `redis://[user[:password]@]host[:port][/db]`; `db_flag` overrides the URL's
@@ -75,7 +75,16 @@ impl Endpoint {
             Some(db) => db,
             None => url_db,
         };
-        Ok(Endpoint { role, host, port, username, password, db, tls: tls.then(Tls::default) })
+        Ok(Endpoint {
+            role,
+            host,
+            port,
+            username,
+            password,
+            db,
+            tls: tls.then(Tls::default),
+            reads: Reads::Primary,
+        })
     }
 
     /// Reads the role's password variable from the environment.

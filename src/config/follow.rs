@@ -63,6 +63,11 @@ pub fn follow(args: &CopyArgs) -> Result<Option<FollowConfig>, ConfigError> {
         ("--dry-run", args.dry_run, "a follow must write to keep up"),
         ("--shard", args.shard.is_some(), "one cutover pauses the whole source; follow it in one process"),
         ("--slots", args.slots.is_some(), "one cutover pauses the whole source; follow it in one process"),
+        (
+            "--read-from replica",
+            args.read_from.as_deref() == Some("replica"),
+            "a replica's events lag its primary's, and the cutover pauses the primary",
+        ),
     ];
     if let Some((flag, _, why)) = refused.iter().find(|(_, on, _)| *on) {
         return Err(bad(format!("{flag} cannot be combined with --follow ({why})")));

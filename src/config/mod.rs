@@ -28,7 +28,7 @@ use tls::{Shared, TlsFlags};
 use crate::cli::{CopyArgs, VerifyArgs};
 use crate::files::Use;
 use crate::key::KeyType;
-use crate::redis::endpoint::{Endpoint, Retry, Role, Timeouts, Tls};
+use crate::redis::endpoint::{Endpoint, Reads, Retry, Role, Timeouts, Tls};
 
 /// A configuration error: one line naming the flag or value, for exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +358,15 @@ fn endpoints(
     Ok((Source::Server(source), target))
 }
 
+/// `--read-from`: which server of the source's shard is read.
+fn reads(arg: &Option<String>) -> Result<Reads, ConfigError> {
+    match arg.as_deref() {
+        None | Some("primary") => Ok(Reads::Primary),
+        Some("replica") => Ok(Reads::Replica),
+        Some(other) => Err(bad(format!("--read-from `{other}` is not primary or replica"))),
+    }
+}
+
 /// Checks that `--lock`, `--report` and `--checkpoint` each name a file when given.
 fn cron_files(args: &CopyArgs) -> Result<(Option<String>, Option<String>), ConfigError> {
     for (flag, value) in
@@ -449,6 +458,8 @@ impl CopyConfig {
             args.target_db,
             tls_flags!(args),
         )?;
+        let mut source = source;
+        source.read_from(reads(&args.read_from)?)?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let split = split(&args.slots, &args.shard)?;
         let follow = follow::follow(args)?;
@@ -547,8 +558,9 @@ impl VerifyConfig {
 
     /// Validates the raw `verify` flags.
     pub fn from_args(args: &VerifyArgs) -> Result<VerifyConfig, ConfigError> {
-        let (source, target) =
+        let (mut source, target) =
             endpoints(&args.source, &args.target, (args.source_db, false), args.target_db, tls_flags!(args))?;
+        source.read_from(reads(&args.read_from)?)?;
         let keys = key_source(&args.patterns, &args.types, args.scan_count, &args.keys_from)?;
         let split = split(&args.slots, &args.shard)?;
         if let Source::File(b) = &source {

@@ -221,6 +221,7 @@ fn open_pass(
         typed_threads: false,
         size_check: false,
         strings: false,
+        aggregates: false,
         why: String::new(),
     };
     let conns = Connections {

@@ -18,8 +18,10 @@ use crate::account::{evictions, metrics, Counters, Reporter, Stop};
 use crate::config::{CopyConfig, OnConflict};
 use crate::flow::Vanished;
 use crate::key::Key;
+use crate::rdb::payload;
 use crate::redis::conn::{Conn, REDIRECTIONS};
 use crate::redis::memory::Memory;
+use crate::redis::server::rdb_version;
 use crate::resume::checkpoint::{self, Origin};
 use crate::resume::{Ledger, Position};
 use crate::sink::budget::Budget;
@@ -102,14 +104,19 @@ pub fn run(cfg: &CopyConfig, mut p: Prepared, stop: &Stop, then: Option<&dyn The
             plan.strings,
             !plan.all_typed,
             // When every key goes type-aware (no DUMP/RESTORE), small aggregates go in batches too, rather than
-            // one by one through the typed threads. (With DUMP/RESTORE at hand they keep it: the by-value writes
-            // need the target's permission on temporary keys, which RESTORE does not.)
-            (plan.strings && plan.all_typed).then_some(ByValue {
+            // one by one through the typed threads, each written as one MULTI/EXEC. With DUMP/RESTORE at hand
+            // (auto), small lists, sets and hashes are read by value, which costs the source less than their
+            // DUMP, and RESTOREd from payloads made of their elements; sorted sets and streams cost it less
+            // by DUMP and keep it (docs/modes.md).
+            (plan.strings && (plan.all_typed || plan.aggregates)).then_some(ByValue {
                 target: p.target.version,
                 hashes: p.source.version < (7, 4, 0),
-                zsets: true,
+                zsets: plan.all_typed,
                 // XINFO STREAM FULL gives entries-added and max-deleted-entry-id from 7.0 on.
-                streams: p.source.version >= (7, 0, 0),
+                streams: plan.all_typed && p.source.version >= (7, 0, 0),
+                restore: (!plan.all_typed).then(|| {
+                    rdb_version(p.target.version).map_or(payload::STAMP, |v| payload::STAMP.min(v as u16))
+                }),
             }),
         ),
         cfg,

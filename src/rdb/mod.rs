@@ -20,6 +20,7 @@ mod encoding;
 pub mod input;
 mod lzf;
 pub mod packed;
+pub mod payload;
 mod stream;
 pub mod value;
 

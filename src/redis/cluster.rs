@@ -68,6 +68,8 @@ pub struct Node {
 pub struct Topology {
     /// The primaries that serve at least one slot, in the order CLUSTER NODES lists them.
     pub primaries: Vec<Node>,
+    /// For each primary, the first replica CLUSTER NODES lists for it as connected and not failed.
+    pub replicas: Vec<Option<Node>>,
     /// For each slot, the index in `primaries` of the node serving it; `None` for a slot no one serves.
     pub slots: Vec<Option<u16>>,
     /// How many slots are being migrated from one node to another right now.
@@ -76,19 +78,29 @@ pub struct Topology {
 
 impl Topology {
     /// Parses the reply of CLUSTER NODES. `seed_host` stands in for a node that lists no address.
-    /// Failed, address-less and handshaking nodes are left out, and so are replicas: redis-ferry reads
-    /// and writes primaries only. Slots being migrated (`[slot->-id]`, `[slot-<-id]`) belong to the node
+    /// Failed, address-less and handshaking nodes are left out. A replica is kept, as its primary's
+    /// (see [`Topology::replicas`]), when its link to the cluster is up: `--read-from replica` reads it.
+    /// Slots being migrated (`[slot->-id]`, `[slot-<-id]`) belong to the node
     /// that lists them as a plain slot or range: the one that still owns them.
     pub fn parse(text: &str, seed_host: &str) -> Result<Topology, String> {
         let mut primaries = Vec::new();
         let mut slots = vec![None; SLOTS];
         let mut migrating = 0;
+        // (its primary's id, the replica)
+        let mut standby: Vec<(&str, Node)> = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let fields: Vec<&str> = line.split(' ').collect();
             if fields.len() < 8 {
                 return Err(format!("unexpected CLUSTER NODES line: {line}"));
             }
             let flags: Vec<&str> = fields[2].split(',').collect();
+            let healthy = !flags.iter().any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"));
+            if healthy && flags.iter().any(|f| matches!(*f, "slave" | "replica")) && fields[7] == "connected"
+            {
+                let (host, port) = address(fields[1], seed_host)?;
+                standby.push((fields[3], Node { id: fields[0].to_string(), host, port }));
+                continue;
+            }
             let usable = flags.contains(&"master")
                 && !flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake"));
             let ranges = &fields[8..];
@@ -112,7 +124,11 @@ impl Topology {
         if primaries.is_empty() {
             return Err("CLUSTER NODES lists no primary serving any slot".into());
         }
-        Ok(Topology { primaries, slots, migrating })
+        let replicas = primaries
+            .iter()
+            .map(|p| standby.iter().find(|(of, _)| *of == p.id).map(|(_, r)| r.clone()))
+            .collect();
+        Ok(Topology { primaries, replicas, slots, migrating })
     }
 
     /// How many slots no primary serves.
@@ -173,6 +189,8 @@ mod tests {
     fn parses_cluster_nodes() {
         let text = "\
 07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+07c4 127.0.0.1:30006@40006 slave,fail 67ed 0 1426238317239 4 connected
+07c5 127.0.0.1:30007@40007 slave 67ed 0 1426238317239 4 disconnected
 67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922 [10923->-292f]
 292f 127.0.0.1:30003@40003,node-c master - 0 1426238318243 3 connected 10923-16383 [10923-<-67ed]
 e7d1 :30001@40001 myself,master - 0 0 1 connected 0-5460
@@ -187,6 +205,13 @@ dead 127.0.0.1:30005@40005 master,fail - 0 0 5 disconnected
         assert_eq!(t.slots[16383], Some(1));
         assert_eq!(t.uncovered(), 0);
         assert_eq!(t.migrating, 1);
+        let replicas: Vec<Option<(&str, u16)>> =
+            t.replicas.iter().map(|r| r.as_ref().map(|n| (n.host.as_str(), n.port))).collect();
+        assert_eq!(
+            replicas,
+            [None, None, Some(("127.0.0.1", 30004))],
+            "a failed or unlinked replica is none"
+        );
         assert!(Topology::parse("", "x").is_err());
     }
 

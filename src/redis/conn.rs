@@ -3,16 +3,19 @@
 //! everything in rounds of per-key units ([`Conn::round`]): on a cluster each unit goes to the primary
 //! of its key's slot, following MOVED and ASK. It knows how to come back after a fault: a connection
 //! that failed is made again (logged in, db selected) before its next use, and a cluster's slot map is
-//! read again, paced by its [`Retry`] policy. Making one connection is `connect.rs`'s; what replies and
-//! errors mean is `reply.rs`'s. It knows nothing of stages.
+//! read again, paced by its [`Retry`] policy. Making one connection is `connect.rs`'s; one server's link,
+//! and which replica it reads with `--read-from replica`, `link.rs`'s; what replies and errors mean is
+//! `reply.rs`'s. It knows nothing of stages.
 
 use std::sync::atomic::Ordering;
 
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, Value};
 
 use super::cluster;
 use super::connect::{connect, connect_error, ConnectError};
-use super::endpoint::{Endpoint, Retry, Timeouts};
+use super::endpoint::{Endpoint, Reads, Retry, Timeouts};
+use super::link::{replica_link, warn_once, Link};
+use super::pipe::Pipe;
 use super::replies::Replies;
 use super::reply::{describe, is_connection_error, is_transient, one_line};
 use super::server::ServerInfo;
@@ -49,75 +52,40 @@ pub struct Conn {
     failed: Option<String>,
     /// How transient failures are retried.
     retry: Retry,
-}
-
-/// A connection to one server, `None` while it is down (after an I/O error or timeout, or before the
-/// first use of a node found by a redirection): it is made again before its next use.
-struct Link {
-    /// The server: the side's endpoint with this node's host and port.
-    endpoint: Endpoint,
-    /// A cluster node's id (from CLUSTER NODES); `None` for a standalone server or a node found by a
-    /// redirection before the slot map was read again.
-    id: Option<String>,
-    /// The live connection.
-    inner: Option<redis::Connection>,
-}
-
-impl Link {
-    /// The connection, made first if it is down.
-    fn connection(&mut self, timeouts: Timeouts) -> Result<&mut redis::Connection, RedisError> {
-        if self.inner.is_none() {
-            self.inner = Some(connect(&self.endpoint, timeouts)?);
-            log::debug!("connected to {} {}", self.endpoint.role.name(), self.endpoint);
-        }
-        Ok(self.inner.as_mut().expect("just made"))
-    }
-
-    /// Makes the connection if it is down.
-    fn connect_now(&mut self, timeouts: Timeouts) -> Result<(), RedisError> {
-        self.connection(timeouts).map(|_| ())
-    }
-
-    /// Sends packed commands; a failure takes the connection down.
-    fn send(&mut self, packed: &[u8], timeouts: Timeouts) -> Result<(), RedisError> {
-        let result = self.connection(timeouts).and_then(|c| c.send_packed_command(packed));
-        if result.is_err() {
-            self.inner = None;
-        }
-        result
-    }
-
-    /// Reads one reply (an error reply as `Value::ServerError`); a failure takes the connection down.
-    fn recv(&mut self) -> Result<Value, RedisError> {
-        let Some(conn) = self.inner.as_mut() else {
-            return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)));
-        };
-        let reply = conn.recv_response();
-        if reply.is_err() {
-            self.inner = None;
-        }
-        reply
-    }
+    /// One packed pipeline per server of a round, kept for the next round (their memory is reused).
+    pipes: Vec<Pipe>,
 }
 
 impl Conn {
     /// Connects to a standalone server: logs in, selects the db and sets the read and write timeouts.
+    /// With `--read-from replica` ([`Reads::Replica`]) a primary's first online replica (by its INFO)
+    /// is read instead, or the server itself when it is a replica or a cluster node (a cluster's
+    /// replicas are picked per slot by [`Conn::open_cluster`]).
     pub fn open(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, ConnectError> {
         let inner = connect(endpoint, timeouts).map_err(|e| connect_error(endpoint, &e))?;
+        let mut link = Link { inner: Some(inner), ..Link::to(endpoint.clone()) };
+        if endpoint.reads == Reads::Replica {
+            link = replica_link(link, timeouts).map_err(|e| connect_error(endpoint, &e))?;
+        }
         Ok(Conn {
             endpoint: endpoint.clone(),
             timeouts,
-            links: vec![Link { endpoint: endpoint.clone(), id: None, inner: Some(inner) }],
+            links: vec![link],
             slots: None,
             stale: false,
             failed: None,
             retry: Retry::DEFAULT,
+            pipes: Vec::new(),
         })
     }
 
     /// Connects to every primary of the cluster `endpoint` belongs to (read from its CLUSTER NODES).
+    /// With `--read-from replica`, each primary's link goes to a replica of it instead (see
+    /// [`Topology::replicas`](cluster::Topology::replicas)), where it has one that can be read.
     pub fn open_cluster(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, ConnectError> {
-        let mut conn = Conn::open(endpoint, timeouts)?;
+        let seed = Endpoint { reads: Reads::Primary, ..endpoint.clone() };
+        let mut conn = Conn::open(&seed, timeouts)?;
+        conn.endpoint = endpoint.clone();
         conn.slots = Some(Vec::new());
         conn.refresh()?;
         for link in &mut conn.links {
@@ -188,7 +156,7 @@ impl Conn {
     /// keeps the connections to the primaries that are still primaries. Returns how many slots are
     /// being migrated.
     fn refresh(&mut self) -> Result<usize, ConnectError> {
-        let mut seed = Link { endpoint: self.endpoint.clone(), id: None, inner: None };
+        let mut seed = Link::to(self.endpoint.clone());
         let (mut last, mut unreachable) = (None, true);
         let mut topology = None;
         for link in self.links.iter_mut().chain(std::iter::once(&mut seed)) {
@@ -228,17 +196,33 @@ impl Conn {
             });
         };
         let mut old = std::mem::take(&mut self.links);
+        let reads = self.endpoint.reads;
         self.links = topology
             .primaries
             .iter()
-            .map(|node| {
-                let kept =
-                    old.iter_mut().find(|l| l.endpoint.host == node.host && l.endpoint.port == node.port);
-                Link {
-                    endpoint: Endpoint { host: node.host.clone(), port: node.port, ..self.endpoint.clone() },
-                    id: Some(node.id.clone()),
-                    inner: kept.and_then(|l| l.inner.take()),
-                }
+            .zip(&topology.replicas)
+            .map(|(node, replica)| {
+                let at = |n: &cluster::Node| Endpoint { host: n.host.clone(), port: n.port, ..self.endpoint.clone() };
+                let primary = at(node);
+                let mut link = match (reads, replica) {
+                    (Reads::Replica, Some(r)) => {
+                        Link { replica_of: Some(primary), readonly: true, ..Link::to(at(r)) }
+                    }
+                    (Reads::Replica, None) => {
+                        warn_once(format!(
+                            "{} {primary}: this primary has no replica to read (CLUSTER NODES): reading from it",
+                            primary.role.name()
+                        ));
+                        Link::to(primary)
+                    }
+                    (Reads::Primary, _) => Link::to(primary),
+                };
+                link.id = Some(node.id.clone());
+                let kept = old.iter_mut().find(|l| {
+                    l.endpoint.host == link.endpoint.host && l.endpoint.port == link.endpoint.port
+                });
+                link.inner = kept.and_then(|l| l.inner.take());
+                link
             })
             .collect();
         self.slots = Some(topology.slots);
@@ -287,7 +271,7 @@ impl Conn {
             return i;
         }
         let endpoint = Endpoint { host: host.to_string(), port, ..self.endpoint.clone() };
-        self.links.push(Link { endpoint, id: None, inner: None });
+        self.links.push(Link::to(endpoint));
         self.links.len() - 1
     }
 
@@ -312,7 +296,7 @@ impl Conn {
         &mut self,
         units: &[usize],
         key: impl Fn(usize) -> Option<&'k [u8]>,
-        build: impl Fn(&mut Pipeline, usize),
+        build: impl Fn(&mut Pipe, usize),
     ) -> (Replies, Option<RedisError>) {
         let mut replies = Replies { values: Vec::new(), spans: vec![None; units.len()] };
         let mut error = None;
@@ -332,20 +316,26 @@ impl Conn {
             }
             // Every server gets its pipeline before any reply is read: the servers work side by side.
             let mut sent = Vec::with_capacity(groups.len());
+            if self.pipes.len() < groups.len() {
+                self.pipes.resize_with(groups.len(), Pipe::new);
+            }
+            let mut expected = 0;
             for (link, group) in groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-                let mut pipe = redis::pipe();
+                let pipe = &mut self.pipes[link];
+                pipe.clear();
                 let mut layout = Vec::with_capacity(group.len());
                 for (p, asking) in group {
                     let before = pipe.len();
                     let mask = if asking {
-                        Some(with_asking(&mut pipe, |scratch| build(scratch, units[p])))
+                        Some(with_asking(pipe, |scratch| build(scratch, units[p])))
                     } else {
-                        build(&mut pipe, units[p]);
+                        build(pipe, units[p]);
                         None
                     };
                     layout.push((p, pipe.len() - before, mask));
                 }
-                match self.links[link].send(&pipe.get_packed_pipeline(), self.timeouts) {
+                expected += pipe.len();
+                match self.links[link].send(self.pipes[link].packed(), self.timeouts) {
                     Ok(()) => sent.push((link, layout)),
                     Err(e) => {
                         self.stale = self.slots.is_some();
@@ -354,6 +344,7 @@ impl Conn {
                     }
                 }
             }
+            replies.values.reserve(expected);
             for (link, layout) in sent {
                 for (p, count, mask) in layout {
                     let start = replies.values.len();
@@ -446,7 +437,7 @@ impl Conn {
                         &[0],
                         |_| key,
                         |pipe, _| {
-                            pipe.add_command(cmd.clone());
+                            pipe.add_command(cmd);
                         },
                     );
                     match replies.take::<1>(0) {
@@ -489,7 +480,7 @@ impl Conn {
         &mut self,
         n: usize,
         key: impl Fn(usize) -> Option<&'k [u8]>,
-        build: impl Fn(&mut Pipeline, usize),
+        build: impl Fn(&mut Pipe, usize),
     ) -> RedisResult<Replies> {
         self.ensure().map_err(|e| {
             RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()))
@@ -541,6 +532,11 @@ impl Conn {
         Ok(out)
     }
 
+    /// The replicas read instead of their primaries (`--read-from replica`), by address.
+    pub fn replicas_read(&self) -> Vec<String> {
+        self.links.iter().filter(|l| l.replica_of.is_some()).map(|l| l.endpoint.to_string()).collect()
+    }
+
     /// The ids of a cluster's primaries (empty for a standalone server).
     pub fn node_ids(&self) -> Vec<String> {
         self.links.iter().filter_map(|l| l.id.clone()).collect()
@@ -550,21 +546,18 @@ impl Conn {
 /// Appends the commands `build` makes to `pipe` with an ASKING before each one (before a MULTI, and
 /// not inside the transaction: the ASKING flag lasts until EXEC). Returns, for each command appended,
 /// whether its reply is one the caller asked for (false for the ASKINGs).
-fn with_asking(pipe: &mut Pipeline, build: impl FnOnce(&mut Pipeline)) -> Vec<bool> {
-    let mut scratch = redis::pipe();
+fn with_asking(pipe: &mut Pipe, build: impl FnOnce(&mut Pipe)) -> Vec<bool> {
+    let mut scratch = Pipe::new();
     build(&mut scratch);
     let mut keep = Vec::with_capacity(2 * scratch.len());
     let mut in_transaction = false;
-    for cmd in scratch.cmd_iter() {
-        let name = match cmd.args_iter().next() {
-            Some(redis::Arg::Simple(name)) => name.to_ascii_uppercase(),
-            _ => Vec::new(),
-        };
+    for i in 0..scratch.len() {
+        let name = scratch.name(i).to_ascii_uppercase();
         if !in_transaction {
             pipe.cmd("ASKING");
             keep.push(false);
         }
-        pipe.add_command(cmd.clone());
+        pipe.append_from(&mut scratch, i);
         keep.push(true);
         match &name[..] {
             b"MULTI" => in_transaction = true,
@@ -590,17 +583,12 @@ mod tests {
 
     #[test]
     fn asking_goes_before_each_command_and_once_before_a_transaction() {
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         let keep = with_asking(&mut pipe, |p| {
             p.cmd("GET").arg("k").cmd("MULTI").cmd("SET").arg("k").arg("v").cmd("EXEC").cmd("PTTL").arg("k");
         });
-        let names: Vec<String> = pipe
-            .cmd_iter()
-            .map(|c| match c.args_iter().next() {
-                Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
-                _ => String::new(),
-            })
-            .collect();
+        let names: Vec<String> =
+            (0..pipe.len()).map(|i| String::from_utf8_lossy(pipe.name(i)).into_owned()).collect();
         assert_eq!(names, ["ASKING", "GET", "ASKING", "MULTI", "SET", "EXEC", "ASKING", "PTTL"]);
         assert_eq!(keep, [false, true, false, true, true, true, false, true]);
     }

@@ -1,5 +1,5 @@
 //! Where a server is and how to reach it, as plain data: the leaf every other room uses. [`Endpoint`]
-//! (host, port, login, db, TLS), [`Role`] (source or target), [`Timeouts`] and the [`Retry`] policy.
+//! (host, port, login, db, TLS, [`Reads`]), [`Role`] (source or target), [`Timeouts`] and the [`Retry`] policy.
 //! Parsing a URL into an `Endpoint` is the config's (`config/endpoint.rs`); connecting is
 //! `connect.rs`'s. Nothing here does I/O.
 
@@ -49,6 +49,19 @@ pub struct Endpoint {
     pub db: i64,
     /// `Some` for a `rediss://` URL: how to speak TLS to it.
     pub tls: Option<Tls>,
+    /// Which server of its shard is read (`--read-from`; a target is always the server named).
+    pub reads: Reads,
+}
+
+/// Which server of a source's shard keys are read from (`--read-from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reads {
+    /// The server named; on a cluster, each slot's primary.
+    #[default]
+    Primary,
+    /// A replica of it whose link to it is up (on a cluster, one per primary, with READONLY); the
+    /// primary itself, with a warning, where there is none.
+    Replica,
 }
 
 /// How to speak TLS to one `rediss://` server. Holds PEM bytes, never printed.

@@ -2,8 +2,10 @@
 //!
 //! - [`endpoint`]: where a server is and how to reach it (plain data, the leaf every room uses);
 //! - [`connect`]: making one connection (login, db, TLS) and saying why it could not be made;
-//! - [`conn`]: the routed connection each thread owns (one server, or every primary of a cluster), and
-//!   [`replies`], what one of its rounds answers;
+//! - [`conn`]: the routed connection each thread owns (one server, or every primary of a cluster), made
+//!   of links to one server each (`link.rs`, where `--read-from replica` picks and checks a replica);
+//!   [`pipe`], the commands of one of its rounds, packed as they are built; [`replies`], what a round
+//!   answers;
 //! - [`cluster`]: key slots and the slot map (CLUSTER NODES), pure parsing; [`slots`]: sets of slots, shards;
 //! - [`server`]: what INFO says a server is; [`memory`]: its memory, summed over a cluster;
 //! - [`reply`]: what replies and errors mean (the CSV's error vocabulary, transient errors, refusals);
@@ -16,7 +18,9 @@ pub mod conn;
 pub mod connect;
 pub mod endpoint;
 pub mod glob;
+mod link;
 pub mod memory;
+pub mod pipe;
 pub mod replies;
 pub mod reply;
 pub mod server;

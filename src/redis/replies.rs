@@ -14,6 +14,29 @@ pub struct Replies {
 }
 
 impl Replies {
+    /// The replies of `n` units, none answered yet.
+    pub fn unanswered(n: usize) -> Replies {
+        Replies { values: Vec::new(), spans: vec![None; n] }
+    }
+
+    /// Whether no unit has been answered.
+    pub fn none_answered(&self) -> bool {
+        self.spans.iter().all(Option::is_none)
+    }
+
+    /// Forgets unit `i`'s replies: it is unanswered again.
+    pub fn forget(&mut self, i: usize) {
+        self.spans[i] = None;
+    }
+
+    /// Moves the replies of unit `from` of `round` in as unit `to`'s (nothing for an unanswered one).
+    pub fn adopt(&mut self, to: usize, round: &mut Replies, from: usize) {
+        let Some(unit) = round.unit(from) else { return };
+        let at = self.values.len();
+        self.values.extend(unit.iter_mut().map(std::mem::take));
+        self.spans[to] = Some((at, self.values.len() - at));
+    }
+
     /// The replies of unit `i` (its position in the round's `units`), `None` when its server never
     /// answered: the connection failed first (the commands may or may not have run).
     pub fn unit(&mut self, i: usize) -> Option<&mut [Value]> {
@@ -62,5 +85,17 @@ mod tests {
         assert!(r.unit(1).is_none());
         let r = Replies { values: vec![Value::Int(1), Value::Okay], spans: vec![Some((1, 1)), Some((0, 1))] };
         assert_eq!(r.into_values(), [Value::Okay, Value::Int(1)]);
+
+        let mut all = Replies::unanswered(3);
+        assert!(all.none_answered());
+        let mut round =
+            Replies { values: vec![Value::Int(7), Value::Okay], spans: vec![Some((1, 1)), Some((0, 1))] };
+        all.adopt(2, &mut round, 0);
+        all.adopt(0, &mut round, 1);
+        assert!(!all.none_answered());
+        assert_eq!(all.take::<1>(2), Some([Value::Okay]));
+        assert_eq!(all.take::<1>(0), Some([Value::Int(7)]));
+        all.forget(0);
+        assert!(all.unit(0).is_none() && all.unit(1).is_none());
     }
 }

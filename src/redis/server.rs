@@ -28,6 +28,21 @@ pub struct ServerInfo {
     pub evicted_keys: u64,
     /// `valkey_version`, on a Valkey server (whose `redis_version` stays 7.2.4).
     pub valkey: Option<(u32, u32, u32)>,
+    /// `master_link_status:up`: a replica in step with its primary.
+    pub linked: bool,
+    /// A primary's replicas whose state is `online` (`slave0:ip=…,port=…,state=online,…`), as host and
+    /// port.
+    pub replicas: Vec<(String, u16)>,
+}
+
+/// The address of a replica from its line of a primary's INFO (`ip=10.0.0.7,port=6380,state=online,…`),
+/// if it is online.
+fn online_replica(line: &str) -> Option<(String, u16)> {
+    let field = |name: &str| line.split(',').find_map(|f| f.strip_prefix(name)?.strip_prefix('='));
+    if field("state")? != "online" {
+        return None;
+    }
+    Some((field("ip")?.to_string(), field("port")?.parse().ok()?))
 }
 
 impl ServerInfo {
@@ -58,6 +73,10 @@ impl ServerInfo {
                 "used_memory" => info.used_memory = number(v),
                 "used_memory_dataset" => info.dataset = number(v),
                 "evicted_keys" => info.evicted_keys = number(v),
+                "master_link_status" => info.linked = v == "up",
+                _ if name.strip_prefix("slave").is_some_and(|n| n.parse::<u32>().is_ok()) => {
+                    info.replicas.extend(online_replica(v));
+                }
                 _ => {}
             }
         }
@@ -132,5 +151,23 @@ mod tests {
         let info = ServerInfo::parse("redis_version:6.2.1\ncluster_enabled:1\n");
         assert!(info.cluster);
         assert!(!info.has_pexpiretime());
+    }
+
+    #[test]
+    fn parses_replication() {
+        let primary = ServerInfo::parse(
+            "role:master\r\nconnected_slaves:3\r\n\
+             slave0:ip=10.0.0.7,port=6380,state=online,offset=98,lag=0\r\n\
+             slave1:ip=10.0.0.8,port=6381,state=wait_bgsave,offset=0,lag=0\r\n\
+             slave2:ip=::1,port=6382,state=online,offset=98,lag=1\r\nslave_read_only:1\r\n",
+        );
+        assert_eq!(primary.replicas, [("10.0.0.7".to_string(), 6380), ("::1".to_string(), 6382)]);
+        assert!(primary.replica_of.is_none());
+        let replica =
+            ServerInfo::parse("role:slave\nmaster_host:10.0.0.6\nmaster_port:6379\nmaster_link_status:up\n");
+        assert!(replica.linked);
+        assert_eq!(replica.replica_of.as_deref(), Some("10.0.0.6:6379"));
+        let syncing = ServerInfo::parse("role:slave\nmaster_link_status:down\n");
+        assert!(syncing.replica_of.is_some() && !syncing.linked);
     }
 }

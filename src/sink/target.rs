@@ -14,8 +14,9 @@ use redis::Value;
 use super::{Sink, Ttl, WritePolicy, Written};
 use crate::account::{Reporter, Stage};
 use crate::config::OnConflict;
-use crate::flow::{exchange_units, Fetched, Payload, Resend};
+use crate::flow::{exchange_replies, Fetched, Payload, Resend};
 use crate::redis::conn::Conn;
+use crate::redis::pipe::Pipe;
 use crate::redis::reply::{self, kind, restore_refused};
 
 /// Writes to the target on a connection of its own.
@@ -43,7 +44,7 @@ impl Sink for Target {
             return written;
         }
         let replace = self.policy.on_conflict == OnConflict::Replace;
-        let answers = exchange_units(
+        let mut answers = exchange_replies(
             &mut self.conn,
             live.len(),
             |i| &live[i].0.key,
@@ -60,10 +61,10 @@ impl Sink for Target {
             rep,
             Resend::OnFirstReply,
         );
-        for ((f, _), answer) in live.into_iter().zip(answers) {
-            let Some(replies) = answer else { continue };
+        for (i, (f, _)) in live.into_iter().enumerate() {
+            let Some(replies) = answers.unit(i) else { continue };
             if let Payload::Built { .. } = f.payload {
-                match built(replies, replace) {
+                match built(replies.iter_mut().map(std::mem::take).collect(), replace) {
                     Ok(Fate::Copied) => written.copied += 1,
                     Ok(Fate::Skipped) => written.skipped += 1,
                     Ok(Fate::Expired) => written.expired += 1,
@@ -71,8 +72,8 @@ impl Sink for Target {
                 }
                 continue;
             }
-            let mut replies = replies.into_iter();
-            let (reply, exists) = (replies.next().unwrap_or_default(), replies.next());
+            let reply = replies.first_mut().map(std::mem::take).unwrap_or_default();
+            let exists = replies.get_mut(1).map(std::mem::take);
             match reply {
                 Value::Int(_) if matches!(f.payload, Payload::Gone) => written.deleted += 1,
                 // A key with a deadline that is not there: the target found the deadline passed (it
@@ -105,7 +106,7 @@ impl Sink for Target {
 }
 
 /// Appends the write of one key: RESTORE for a DUMP payload, SET for a string read by value.
-fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: bool) {
+fn write_command(pipe: &mut Pipe, f: &Fetched, ttl: Ttl, replace: bool) {
     match &f.payload {
         Payload::Dump(payload) => {
             let cmd = pipe.cmd("RESTORE").arg(f.key.as_bytes());
@@ -150,7 +151,7 @@ fn write_command(pipe: &mut redis::Pipeline, f: &Fetched, ttl: Ttl, replace: boo
         Payload::Built { tmp, writes } => {
             pipe.cmd("MULTI");
             for w in writes {
-                pipe.add_command(w.clone());
+                pipe.add_command(w);
             }
             match ttl {
                 Ttl::At(ms) | Ttl::Left(ms) => pipe.cmd("PEXPIREAT").arg(&tmp[..]).arg(ms),

@@ -12,6 +12,7 @@ use redis::Value;
 use crate::account::{Reporter, Stage};
 use crate::flow::{exchange, Batch, Fetched, Lru, Payload};
 use crate::key::Key;
+use crate::rdb::payload::{self, Plain};
 use crate::rdb::{Part, StreamConsumer, StreamEntry, StreamGroup, StreamMeta, StreamPending};
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
@@ -139,6 +140,20 @@ pub(super) fn aggregates(
                 let (code, message) = reply::classify_reply(&err);
                 rep.fail(key, Stage::Fetch, code, message);
             }
+            // In `--mode auto`: a list, set or hash goes on as a RESTORE payload made of its elements.
+            (Value::Array(items), Value::Int(ttl)) if by_value.restore.is_some() && plain(read).is_some() => {
+                let version = by_value.restore.expect("checked");
+                match restore_payload(read, &items, version) {
+                    Some(payload) => sorted.fetched.push(Fetched {
+                        key,
+                        payload: Payload::Dump(payload),
+                        expire_at_ms: sent.deadline(i, ttl),
+                        lru: Lru::default(),
+                    }),
+                    None if items.is_empty() => sorted.gone.push(key),
+                    None => rest.push(key),
+                }
+            }
             (Value::Array(items), Value::Int(ttl)) => match parts(read, items) {
                 // No aggregate is empty (a stream may be): it was deleted between the two reads.
                 Some(parts) if read != "XINFO" && parts.iter().map(Part::elements).sum::<usize>() == 0 => {
@@ -172,6 +187,38 @@ pub(super) fn aggregates(
     }
     sorted.rest = Batch { id, items: rest };
     sorted
+}
+
+/// The plain RDB type a by-value read's reply is made into, for a RESTORE payload.
+fn plain(read: &str) -> Option<Plain> {
+    match read {
+        "LRANGE" => Some(Plain::List),
+        "SMEMBERS" => Some(Plain::Set),
+        "HGETALL" => Some(Plain::Hash),
+        _ => None,
+    }
+}
+
+/// The RESTORE payload of a list, set or hash from its by-value read's `items`; `None` when there is
+/// none (the key was deleted between the two reads), too many (it grew past one read), or one is not a
+/// string.
+fn restore_payload(read: &str, items: &[Value], version: u16) -> Option<Vec<u8>> {
+    let kind = plain(read)?;
+    let count = if kind == Plain::Hash { items.len() / 2 } else { items.len() };
+    if count == 0 || count > MAX_BY_VALUE_ELEMENTS || (kind == Plain::Hash && items.len() % 2 == 1) {
+        return None;
+    }
+    if !items.iter().all(|v| matches!(v, Value::BulkString(_))) {
+        return None;
+    }
+    Some(payload::payload(kind, count, items.iter().filter_map(bulk), version))
+}
+
+fn bulk(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
 }
 
 /// A by-value read's reply as the pages of a decoded value; `None` for a reply of another shape, or a

@@ -151,6 +151,9 @@ pub struct ByValue {
     pub zsets: bool,
     /// Streams too, with their groups (XINFO STREAM … FULL).
     pub streams: bool,
+    /// `Some(version)`: a list, set or hash read by value goes on as a RESTORE payload stamped with this
+    /// RDB version (`--mode auto`, [`crate::rdb::payload`]); `None`: as the writes that build it.
+    pub restore: Option<u16>,
 }
 
 impl ByValue {
@@ -201,6 +204,9 @@ pub struct Plan {
     pub size_check: bool,
     /// Short strings go by value, in batches: GETRANGE on the source, SET on the target (auto, typed).
     pub strings: bool,
+    /// `--mode auto`: small lists, sets and hashes are read by value too, in batches ([`ByValue`]), which
+    /// costs the source less than their DUMP, and RESTOREd from payloads made of their elements.
+    pub aggregates: bool,
     /// The one log line saying which path the copy takes and why.
     pub why: String,
 }
@@ -223,6 +229,7 @@ pub fn plan(
                 typed_threads: false,
                 size_check: false,
                 strings: false,
+                aggregates: false,
                 why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
             }
         }
@@ -237,6 +244,7 @@ pub fn plan(
         typed_threads: true,
         size_check: false,
         strings,
+        aggregates: false,
         why: format!("{by_value}{why}"),
     };
     if cfg.mode == Mode::Typed {
@@ -267,13 +275,24 @@ pub fn plan(
             format!("keys above --big-key-bytes {n} (by DUMP length: the source refuses MEMORY USAGE) and ")
         }
     };
+    // Small lists, sets and hashes are read by value where the source says how big they are: it pays less
+    // for LRANGE, SMEMBERS and HGETALL than for their DUMP (see docs/modes.md); sorted sets and streams it
+    // does not. They are RESTOREd all the same, from payloads made here.
+    let aggregates = strings && size_check;
+    let small = match (aggregates, source.version < (7, 4, 0)) {
+        (false, _) => "",
+        (true, true) => "small lists, sets and hashes read by value (LRANGE, SMEMBERS, HGETALL), ",
+        // HGETALL does not give hash field deadlines: hashes keep DUMP.
+        (true, false) => "small lists and sets read by value (LRANGE, SMEMBERS), ",
+    };
     Plan {
         all_typed: false,
         typed_threads: true,
         size_check,
         strings,
+        aggregates,
         why: format!(
-            "{by_value}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or \
+            "{by_value}{small}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or \
              RESTORE"
         ),
     }
@@ -297,7 +316,7 @@ fn refused(conn: &mut Conn, probe: &[u8], cmd: &Cmd) -> Option<String> {
         &[0],
         |_| Some(probe),
         |pipe, _| {
-            pipe.cmd("MULTI").add_command(cmd.clone()).cmd("DISCARD");
+            pipe.cmd("MULTI").add_command(cmd).cmd("DISCARD");
         },
     );
     if broken.is_some() {

@@ -24,7 +24,7 @@ use crate::account::{Counters, Reporter, Stage, Stop};
 use crate::config::backup::Backup;
 use crate::config::VerifyConfig;
 use crate::exit::Fatal;
-use crate::flow::{exchange_units, Resend};
+use crate::flow::{exchange_replies, Resend};
 use crate::key::Key;
 use crate::rdb::{self, Head, Pages, Part, Reader};
 use crate::redis::clock;
@@ -267,13 +267,13 @@ fn compare_thread(
             continue;
         }
         let probes: Vec<Vec<Probe>> = batch.iter().map(|e| probes_of(e, rules)).collect();
-        let answers = exchange_units(
+        let mut answers = exchange_replies(
             &mut conn,
             batch.len(),
             |i| &batch[i].key,
             |pipe, i| {
                 for p in &probes[i] {
-                    pipe.add_command(p.cmd.clone());
+                    pipe.add_command(&p.cmd);
                 }
             },
             Stage::Check,
@@ -282,10 +282,10 @@ fn compare_thread(
         );
         let verdicts: Vec<(Key, Verdict)> = batch
             .into_iter()
-            .zip(answers)
+            .enumerate()
             .zip(&probes)
-            .filter_map(|((e, answer), probes)| {
-                let replies = answer?;
+            .filter_map(|((i, e), probes)| {
+                let replies = answers.take_unit(i)?;
                 Some((e.key, judge(probes, replies, rules).err().unwrap_or(Verdict::Matched)))
             })
             .collect();

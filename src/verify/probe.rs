@@ -6,7 +6,7 @@ use redis::{Cmd, Value};
 
 use super::compare::{Kind, Verdict};
 use crate::account::{Reporter, Stage};
-use crate::flow::{exchange_units, Resend};
+use crate::flow::{exchange_replies, Resend};
 use crate::key::Key;
 use crate::rdb::{self, Part, StreamEntry};
 use crate::redis::clock::SourceClock;
@@ -206,20 +206,20 @@ pub(super) fn run_probes(
     rules: Rules,
     rep: &Reporter,
 ) -> Result<(), Verdict> {
-    let mut answers = exchange_units(
+    let mut answers = exchange_replies(
         conn,
         1,
         |_| key,
         |pipe, _| {
             for p in probes {
-                pipe.add_command(p.cmd.clone());
+                pipe.add_command(&p.cmd);
             }
         },
         Stage::Check,
         rep,
         Resend::OnAnyReply,
     );
-    let replies = answers.pop().flatten().ok_or_else(|| Verdict::Error("IO".into(), "no reply".into()))?;
+    let replies = answers.take_unit(0).ok_or_else(|| Verdict::Error("IO".into(), "no reply".into()))?;
     judge(probes, replies, rules)
 }
 

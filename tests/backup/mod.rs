@@ -426,6 +426,7 @@ fn bad_sources_are_refused_with_one_line() {
         (vec!["-".into(), "--all-dbs".into()], "--all-dbs"),
         (vec![path_str(&text), "--checkpoint".into(), path_str(&p.csv("c.json"))], "--checkpoint"),
         (vec![path_str(&text), "--source-db".into(), "1".into(), "--all-dbs".into()], "--all-dbs"),
+        (vec![path_str(&text), "--read-from".into(), "replica".into()], "a file has no replica"),
     ];
     let before = digest(&mut p.dst.conn());
     for (args, needle) in cases {

@@ -365,5 +365,5 @@ fn on_a_terminal_progress_is_a_bar_and_plain_lines_on_request() {
     // Not a terminal: lines, as with plain.
     let out = ferry(args("auto"));
     assert_exit(&out, 0);
-    assert!(!progress_lines(&out).is_empty() && !stderr(&out).contains("ETA"), "{}", dump(&out));
+    assert!(!progress_lines(&out).is_empty() && !stderr(&out).contains(", ETA"), "{}", dump(&out));
 }

@@ -476,6 +476,7 @@ fn follow_flags_are_checked_before_anything_is_written() {
         (vec!["--follow", "--cutover-pause", "700000"], "--cutover-pause 700000 is above"),
         (vec!["--follow", "--cutover-pause", "200"], "--cutover-pause 200 is below 1000 ms"),
         (vec!["--follow", "--shard", "0/2"], "--shard cannot be combined with --follow"),
+        (vec!["--follow", "--read-from", "replica"], "--read-from replica cannot be combined with --follow"),
         (vec!["--follow", "--type", "hash"], "--type cannot be combined with --follow"),
         (vec!["--follow", "--metrics", "nowhere"], "--metrics `nowhere`"),
     ] {

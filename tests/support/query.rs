@@ -71,16 +71,22 @@ pub fn command_stat(con: &mut impl ConnectionLike, command: &str, field: &str) -
         .unwrap_or(0)
 }
 
-/// Keys a copy read whole from a source: its DUMPs, plus the GETRANGEs that found a string (`--mode
-/// auto` reads short strings by value; a GETRANGE on another type fails with WRONGTYPE).
+/// Keys a copy read whole from a source: its DUMPs, the GETRANGEs that found a string (`--mode auto`
+/// reads short strings by value; a GETRANGE on another type fails with WRONGTYPE), and the reads of small
+/// aggregates by value (LRANGE, SMEMBERS, HGETALL, ZRANGE, XINFO STREAM … FULL) that found their type.
 pub fn keys_read(con: &mut impl ConnectionLike) -> u64 {
-    command_calls(con, "dump") + command_calls(con, "getrange")
-        - command_stat(con, "getrange", "failed_calls")
+    let whole = |con: &mut _, c| command_calls(con, c) - command_stat(con, c, "failed_calls");
+    command_calls(con, "dump")
+        + ["getrange", "lrange", "smembers", "hgetall", "zrange", "xinfo|stream"]
+            .iter()
+            .map(|c| whole(con, c))
+            .sum::<u64>()
 }
 
-/// Keys a copy wrote to a target: its RESTOREs plus its SETs (short strings go by value).
+/// Keys a copy wrote to a target: its RESTOREs, its SETs (short strings go by value), and the renames
+/// that end a key built under a temporary name (small aggregates by value, the type-aware copy).
 pub fn keys_written(con: &mut impl ConnectionLike) -> u64 {
-    command_calls(con, "restore") + command_calls(con, "set")
+    ["restore", "set", "rename", "renamenx"].iter().map(|c| command_calls(con, c)).sum()
 }
 
 /// Runs a pipeline of single-key commands on any connection: as one pipeline where the connection

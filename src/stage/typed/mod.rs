@@ -49,6 +49,8 @@ pub use writer::Writer;
 use crossbeam_channel::Receiver;
 use redis::{Cmd, Pipeline, Value};
 
+use crate::redis::pipe::Pipe;
+
 use crate::account::{Counters, Reporter, Stage, Stop, StopReason};
 use crate::flow::{exchange, Batch, Vanished};
 use crate::key::Key;
@@ -293,7 +295,7 @@ impl<'a> Copier<'a> {
     fn read<const K: usize>(
         &mut self,
         key: &Key,
-        build: impl Fn(&mut Pipeline),
+        build: impl Fn(&mut Pipe),
     ) -> Result<([Value; K], Sent), Fault> {
         let sent = Sent::new(self.servers.deadlines, 1);
         let mut answers = exchange::<K>(
@@ -317,7 +319,7 @@ impl<'a> Copier<'a> {
         let ttl_cmd = self.ttl_cmd();
         let k = b.key.as_bytes().to_vec();
         let ([reply, ttl], sent) = self.read::<2>(b.key, |p| {
-            p.add_command(cmd.clone()).cmd(ttl_cmd).arg(&k[..]);
+            p.add_command(cmd).cmd(ttl_cmd).arg(&k[..]);
         })?;
         b.deadline = self.deadline(ttl, &sent)?;
         match reply {

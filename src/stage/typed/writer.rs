@@ -195,7 +195,7 @@ impl<'a> Writer<'a> {
                         for tx in pending {
                             pipe.cmd("MULTI");
                             for cmd in tx.cmd_iter() {
-                                pipe.add_command(cmd.clone());
+                                pipe.add_command(cmd);
                             }
                             pipe.cmd("EXEC");
                         }

@@ -1,7 +1,7 @@
 //! `--read-from replica`: a copy (and a verify) that reads the source's replicas and sends its primaries
 //! no read at all, checked in the primaries' own `INFO commandstats`. A standalone primary's replica is
 //! found in its INFO; a cluster's are found in CLUSTER NODES, one per primary, and read with READONLY.
-//! A primary without a replica is read itself, and the run says so; a bad value, a file source and a
+//! A primary without a replica, or whose replica cannot be reached, is read itself, and the run says so; a bad value, a file source and a
 //! follow are refused before anything is written.
 
 use crate::support::*;
@@ -72,6 +72,28 @@ fn a_primary_without_a_replica_is_read_itself_and_the_run_says_so() {
         format!("source {}: it lists no replica online (INFO replication): reading from it", p.src.addr());
     let err = stderr(&out);
     assert_eq!(err.matches(&warning).count(), 1, "said once, not once per thread\n{}", dump(&out));
+    // A replica the primary lists at an address where nothing answers (a wrong replica-announce-port):
+    // the primary is read, and the run says why.
+    let nowhere = free_port();
+    let replica = RedisServer::with_args(&[
+        "--replicaof",
+        "127.0.0.1",
+        &p.src.port().to_string(),
+        "--replica-announce-port",
+        &nowhere.to_string(),
+    ]);
+    wait_synced(&replica, keys.len());
+    let mut s = p.src.conn();
+    wait_until(std::time::Duration::from_secs(30), "the primary to list its replica", || {
+        q::<String>(&mut s, &[b"INFO", b"replication"]).contains(&format!("port={nowhere},state=online"))
+    });
+    run(&mut s, &[b"CONFIG", b"RESETSTAT"]);
+    let out = p.copy(&["--progress", "0", "--read-from", "replica", "--on-conflict", "replace"]);
+    assert_exit(&out, 0);
+    assert_eq!(summary(&out).copied, keys.len() as u64);
+    let warning = format!("source {}: its replica 127.0.0.1:{nowhere} cannot be read", p.src.addr());
+    assert_eq!(stderr(&out).matches(&warning).count(), 1, "{}", dump(&out));
+    assert!(command_calls(&mut s, "scan") > 0, "the primary was not read");
     // A bad value is refused before anything is written.
     let _: () = redis::cmd("FLUSHALL").query(&mut p.dst.conn()).unwrap();
     let out = p.copy(&["--read-from", "sideways"]);

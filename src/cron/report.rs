@@ -15,7 +15,7 @@ use crate::account::{Snapshot, StopReason};
 use crate::config::{CopyConfig, Keys, OnConflict, Source};
 use crate::exit::Exit;
 use crate::files;
-use crate::redis::endpoint::Endpoint;
+use crate::redis::endpoint::{Endpoint, Reads};
 
 /// The `--report` file: how a `copy` run went, for a scheduler or a monitor. Field order is the JSON's.
 #[derive(Debug, Serialize)]
@@ -132,6 +132,8 @@ pub struct Options<'a> {
     pub source: String,
     /// TARGET as `host:port/db`.
     pub target: String,
+    /// `--read-from`: `primary` or `replica`; null for an RDB file SOURCE.
+    pub read_from: Option<&'static str>,
     /// `--match` patterns; empty with `--keys-from`.
     #[serde(rename = "match")]
     pub patterns: Vec<String>,
@@ -277,6 +279,13 @@ impl<'a> Options<'a> {
                 Source::File(b) => b.path.clone(),
             },
             target: address(&cfg.target),
+            read_from: match &cfg.source {
+                Source::Server(endpoint) => Some(match endpoint.reads {
+                    Reads::Primary => "primary",
+                    Reads::Replica => "replica",
+                }),
+                Source::File(_) => None,
+            },
             patterns,
             types,
             scan_count,

@@ -187,6 +187,7 @@ fn report_after_a_clean_run_has_every_counter_and_no_credentials() {
     assert_eq!(o["source"], format!("127.0.0.1:{}/0", p.src.port()));
     assert_eq!(o["target"], format!("127.0.0.1:{}/0", p.dst.port()));
     assert_eq!(o["match"], serde_json::json!(["rep:*"]));
+    assert_eq!(o["read_from"], "primary");
     assert_eq!((o["batch"].as_u64(), o["on_conflict"].as_str()), (Some(50), Some("skip")));
     assert_eq!(o["report"], path_str(&report));
     assert!(o["lock"].is_null() && o["rate"].is_null() && o["limit"].is_null(), "{o:#}");

@@ -14,6 +14,10 @@ use redis::{Cmd, RedisWrite, ToRedisArgs};
 /// than 10 arguments, the common case; a longer command has its bytes moved once when it is closed.
 const HEADER_SLOT: &[u8] = b"*0\r\n";
 
+/// The most buffer memory a pipe keeps between rounds: enough for a batch of short values; the rounds of
+/// big values (DUMP payloads of up to `--big-key-bytes`) allocate theirs and give it back.
+pub const KEPT_BYTES: usize = 4 << 20;
+
 /// Commands packed in RESP, in order.
 #[derive(Debug, Default)]
 pub struct Pipe {
@@ -68,9 +72,10 @@ impl Pipe {
         &self.buf
     }
 
-    /// Empties it, keeping its memory.
+    /// Empties it, keeping its memory up to [`KEPT_BYTES`] (a round of big values gives its memory back).
     pub fn clear(&mut self) {
         self.buf.clear();
+        self.buf.shrink_to(KEPT_BYTES);
         self.ends.clear();
         self.open = None;
     }
@@ -226,6 +231,9 @@ mod tests {
         pipe.clear();
         assert_eq!(pipe.len(), 0);
         assert!(pipe.packed().is_empty());
+        pipe.cmd("SET").arg("k").arg(vec![0u8; 2 * KEPT_BYTES]);
+        pipe.clear();
+        assert!(pipe.buf.capacity() <= KEPT_BYTES, "a big round's memory is given back");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `--read-from replica`: a copy (and a verify) that reads the source's replicas and sends its primaries
 //! no read at all, checked in the primaries' own `INFO commandstats`. A standalone primary's replica is
 //! found in its INFO; a cluster's are found in CLUSTER NODES, one per primary, and read with READONLY.
-//! A primary without a replica, or whose replica cannot be reached, is read itself, and the run says so; a bad value, a file source and a
+//! Split with `--shard`, the processes take every key once, and still read no primary. A primary without
+//! a replica, or whose replica cannot be reached, is read itself, and the run says so; a bad value, a file source and a
 //! follow are refused before anything is written.
 
 use crate::support::*;
@@ -160,5 +161,36 @@ fn a_cluster_without_replicas_is_read_from_its_primaries_with_a_warning_each() {
     for primary in src.primaries() {
         let warning = format!("source {}: this primary has no replica to read", src.addr_of(primary));
         assert_eq!(err.matches(&warning).count(), 1, "{warning:?} not said once\n{}", dump(&out));
+    }
+}
+
+#[test]
+fn shards_read_from_replicas_take_every_key_once_and_no_primary_is_read() {
+    let src = RedisCluster::with_replicas(3, 1);
+    let dst = RedisServer::new();
+    let keys = src.fill_strings("sh:", 1500);
+    src.wait_replicated();
+    let mut nodes: Vec<redis::Connection> = (0..src.nodes().len()).map(|i| src.node(i).conn()).collect();
+    for n in &mut nodes {
+        run(n, &[b"CONFIG", b"RESETSTAT"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut copied = 0;
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let errors = dir.path().join(format!("errors-{i}.csv"));
+        let out = ferry(copy_args(
+            &src.addr(),
+            &dst.url(),
+            &errors,
+            &["--shard", &shard, "--read-from", "replica"],
+        ));
+        assert_exit(&out, 0);
+        copied += summary(&out).copied;
+    }
+    assert_eq!(copied, keys.len() as u64, "each key once");
+    assert_eq!(all_keys(&mut dst.conn()), set_of(&keys));
+    for primary in src.primaries() {
+        assert_eq!(reads_on(&mut nodes[primary]), [], "primary {} was read", src.addr_of(primary));
     }
 }

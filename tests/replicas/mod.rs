@@ -2,8 +2,8 @@
 //! no read at all, checked in the primaries' own `INFO commandstats`. A standalone primary's replica is
 //! found in its INFO; a cluster's are found in CLUSTER NODES, one per primary, and read with READONLY.
 //! Split with `--shard`, the processes take every key once, and still read no primary. A primary without
-//! a replica, or whose replica cannot be reached, is read itself, and the run says so; a bad value, a file source and a
-//! follow are refused before anything is written.
+//! a replica, or whose replica cannot be reached, is read itself, and the run says so; a bad value, a
+//! file source and a follow are refused before anything is written.
 
 use crate::support::*;
 

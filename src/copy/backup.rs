@@ -221,7 +221,6 @@ fn open_pass(
         typed_threads: false,
         size_check: false,
         strings: false,
-        aggregates: false,
         why: String::new(),
     };
     let conns = Connections {

@@ -108,7 +108,7 @@ pub fn run(cfg: &CopyConfig, mut p: Prepared, stop: &Stop, then: Option<&dyn The
             // (auto), small lists, sets and hashes are read by value, which costs the source less than their
             // DUMP, and RESTOREd from payloads made of their elements; sorted sets and streams cost it less
             // by DUMP and keep it (docs/modes.md).
-            (plan.strings && (plan.all_typed || plan.aggregates)).then_some(ByValue {
+            (plan.strings && (plan.all_typed || plan.aggregates())).then_some(ByValue {
                 target: p.target.version,
                 hashes: p.source.version < (7, 4, 0),
                 zsets: plan.all_typed,

@@ -1,10 +1,11 @@
-//! Small aggregates read by value, when every key goes type-aware: one pipeline asks the keys a batch has
-//! left after its strings their TYPE and MEMORY USAGE; a key above `--big-key-bytes` goes to the typed
-//! threads; a small list, set, hash, sorted set or stream (as [`ByValue`] says) is read whole with its
-//! type's read (LRANGE, SMEMBERS, HGETALL, ZRANGE … WITHSCORES, XINFO STREAM … FULL) and its deadline in a
-//! second pipeline, and goes on as the writes that make it ([`Payload::Built`]: one MULTI/EXEC on the
-//! target, under a temporary name, with the deadline and the rename). The replies become the pages of a
-//! decoded value (`rdb::Part`), so the writes are those of a value decoded from an RDB file
+//! Small aggregates read by value: one pipeline asks the keys a batch has left after its strings their
+//! TYPE and MEMORY USAGE; a key above `--big-key-bytes` goes to the typed threads; a small list, set, hash,
+//! sorted set or stream (as [`ByValue`] says) is read whole with its type's read (LRANGE, SMEMBERS,
+//! HGETALL, ZRANGE … WITHSCORES, XINFO STREAM … FULL) and its deadline in a second pipeline. In `--mode
+//! auto` a list, set or hash then goes on as a RESTORE payload made of its elements (`rdb::payload`), like
+//! a DUMP's. When every key goes type-aware it goes on as the writes that make it ([`Payload::Built`]: one
+//! MULTI/EXEC on the target, under a temporary name, with the deadline and the rename): the replies become
+//! the pages of a decoded value (`rdb::Part`), so the writes are those of a value decoded from an RDB file
 //! ([`Decoded`]). Part of the fetch stage (`fetch.rs`).
 
 use redis::Value;
@@ -43,7 +44,8 @@ const MAX_BY_VALUE_ELEMENTS: usize = 10_000;
 /// The keys left after the strings (aggregates, long strings): one pipeline asks each its TYPE and its
 /// MEMORY USAGE; a key above `--big-key-bytes` goes to the typed threads; a small list, set, hash or
 /// sorted set (as [`ByValue`] says) is read whole with its type's read and its deadline, in a second
-/// pipeline, and goes on as the writes that make it ([`Payload::Built`], one MULTI/EXEC on the target).
+/// pipeline, and goes on as a RESTORE payload (`--mode auto`) or as the writes that make it
+/// ([`Payload::Built`], one MULTI/EXEC on the target).
 /// Says where each key went; the keys left (to DUMP) had their sizes asked already.
 pub(super) fn aggregates(
     conn: &mut Conn,
@@ -208,17 +210,14 @@ fn restore_payload(read: &str, items: &[Value], version: u16) -> Option<Vec<u8>>
     if count == 0 || count > MAX_BY_VALUE_ELEMENTS || (kind == Plain::Hash && items.len() % 2 == 1) {
         return None;
     }
-    if !items.iter().all(|v| matches!(v, Value::BulkString(_))) {
-        return None;
-    }
-    Some(payload::payload(kind, count, items.iter().filter_map(bulk), version))
-}
-
-fn bulk(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        _ => None,
-    }
+    let elements: Vec<&[u8]> = items
+        .iter()
+        .map(|v| match v {
+            Value::BulkString(b) => Some(&b[..]),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    Some(payload::payload(kind, count, elements.iter().copied(), version))
 }
 
 /// A by-value read's reply as the pages of a decoded value; `None` for a reply of another shape, or a

@@ -11,7 +11,8 @@
 //! server's default sampling, which is O(1); `SAMPLES 0` walks every element of a hash, set or sorted
 //! set): keys above `--big-key-bytes` go to the typed threads and are never DUMPed whole, and small
 //! aggregates of the types [`ByValue`] names are read whole with their type's read and written in the
-//! batch's pipeline, one MULTI/EXEC each ([`by_value`]). The rest are DUMPed (or, with `--mode typed`,
+//! batch's pipeline: in `auto` as RESTORE payloads made of their elements, when every key goes type-aware
+//! one MULTI/EXEC each ([`by_value`]). The rest are DUMPed (or, with `--mode typed`,
 //! go to the typed threads), like keys whose DUMP the source refuses (NOPERM, a renamed or disabled
 //! command). Without MEMORY USAGE (refused by the source), a payload longer than `--big-key-bytes` sends
 //! its key there instead.

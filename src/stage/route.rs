@@ -38,8 +38,7 @@ pub struct Fallback {
     strings: AtomicBool,
     /// Keys that are not read by value go by DUMP/RESTORE; when false, they all go type-aware.
     pub dump: bool,
-    /// Small aggregates are read by value and written in one transaction each (turned off when a server
-    /// refuses one of the commands).
+    /// Small aggregates are read by value (turned off when a server refuses one of the commands).
     by_value: Option<ByValue>,
     /// `by_value` still holds.
     by_value_on: AtomicBool,
@@ -136,9 +135,10 @@ impl Fallback {
     }
 }
 
-/// The aggregates read by value when every key goes type-aware: each with its type's read (HGETALL, LRANGE,
-/// SMEMBERS, ZRANGE … WITHSCORES, XINFO STREAM … FULL) in the batch's pipeline, and written in the batch's
-/// pipeline, one MULTI/EXEC per key, instead of one by one through the typed threads. Hashes only from a
+/// The aggregates read by value, each with its type's read (HGETALL, LRANGE, SMEMBERS, ZRANGE … WITHSCORES,
+/// XINFO STREAM … FULL) in the batch's pipeline. When every key goes type-aware they are written in the
+/// batch's pipeline, one MULTI/EXEC per key, instead of one by one through the typed threads; in `--mode
+/// auto` (lists, sets and hashes only) as RESTORE payloads made of their elements. Hashes only from a
 /// source without hash field deadlines (before Redis 7.4: HGETALL does not give them); streams from Redis
 /// 7.0 on (for their counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,11 +204,17 @@ pub struct Plan {
     pub size_check: bool,
     /// Short strings go by value, in batches: GETRANGE on the source, SET on the target (auto, typed).
     pub strings: bool,
-    /// `--mode auto`: small lists, sets and hashes are read by value too, in batches ([`ByValue`]), which
-    /// costs the source less than their DUMP, and RESTOREd from payloads made of their elements.
-    pub aggregates: bool,
     /// The one log line saying which path the copy takes and why.
     pub why: String,
+}
+
+impl Plan {
+    /// `--mode auto` with DUMP/RESTORE at hand: small lists, sets and hashes are read by value too, in
+    /// batches ([`ByValue`]), which costs the source less than their DUMP, and RESTOREd from payloads
+    /// made of their elements. It needs the strings' path and MEMORY USAGE (they must be small).
+    pub fn aggregates(&self) -> bool {
+        !self.all_typed && self.strings && self.size_check
+    }
 }
 
 /// Decides, before anything is copied, which path the keys take: from INFO (the RDB versions the
@@ -229,7 +235,6 @@ pub fn plan(
                 typed_threads: false,
                 size_check: false,
                 strings: false,
-                aggregates: false,
                 why: "DUMP/RESTORE (--mode dump: keys DUMP/RESTORE cannot move are failed rows)".into(),
             }
         }
@@ -244,7 +249,6 @@ pub fn plan(
         typed_threads: true,
         size_check: false,
         strings,
-        aggregates: false,
         why: format!("{by_value}{why}"),
     };
     if cfg.mode == Mode::Typed {
@@ -278,8 +282,7 @@ pub fn plan(
     // Small lists, sets and hashes are read by value where the source says how big they are: it pays less
     // for LRANGE, SMEMBERS and HGETALL than for their DUMP (see docs/modes.md); sorted sets and streams it
     // does not. They are RESTOREd all the same, from payloads made here.
-    let aggregates = strings && size_check;
-    let small = match (aggregates, source.version < (7, 4, 0)) {
+    let small = match (strings && size_check, source.version < (7, 4, 0)) {
         (false, _) => "",
         (true, true) => "small lists, sets and hashes read by value (LRANGE, SMEMBERS, HGETALL), ",
         // HGETALL does not give hash field deadlines: hashes keep DUMP.
@@ -290,7 +293,6 @@ pub fn plan(
         typed_threads: true,
         size_check,
         strings,
-        aggregates,
         why: format!(
             "{by_value}{small}DUMP/RESTORE; type-aware, key by key, for {big}keys a server refuses to DUMP or \
              RESTORE"

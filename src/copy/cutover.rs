@@ -29,6 +29,7 @@ use crate::redis::connect::connect;
 use crate::redis::endpoint::{Endpoint, Timeouts};
 use crate::redis::memory::Memory;
 use crate::redis::reply;
+use crate::redis::wire::Wire;
 
 /// With `--cutover-pause 0` (nothing paused), how long the drain may take.
 const UNPAUSED_DRAIN: Duration = Duration::from_secs(60);
@@ -214,7 +215,7 @@ impl Cutover<'_> {
 }
 
 /// Lifts the pause on the servers paused so far.
-fn unpause(paused: &mut Vec<redis::Connection>) {
+fn unpause(paused: &mut Vec<Wire>) {
     for mut c in paused.drain(..) {
         if let Err(e) = redis::cmd("CLIENT").arg("UNPAUSE").query::<()>(&mut c) {
             log::warn!("cannot lift the pause (CLIENT UNPAUSE): {e}; it ends by itself");

@@ -27,6 +27,7 @@ use crate::redis::conn::Conn;
 use crate::redis::connect::connect;
 use crate::redis::endpoint::{Endpoint, Timeouts};
 use crate::redis::glob;
+use crate::redis::pubsub::Subscription;
 use crate::redis::reply;
 use crate::redis::slots::SlotSet;
 
@@ -358,9 +359,8 @@ impl<'a> Subscribers<'a> {
                 return Ok(());
             }
         }
-        let mut pubsub = con.as_pubsub();
-        pubsub.psubscribe(pattern)?;
-        pubsub.set_read_timeout(Some(POLL))?;
+        let mut pubsub = Subscription::new(con, pattern)?;
+        pubsub.set_read_timeout(POLL)?;
         if gap {
             let what = match (restarted, *confirmed) {
                 (true, _) => "restarted (its run_id changed)",
@@ -383,21 +383,20 @@ impl<'a> Subscribers<'a> {
                 // Reads up to the PONG, within the I/O timeout; the messages before it wait in the
                 // client and are read below. No PONG: the connection is gone (a connection closed by the
                 // server is not always seen otherwise).
-                pubsub.set_read_timeout(Some(self.timeouts.io))?;
-                pubsub.ping::<redis::Value>()?;
-                pubsub.set_read_timeout(Some(POLL))?;
+                pubsub.set_read_timeout(self.timeouts.io)?;
+                pubsub.ping()?;
+                pubsub.set_read_timeout(POLL)?;
                 heard = Instant::now();
                 if fence {
                     fencing = Some(wanted);
                 }
             }
-            match pubsub.get_message() {
-                Ok(msg) => {
+            match pubsub.next() {
+                Ok(key) => {
                     heard = Instant::now();
                     self.dirty.events.fetch_add(1, Ordering::Relaxed);
-                    let key = msg.get_payload_bytes();
-                    if self.filter.takes(key) {
-                        self.dirty.record(key);
+                    if self.filter.takes(&key) {
+                        self.dirty.record(&key);
                     }
                 }
                 // Silence: every message before the PONG has been read.

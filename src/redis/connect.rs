@@ -2,16 +2,21 @@
 //! could not be made, TLS failures in words with what to do about them. [`crate::redis::conn::Conn`]
 //! calls in here for every (re)connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    TlsCertificates,
-};
+use redis::{ConnectionLike, ErrorKind, RedisError, Value};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::endpoint::{Endpoint, Role, Timeouts, Tls};
-use super::reply::{explain, may_pass, one_line};
+use super::reply::{explain, kind, may_pass, one_line};
+use super::wire::{Stream, Wire};
 use crate::exit::Fatal;
 
 /// A failure to connect or log in, with the endpoint in its message (never the password).
@@ -50,67 +55,195 @@ pub fn connect_error(endpoint: &Endpoint, e: &RedisError) -> ConnectError {
     }
 }
 
-pub fn connect(endpoint: &Endpoint, timeouts: Timeouts) -> Result<redis::Connection, RedisError> {
-    let mut redis_info = RedisConnectionInfo::default().set_db(endpoint.db);
-    if let Some(user) = &endpoint.username {
-        redis_info = redis_info.set_username(user);
-    }
-    if let Some(password) = &endpoint.password {
-        redis_info = redis_info.set_password(password);
-    }
-    let addr = match &endpoint.tls {
-        None => ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port),
-        Some(tls) => {
-            tls_setup(endpoint, tls);
-            ConnectionAddr::TcpTls {
-                host: endpoint.host.clone(),
-                port: endpoint.port,
-                insecure: tls.insecure,
-                tls_params: None,
-            }
-        }
+/// Makes one connection to `endpoint` and logs it in: TCP (each address the host name resolves to,
+/// within the connect timeout), the TLS handshake for a `rediss://` server, `AUTH`, `SELECT`; then
+/// the I/O timeout holds for every read and write.
+pub fn connect(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Wire, RedisError> {
+    let tcp = tcp(&endpoint.host, endpoint.port, timeouts.connect)?;
+    tcp.set_nodelay(true)?;
+    // The handshake and the login are bounded by the connect timeout too.
+    tcp.set_read_timeout(Some(timeouts.connect))?;
+    tcp.set_write_timeout(Some(timeouts.connect))?;
+    let stream = match &endpoint.tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => Stream::Tls(Box::new(handshake(endpoint, tls, tcp)?)),
     };
-    let info: ConnectionInfo = addr.into_connection_info()?.set_redis_settings(redis_info);
-    let client = match &endpoint.tls {
-        Some(tls) if tls.ca.is_some() || tls.client.is_some() => redis::Client::build_with_tls(
-            info,
-            TlsCertificates {
-                client_tls: tls
-                    .client
-                    .as_ref()
-                    .map(|c| ClientTlsConfig { client_cert: c.cert.clone(), client_key: c.key.clone() }),
-                root_cert: tls.ca.clone(),
-            },
-        )?,
-        // System roots (or no verification at all with `insecure`).
-        _ => redis::Client::open(info)?,
-    };
-    let conn = client.get_connection_with_timeout(timeouts.connect)?;
-    conn.set_read_timeout(Some(timeouts.io))?;
-    conn.set_write_timeout(Some(timeouts.io))?;
-    Ok(conn)
+    let mut wire = Wire::new(stream, endpoint.db);
+    login(&mut wire, endpoint)?;
+    wire.set_timeouts(Some(timeouts.io), Some(timeouts.io))?;
+    Ok(wire)
 }
 
-/// Before a TLS connection: once per process, makes ring rustls' crypto provider (chosen explicitly, so
-/// that another provider compiled in by some dependency can never leave rustls unable to pick one); once
-/// per side, warns that `--<role>-tls-insecure` turns verification off.
-fn tls_setup(endpoint: &Endpoint, tls: &Tls) {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // An error only means a provider is installed already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    static WARNED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
-    let side = match endpoint.role {
-        Role::Source => 0,
-        Role::Target => 1,
-    };
-    if tls.insecure && !WARNED[side].swap(true, Ordering::Relaxed) {
+/// A TCP connection to the first address of `host` that answers within `timeout`.
+fn tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// `AUTH [user] password` when there is a password (again without the user name for a server before
+/// ACLs, which knows only `AUTH password`), `SELECT db` for a db other than 0, and a PING.
+fn login(wire: &mut Wire, endpoint: &Endpoint) -> Result<(), RedisError> {
+    if let Some(password) = &endpoint.password {
+        let mut auth = redis::cmd("AUTH");
+        auth.arg(endpoint.username.as_deref()).arg(password);
+        let mut reply = wire.req_command(&auth)?;
+        let old = |r: &Value| matches!(r, Value::ServerError(e) if e.details().is_some_and(|d| d.contains("wrong number of arguments")));
+        if endpoint.username.is_some() && old(&reply) {
+            reply = wire.req_command(redis::cmd("AUTH").arg(password))?;
+        }
+        match reply {
+            Value::Okay => {}
+            Value::ServerError(e) if e.code() == "WRONGPASS" => return Err(e.into()),
+            other => {
+                let detail = match other {
+                    Value::ServerError(e) => e.to_string(),
+                    other => format!("AUTH replied {}", kind(&other)),
+                };
+                return Err(RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "authentication failed",
+                    detail,
+                )));
+            }
+        }
+    }
+    if endpoint.db != 0 {
+        if let Value::ServerError(e) = wire.req_command(redis::cmd("SELECT").arg(endpoint.db))? {
+            return Err(e.into());
+        }
+    }
+    // One answer before the connection is handed over: a TLS-only port hangs up on it, a server that
+    // wants a password says NOAUTH (an ACL that refuses PING is no reason to fail).
+    match wire.req_command(&redis::cmd("PING"))? {
+        Value::ServerError(e) if e.code() == "NOAUTH" => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The TLS handshake on `tcp`, done before the first command: rustls with ring, the roots of
+/// `--<role>-tls-ca` (or the system's), the client certificate if one is given.
+fn handshake(
+    endpoint: &Endpoint,
+    tls: &Tls,
+    mut tcp: TcpStream,
+) -> Result<rustls::StreamOwned<ClientConnection, TcpStream>, RedisError> {
+    let config = client_config(endpoint, tls)?;
+    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+        RedisError::from((ErrorKind::InvalidClientConfig, "not a TLS server name", e.to_string()))
+    })?;
+    let mut conn = ClientConnection::new(config, name)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// The rustls client configuration of one side, made once per process: building it reads the CA
+/// file's certificates (or the system's roots) and the client key. Once per side, warns that
+/// `--<role>-tls-insecure` turns verification off.
+fn client_config(endpoint: &Endpoint, tls: &Tls) -> Result<Arc<ClientConfig>, RedisError> {
+    static MADE: Mutex<Vec<(Role, Tls, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, _, config)) = made.iter().find(|(r, t, _)| *r == endpoint.role && t == tls) {
+        return Ok(config.clone());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = if tls.insecure {
         let role = endpoint.role.name();
         log::warn!(
             "--{role}-tls-insecure: the certificate of {role} {endpoint} is not verified; anyone on the network \
              path could read or change what is sent"
         );
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+    } else {
+        builder.with_root_certificates(roots(tls)?)
+    };
+    let mut config = match &tls.client {
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(&client.cert).collect::<Result<Vec<_>, _>>();
+            let key = PrivateKeyDer::from_pem_slice(&client.key);
+            let (chain, key) = chain.and_then(|c| key.map(|k| (c, k))).map_err(|e| {
+                RedisError::from((ErrorKind::InvalidClientConfig, "client certificate", e.to_string()))
+            })?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // No name to send when the name is not checked.
+    config.enable_sni = !tls.insecure;
+    let config = Arc::new(config);
+    made.push((endpoint.role, tls.clone(), config.clone()));
+    Ok(config)
+}
+
+/// The CA certificates trusted: `--<role>-tls-ca`'s, or the system's.
+fn roots(tls: &Tls) -> Result<RootCertStore, RedisError> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    RedisError::from((ErrorKind::InvalidClientConfig, "CA certificates", e.to_string()))
+                })?;
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            // Unreadable system certificates leave fewer roots; a server signed by none of them is
+            // then refused (unknown issuer), which says what to do.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `--<role>-tls-insecure`: every certificate is taken, for any name; signatures are still checked
+/// to be well formed by the provider's algorithms.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -9,6 +9,7 @@ use super::connect::connect;
 use super::endpoint::{Endpoint, Timeouts};
 use super::reply::{describe, is_connection_error, one_line};
 use super::server::ServerInfo;
+use super::wire::Wire;
 
 /// A connection to one server, `None` while it is down (after an I/O error or timeout, or before the
 /// first use of a node found by a redirection): it is made again before its next use.
@@ -19,7 +20,7 @@ pub(super) struct Link {
     /// redirection before the slot map was read again.
     pub(super) id: Option<String>,
     /// The live connection.
-    pub(super) inner: Option<redis::Connection>,
+    pub(super) inner: Option<Wire>,
     /// `--read-from replica`: `endpoint` is a replica of this primary, read instead of it as long as the
     /// replica answers and its link to the primary is up (checked at every connection), else the
     /// primary is read, with a warning.
@@ -36,7 +37,7 @@ impl Link {
 
     /// The connection, made first if it is down. A replica that cannot be read is given up for its
     /// primary, for good.
-    pub(super) fn connection(&mut self, timeouts: Timeouts) -> Result<&mut redis::Connection, RedisError> {
+    pub(super) fn connection(&mut self, timeouts: Timeouts) -> Result<&mut Wire, RedisError> {
         if self.inner.is_none() {
             let mut made = connect(&self.endpoint, timeouts);
             if let Some(primary) = self.replica_of.clone() {
@@ -68,7 +69,7 @@ impl Link {
 
     /// Sends packed commands; a failure takes the connection down.
     pub(super) fn send(&mut self, packed: &[u8], timeouts: Timeouts) -> Result<(), RedisError> {
-        let result = self.connection(timeouts).and_then(|c| c.send_packed_command(packed));
+        let result = self.connection(timeouts).and_then(|c| c.send(packed));
         if result.is_err() {
             self.inner = None;
         }
@@ -80,7 +81,7 @@ impl Link {
         let Some(conn) = self.inner.as_mut() else {
             return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)));
         };
-        let reply = conn.recv_response();
+        let reply = conn.recv();
         if reply.is_err() {
             self.inner = None;
         }
@@ -121,7 +122,7 @@ pub(super) fn replica_link(mut link: Link, timeouts: Timeouts) -> Result<Link, R
 /// Whether the replica behind `conn` can be read: READONLY first on a cluster replica (`readonly`),
 /// then INFO must say it is a replica whose link to its primary is up (a replica still loading its
 /// first copy, or cut off from its primary, holds stale or no data).
-fn replica_ready(conn: &mut redis::Connection, readonly: bool) -> Result<(), String> {
+fn replica_ready(conn: &mut Wire, readonly: bool) -> Result<(), String> {
     if readonly {
         redis::cmd("READONLY").query::<()>(conn).map_err(|e| format!("READONLY: {}", describe(&e)))?;
     }

@@ -123,6 +123,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// These counters with `scanned` cut back to the keys that reached a bucket: what a checkpoint may
+    /// carry over. A key scanned but still in flight when the run dies is scanned again by the next run,
+    /// from the resume point, and counted there; counting its first scan too would leave the buckets
+    /// short of `scanned` in the sum of the runs.
+    pub fn settled(self) -> Snapshot {
+        Snapshot { scanned: self.copied + self.skipped + self.expired + self.failed + self.deleted, ..self }
+    }
+
     /// These counters plus `other`, bucket by bucket.
     pub fn plus(self, other: Snapshot) -> Snapshot {
         Snapshot {
@@ -213,5 +221,21 @@ mod tests {
         assert_eq!(stop.reason(), StopReason::Aborted);
         assert_eq!(rx.len(), 2);
         assert_eq!(counters.snapshot().failed, 2);
+    }
+
+    #[test]
+    fn a_checkpoint_carries_over_only_the_keys_in_buckets() {
+        // 1000 scanned, 500 of them still in flight: the next run scans those 500 again.
+        let now = Snapshot {
+            scanned: 1000,
+            copied: 400,
+            skipped: 50,
+            expired: 30,
+            failed: 20,
+            ..Snapshot::default()
+        };
+        assert_eq!(now.settled(), Snapshot { scanned: 500, ..now });
+        let follow = Snapshot { scanned: 9, copied: 3, deleted: 2, ..Snapshot::default() };
+        assert_eq!(follow.settled().scanned, 5);
     }
 }

@@ -86,12 +86,39 @@ pub struct Wire {
     /// The db SELECTed at login.
     db: i64,
     open: bool,
+    errors: Errors,
+}
+
+/// Error replies already read, by their bytes: the same error (WRONGTYPE, for each key of another type
+/// in a batch) is made into a `redis::ServerError` once, by the crate's parser (the only way to make
+/// one), and cloned after that.
+#[derive(Default)]
+pub struct Errors(Vec<(Vec<u8>, Value)>);
+
+impl Errors {
+    /// At most this many different errors are kept (errors that name a key or a slot differ each time).
+    const KEPT: usize = 8;
+
+    /// The error reply whose bytes are `line` (with its CRLF).
+    fn get(&mut self, line: &[u8]) -> RedisResult<Value> {
+        if let Some((_, error)) = self.0.iter().find(|(seen, _)| seen == line) {
+            return Ok(error.clone());
+        }
+        let error = match redis::parse_redis_value(line) {
+            Ok(error @ Value::ServerError(_)) => error,
+            _ => return Err(protocol("an error reply that cannot be read")),
+        };
+        if self.0.len() < Self::KEPT {
+            self.0.push((line.to_vec(), error.clone()));
+        }
+        Ok(error)
+    }
 }
 
 impl Wire {
     /// A wire over a connected socket, with `db` selected (or to be).
     pub fn new(stream: Stream, db: i64) -> Wire {
-        Wire { stream, buf: vec![0; READ], start: 0, end: 0, db, open: true }
+        Wire { stream, buf: vec![0; READ], start: 0, end: 0, db, open: true, errors: Errors::default() }
     }
 
     /// Read and write timeouts of the socket (`None`: wait for ever).
@@ -120,7 +147,7 @@ impl Wire {
         }
         loop {
             if self.start < self.end {
-                match parse(&self.buf[..self.end], self.start, 0) {
+                match parse(&self.buf[..self.end], self.start, 0, &mut self.errors) {
                     Ok(Some((value, next))) => {
                         self.consumed(next);
                         return Ok(value);
@@ -185,7 +212,12 @@ fn protocol(what: &str) -> RedisError {
 
 /// Parses the reply starting at `at` in `buf`: the value and where the next reply starts, or `None`
 /// when the reply is not all in `buf` yet.
-pub fn parse(buf: &[u8], at: usize, depth: usize) -> RedisResult<Option<(Value, usize)>> {
+pub fn parse(
+    buf: &[u8],
+    at: usize,
+    depth: usize,
+    errors: &mut Errors,
+) -> RedisResult<Option<(Value, usize)>> {
     let Some(cr) = line_end(buf, at)? else { return Ok(None) };
     let line = &buf[at + 1..cr];
     let next = cr + 2;
@@ -195,10 +227,7 @@ pub fn parse(buf: &[u8], at: usize, depth: usize) -> RedisResult<Option<(Value, 
             Ok(text) => Value::SimpleString(text.to_string()),
             Err(_) => return Err(protocol("a simple string that is not UTF-8")),
         },
-        b'-' => match redis::parse_redis_value(&buf[at..next]) {
-            Ok(error @ Value::ServerError(_)) => error,
-            _ => return Err(protocol("an error reply that cannot be read")),
-        },
+        b'-' => errors.get(&buf[at..next])?,
         b':' => Value::Int(integer(line)?),
         b'$' => {
             let len = integer(line)?;
@@ -229,7 +258,7 @@ pub fn parse(buf: &[u8], at: usize, depth: usize) -> RedisResult<Option<(Value, 
                 let mut items = Vec::with_capacity(n.min((buf.len() - next) / 3));
                 let mut pos = next;
                 for _ in 0..n {
-                    let Some((item, after)) = parse(buf, pos, depth + 1)? else { return Ok(None) };
+                    let Some((item, after)) = parse(buf, pos, depth + 1, errors)? else { return Ok(None) };
                     items.push(item);
                     pos = after;
                 }
@@ -319,9 +348,9 @@ mod tests {
 
     /// Parses every reply of `bytes`, which must hold whole replies only.
     fn all(bytes: &[u8]) -> Vec<Value> {
-        let (mut at, mut out) = (0, Vec::new());
+        let (mut at, mut out, mut errors) = (0, Vec::new(), Errors::default());
         while at < bytes.len() {
-            let (value, next) = parse(bytes, at, 0).unwrap().expect("whole");
+            let (value, next) = parse(bytes, at, 0, &mut errors).unwrap().expect("whole");
             out.push(value);
             at = next;
         }
@@ -347,8 +376,9 @@ mod tests {
         for reply in replies {
             assert_eq!(all(reply), vec![redis::parse_redis_value(reply).unwrap()]);
         }
-        let together = all(&replies.concat());
-        assert_eq!(together.len(), replies.len());
+        // Twice over, so that the second time the errors come from what was kept of the first.
+        let together = all(&replies.concat().repeat(2));
+        assert_eq!(together[..replies.len()], together[replies.len()..]);
         assert!(matches!(&together[9], Value::ServerError(e) if e.code() == "WRONGTYPE"));
         assert!(matches!(&together[11], Value::ServerError(e) if e.code() == "BUSYKEY"));
     }
@@ -357,9 +387,9 @@ mod tests {
     fn a_reply_cut_anywhere_waits_for_the_rest() {
         let bytes: &[u8] = b"*2\r\n$3\r\nabc\r\n:7\r\n";
         for cut in 0..bytes.len() {
-            assert_eq!(parse(&bytes[..cut], 0, 0).unwrap(), None, "cut at {cut}");
+            assert_eq!(parse(&bytes[..cut], 0, 0, &mut Errors::default()).unwrap(), None, "cut at {cut}");
         }
-        assert!(parse(bytes, 0, 0).unwrap().is_some());
+        assert!(parse(bytes, 0, 0, &mut Errors::default()).unwrap().is_some());
     }
 
     #[test]
@@ -373,10 +403,10 @@ mod tests {
             b"+OK\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
         ] {
-            assert!(parse(bad, 0, 0).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(parse(bad, 0, 0, &mut Errors::default()).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         // A huge declared length or count is waited for, not reserved.
-        assert_eq!(parse(b"$9223372036854775807\r\n", 0, 0).unwrap(), None);
-        assert_eq!(parse(b"*9223372036854775807\r\n:1\r\n", 0, 0).unwrap(), None);
+        assert_eq!(parse(b"$9223372036854775807\r\n", 0, 0, &mut Errors::default()).unwrap(), None);
+        assert_eq!(parse(b"*9223372036854775807\r\n:1\r\n", 0, 0, &mut Errors::default()).unwrap(), None);
     }
 }

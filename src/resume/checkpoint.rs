@@ -326,7 +326,8 @@ pub fn keep_saving(
 ) {
     let save_now = || {
         // Counters first: a key counted a moment after its batch closed only makes them run ahead.
-        let counts = base.plus(counters.snapshot());
+        // Keys in flight are not carried over: the next run scans them again.
+        let counts = base.plus(counters.snapshot().settled());
         if let Err(e) = save(path, identity, origin, &ledger.resume_points(), counts) {
             log::warn!("{e}");
         }

@@ -43,7 +43,7 @@ impl Subscription {
 
     /// The read timeout: how long [`Subscription::next`] waits for a message.
     pub fn set_read_timeout(&self, timeout: Duration) -> RedisResult<()> {
-        Ok(self.wire.set_timeouts(Some(timeout), Some(timeout))?)
+        Ok(self.wire.set_read_timeout(Some(timeout))?)
     }
 
     /// PING, and the messages before its PONG read into the queue.

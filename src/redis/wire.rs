@@ -123,8 +123,13 @@ impl Wire {
 
     /// Read and write timeouts of the socket (`None`: wait for ever).
     pub fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.stream.tcp().set_read_timeout(read)?;
+        self.set_read_timeout(read)?;
         self.stream.tcp().set_write_timeout(write)
+    }
+
+    /// The read timeout alone.
+    pub fn set_read_timeout(&self, read: Option<Duration>) -> io::Result<()> {
+        self.stream.tcp().set_read_timeout(read)
     }
 
     /// Sends packed commands, whole.

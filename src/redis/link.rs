@@ -3,7 +3,7 @@
 //! primary and the check that the replica can be read, made at every connection. Warnings about a
 //! missing replica are said once per run, not once per thread.
 
-use redis::{RedisError, Value};
+use redis::{ConnectionLike, RedisError, Value};
 
 use super::connect::connect;
 use super::endpoint::{Endpoint, Timeouts};
@@ -38,6 +38,10 @@ impl Link {
     /// The connection, made first if it is down. A replica that cannot be read is given up for its
     /// primary, for good.
     pub(super) fn connection(&mut self, timeouts: Timeouts) -> Result<&mut Wire, RedisError> {
+        // A connection that failed a command (a timeout, a reply that was not RESP) is made again.
+        if self.inner.as_ref().is_some_and(|wire| !wire.is_open()) {
+            self.inner = None;
+        }
         if self.inner.is_none() {
             let mut made = connect(&self.endpoint, timeouts);
             if let Some(primary) = self.replica_of.clone() {

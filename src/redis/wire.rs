@@ -310,19 +310,21 @@ fn integer(digits: &[u8]) -> RedisResult<i64> {
 }
 
 impl ConnectionLike for Wire {
+    /// One command and its reply. Unlike [`Wire::recv`], a timeout closes the connection too: the
+    /// reply that did not come in time would be taken for the next command's.
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         self.send(cmd)?;
-        self.recv()
+        self.recv().inspect_err(|_| self.open = false)
     }
 
     /// Replies `offset..offset + count` of a pipeline; an error reply before `offset` (a command
-    /// refused inside MULTI) is the error of the whole.
+    /// refused inside MULTI) is the error of the whole. Any failure closes the connection.
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         self.send(cmd)?;
         let mut replies = Vec::with_capacity(count);
         let mut refused = None;
         for i in 0..offset + count {
-            match self.recv()? {
+            match self.recv().inspect_err(|_| self.open = false)? {
                 Value::ServerError(e) if i < offset => refused = refused.or(Some(e)),
                 _ if i < offset => {}
                 reply => replies.push(reply),

@@ -346,11 +346,15 @@ impl Conn {
             }
             replies.values.reserve(expected);
             for (link, layout) in sent {
+                // The reply's place in the server's pipeline: some are wanted raw (`Pipe::raw`).
+                let mut nth = 0;
                 for (p, count, mask) in layout {
                     let start = replies.values.len();
                     let mut lost = None;
                     for _ in 0..count {
-                        match self.links[link].recv() {
+                        let raw = self.pipes[link].is_raw(nth);
+                        nth += 1;
+                        match self.links[link].recv(raw) {
                             Ok(value) => replies.values.push(value),
                             Err(e) => {
                                 lost = Some(e);

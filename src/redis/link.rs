@@ -80,12 +80,13 @@ impl Link {
         result
     }
 
-    /// Reads one reply (an error reply as `Value::ServerError`); a failure takes the connection down.
-    pub(super) fn recv(&mut self) -> Result<Value, RedisError> {
+    /// Reads one reply (an error reply as `Value::ServerError`; `raw`: any other as its RESP bytes,
+    /// [`Wire::recv_raw`]); a failure takes the connection down.
+    pub(super) fn recv(&mut self, raw: bool) -> Result<Value, RedisError> {
         let Some(conn) = self.inner.as_mut() else {
             return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)));
         };
-        let reply = conn.recv();
+        let reply = if raw { conn.recv_raw() } else { conn.recv() };
         if reply.is_err() {
             self.inner = None;
         }

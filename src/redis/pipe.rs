@@ -27,6 +27,8 @@ pub struct Pipe {
     ends: Vec<usize>,
     /// The command being built: where it starts in `buf`, and its number of arguments so far.
     open: Option<(usize, usize)>,
+    /// The commands whose replies are wanted as their RESP bytes ([`Pipe::raw`]), in order.
+    raw: Vec<usize>,
 }
 
 impl Pipe {
@@ -61,6 +63,23 @@ impl Pipe {
         self
     }
 
+    /// The reply of the command just started is to be handed over as its RESP bytes, in a
+    /// `Value::BulkString` (an error reply stays a `Value::ServerError`): for a reply whose elements
+    /// are only copied on (see [`crate::redis::wire::bulks`]), one allocation instead of one per element.
+    ///
+    /// # Panics
+    /// When no command was started.
+    pub fn raw(&mut self) -> &mut Pipe {
+        assert!(self.open.is_some(), "raw is said of a command: call cmd first");
+        self.raw.push(self.len() - 1);
+        self
+    }
+
+    /// Whether command `i`'s reply is wanted as its RESP bytes.
+    pub fn is_raw(&self, i: usize) -> bool {
+        self.raw.binary_search(&i).is_ok()
+    }
+
     /// How many commands it holds.
     pub fn len(&self) -> usize {
         self.ends.len() + usize::from(self.open.is_some())
@@ -78,6 +97,7 @@ impl Pipe {
         self.buf.shrink_to(KEPT_BYTES);
         self.ends.clear();
         self.open = None;
+        self.raw.clear();
     }
 
     /// Command `i`'s packed bytes.
@@ -92,11 +112,14 @@ impl Pipe {
         name_of(self.command(i))
     }
 
-    /// Appends command `i` of `other`, as it is.
+    /// Appends command `i` of `other`, as it is (its reply raw if it was so there).
     pub fn append_from(&mut self, other: &mut Pipe, i: usize) {
         other.close();
         self.close();
         self.buf.extend_from_slice(other.command(i));
+        if other.is_raw(i) {
+            self.raw.push(self.ends.len());
+        }
         self.ends.push(self.buf.len());
     }
 
@@ -234,6 +257,21 @@ mod tests {
         pipe.cmd("SET").arg("k").arg(vec![0u8; 2 * KEPT_BYTES]);
         pipe.clear();
         assert!(pipe.buf.capacity() <= KEPT_BYTES, "a big round's memory is given back");
+    }
+
+    #[test]
+    fn raw_replies_are_marked_by_command_and_kept_when_a_command_moves() {
+        let mut pipe = Pipe::new();
+        pipe.cmd("TYPE").arg("a").cmd("LRANGE").arg("a").arg(0).arg(-1).raw().cmd("PEXPIRETIME").arg("a");
+        assert_eq!((0..3).map(|i| pipe.is_raw(i)).collect::<Vec<_>>(), [false, true, false]);
+        let mut other = Pipe::new();
+        other.cmd("ASKING");
+        other.append_from(&mut pipe, 1);
+        other.append_from(&mut pipe, 2);
+        assert_eq!((0..3).map(|i| other.is_raw(i)).collect::<Vec<_>>(), [false, true, false]);
+        other.clear();
+        other.cmd("PING");
+        assert!(!other.is_raw(0));
     }
 
     #[test]

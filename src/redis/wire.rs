@@ -147,12 +147,28 @@ impl Wire {
     /// Reads the next reply; an error reply is a `Value::ServerError`. A timeout before the reply is
     /// all there leaves the connection usable (what came of it is kept); any other failure closes it.
     pub fn recv(&mut self) -> RedisResult<Value> {
+        self.next_reply(false)
+    }
+
+    /// [`Wire::recv`], but a reply other than an error comes as its RESP bytes, whole, in a
+    /// `Value::BulkString` ([`super::pipe::Pipe::raw`]).
+    pub fn recv_raw(&mut self) -> RedisResult<Value> {
+        self.next_reply(true)
+    }
+
+    fn next_reply(&mut self, raw: bool) -> RedisResult<Value> {
         if !self.open {
             return Err(closed());
         }
         loop {
             if self.start < self.end {
-                match parse(&self.buf[..self.end], self.start, 0, &mut self.errors) {
+                let (buf, at) = (&self.buf[..self.end], self.start);
+                let got = match raw && buf[at] != b'-' {
+                    true => span(buf, at, 0)
+                        .map(|end| end.map(|end| (Value::BulkString(buf[at..end].to_vec()), end))),
+                    false => parse(buf, at, 0, &mut self.errors),
+                };
+                match got {
                     Ok(Some((value, next))) => {
                         self.consumed(next);
                         return Ok(value);
@@ -240,13 +256,7 @@ pub fn parse(
                 Value::Nil
             } else {
                 let len = usize::try_from(len).map_err(|_| protocol("a bulk length out of range"))?;
-                let Some(end) = next.checked_add(len).filter(|&end| end <= buf.len().saturating_sub(2))
-                else {
-                    return Ok(None);
-                };
-                if &buf[end..end + 2] != b"\r\n" {
-                    return Err(protocol("a bulk string not ended by CRLF"));
-                }
+                let Some(end) = bulk_end(buf, next, len)? else { return Ok(None) };
                 return Ok(Some((Value::BulkString(buf[next..end].to_vec()), end + 2)));
             }
         }
@@ -273,6 +283,69 @@ pub fn parse(
         _ => return Err(protocol("a reply of an unknown type (is this a Redis server?)")),
     };
     Ok(Some((value, next)))
+}
+
+/// Where the reply starting at `at` in `buf` ends, `None` when it is not all in `buf` yet: what
+/// [`parse`] checks, without making the value.
+fn span(buf: &[u8], at: usize, depth: usize) -> RedisResult<Option<usize>> {
+    let Some(cr) = line_end(buf, at)? else { return Ok(None) };
+    let next = cr + 2;
+    let n = match buf[at] {
+        b'+' | b'-' => return Ok(Some(next)),
+        b':' | b'$' | b'*' => integer(&buf[at + 1..cr])?,
+        _ => return Err(protocol("a reply of an unknown type (is this a Redis server?)")),
+    };
+    if n < 0 || buf[at] == b':' {
+        return Ok(Some(next));
+    }
+    let n = usize::try_from(n).map_err(|_| protocol("a length out of range"))?;
+    if buf[at] == b'$' {
+        return Ok(bulk_end(buf, next, n)?.map(|end| end + 2));
+    }
+    if depth >= MAX_DEPTH {
+        return Err(protocol("arrays nested too deep"));
+    }
+    let mut pos = next;
+    for _ in 0..n {
+        let Some(after) = span(buf, pos, depth + 1)? else { return Ok(None) };
+        pos = after;
+    }
+    Ok(Some(pos))
+}
+
+/// Where a bulk string of `len` bytes starting at `at` ends (before its CRLF), `None` when it is not
+/// all in `buf` yet.
+fn bulk_end(buf: &[u8], at: usize, len: usize) -> RedisResult<Option<usize>> {
+    let Some(end) = at.checked_add(len).filter(|&end| end <= buf.len().saturating_sub(2)) else {
+        return Ok(None);
+    };
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(protocol("a bulk string not ended by CRLF"));
+    }
+    Ok(Some(end))
+}
+
+/// The elements of a raw reply ([`Wire::recv_raw`]) that is an array of bulk strings, in order, as
+/// slices of it; `None` for a reply of any other shape.
+pub fn bulks(raw: &[u8]) -> Option<Vec<&[u8]>> {
+    let cr = line_end(raw, 0).ok()??;
+    if raw[0] != b'*' {
+        return None;
+    }
+    let n = usize::try_from(integer(&raw[1..cr]).ok()?).ok()?;
+    let mut out = Vec::with_capacity(n.min(raw.len() / 4));
+    let mut pos = cr + 2;
+    for _ in 0..n {
+        let cr = line_end(raw, pos).ok()??;
+        if raw[pos] != b'$' {
+            return None;
+        }
+        let len = usize::try_from(integer(&raw[pos + 1..cr]).ok()?).ok()?;
+        let end = bulk_end(raw, cr + 2, len).ok()??;
+        out.push(&raw[cr + 2..end]);
+        pos = end + 2;
+    }
+    (pos == raw.len()).then_some(out)
 }
 
 /// Where the line starting at `at` ends (its CR), `None` when its end is not in `buf` yet.
@@ -388,6 +461,28 @@ mod tests {
         assert_eq!(together[..replies.len()], together[replies.len()..]);
         assert!(matches!(&together[9], Value::ServerError(e) if e.code() == "WRONGTYPE"));
         assert!(matches!(&together[11], Value::ServerError(e) if e.code() == "BUSYKEY"));
+    }
+
+    #[test]
+    fn a_raw_reply_spans_what_parse_reads_and_its_bulks_are_its_elements() {
+        let replies: [&[u8]; 6] = [
+            b"+OK\r\n",
+            b":12\r\n",
+            b"$-1\r\n",
+            b"*3\r\n$1\r\na\r\n$0\r\n\r\n$4\r\nb\r\nc\r\n",
+            b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n",
+            b"*0\r\n",
+        ];
+        for reply in replies {
+            let (_, next) = parse(reply, 0, 0, &mut Errors::default()).unwrap().expect("whole");
+            assert_eq!(span(reply, 0, 0).unwrap(), Some(next));
+            assert_eq!(span(&reply[..reply.len() - 1], 0, 0).unwrap(), None);
+        }
+        assert_eq!(bulks(replies[3]), Some(vec![&b"a"[..], b"", b"b\r\nc"]));
+        assert_eq!(bulks(replies[5]), Some(vec![]));
+        for other in [replies[0], replies[1], replies[2], replies[4], b"*2\r\n$1\r\na\r\n"] {
+            assert_eq!(bulks(other), None, "{:?}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

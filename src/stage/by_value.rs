@@ -3,7 +3,7 @@
 //! sorted set or stream (as [`ByValue`] says) is read whole with its type's read (LRANGE, SMEMBERS,
 //! HGETALL, ZRANGE … WITHSCORES, XINFO STREAM … FULL) and its deadline in a second pipeline. In `--mode
 //! auto` a list, set or hash then goes on as a RESTORE payload made of its elements (`rdb::payload`), like
-//! a DUMP's. When every key goes type-aware it goes on as the writes that make it ([`Payload::Built`]: one
+//! a DUMP's, the elements taken from the reply's bytes (`Pipe::raw`: no allocation per element). When every key goes type-aware it goes on as the writes that make it ([`Payload::Built`]: one
 //! MULTI/EXEC on the target, under a temporary name, with the deadline and the rename): the replies become
 //! the pages of a decoded value (`rdb::Part`), so the writes are those of a value decoded from an RDB file
 //! ([`Decoded`]). Part of the fetch stage (`fetch.rs`).
@@ -18,6 +18,7 @@ use crate::rdb::{Part, StreamConsumer, StreamEntry, StreamGroup, StreamMeta, Str
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, command_denied, kind};
+use crate::redis::wire::bulks;
 use crate::stage::route::{ByValue, Detour, Router};
 use crate::stage::typed::temp::temp_name;
 use crate::stage::typed::Decoded;
@@ -123,6 +124,10 @@ pub(super) fn aggregates(
                 "XINFO" => cmd.arg("STREAM").arg(k).arg("FULL").arg("COUNT").arg(MAX_BY_VALUE_ELEMENTS),
                 _ => cmd.arg(k),
             };
+            // Elements only copied into a RESTORE payload are taken from the reply's bytes.
+            if by_value.restore.is_some() && plain(read).is_some() {
+                cmd.raw();
+            }
             pipe.cmd(ttl_cmd).arg(k);
         },
         Stage::Fetch,
@@ -143,16 +148,20 @@ pub(super) fn aggregates(
                 rep.fail(key, Stage::Fetch, code, message);
             }
             // In `--mode auto`: a list, set or hash goes on as a RESTORE payload made of its elements.
-            (Value::Array(items), Value::Int(ttl)) if by_value.restore.is_some() && plain(read).is_some() => {
+            (Value::BulkString(raw), Value::Int(ttl))
+                if by_value.restore.is_some() && plain(read).is_some() =>
+            {
                 let version = by_value.restore.expect("checked");
-                match restore_payload(read, &items, version) {
+                // A reply of another shape (`None`) goes the other way.
+                let items = bulks(&raw);
+                match items.as_deref().and_then(|items| restore_payload(read, items, version)) {
                     Some(payload) => sorted.fetched.push(Fetched {
                         key,
                         payload: Payload::Dump(payload),
                         expire_at_ms: sent.deadline(i, ttl),
                         lru: Lru::default(),
                     }),
-                    None if items.is_empty() => sorted.gone.push(key),
+                    None if items.is_some_and(|items| items.is_empty()) => sorted.gone.push(key),
                     None => rest.push(key),
                 }
             }
@@ -201,23 +210,16 @@ fn plain(read: &str) -> Option<Plain> {
     }
 }
 
-/// The RESTORE payload of a list, set or hash from its by-value read's `items`; `None` when there is
-/// none (the key was deleted between the two reads), too many (it grew past one read), or one is not a
-/// string.
-fn restore_payload(read: &str, items: &[Value], version: u16) -> Option<Vec<u8>> {
+/// The RESTORE payload of a list, set or hash from the elements of its by-value read (read from the
+/// reply's bytes, [`bulks`]); `None` when there is none (the key was deleted between the two reads),
+/// too many (it grew past one read), or an odd number for a hash.
+fn restore_payload(read: &str, items: &[&[u8]], version: u16) -> Option<Vec<u8>> {
     let kind = plain(read)?;
     let count = if kind == Plain::Hash { items.len() / 2 } else { items.len() };
     if count == 0 || count > MAX_BY_VALUE_ELEMENTS || (kind == Plain::Hash && items.len() % 2 == 1) {
         return None;
     }
-    let elements: Vec<&[u8]> = items
-        .iter()
-        .map(|v| match v {
-            Value::BulkString(b) => Some(&b[..]),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    Some(payload::payload(kind, count, elements.iter().copied(), version))
+    Some(payload::payload(kind, count, items.iter().copied(), version))
 }
 
 /// A by-value read's reply as the pages of a decoded value; `None` for a reply of another shape, or a

@@ -93,24 +93,22 @@ fn login(wire: &mut Wire, endpoint: &Endpoint) -> Result<(), RedisError> {
         let mut auth = redis::cmd("AUTH");
         auth.arg(endpoint.username.as_deref()).arg(password);
         let mut reply = wire.req_command(&auth)?;
-        let old = |r: &Value| matches!(r, Value::ServerError(e) if e.details().is_some_and(|d| d.contains("wrong number of arguments")));
-        if endpoint.username.is_some() && old(&reply) {
+        let before_acls = match &reply {
+            Value::ServerError(e) => e.details().is_some_and(|d| d.contains("wrong number of arguments")),
+            _ => false,
+        };
+        if endpoint.username.is_some() && before_acls {
             reply = wire.req_command(redis::cmd("AUTH").arg(password))?;
         }
+        let failed = |detail: String| {
+            RedisError::from((ErrorKind::AuthenticationFailed, "authentication failed", detail))
+        };
         match reply {
             Value::Okay => {}
+            // WRONGPASS keeps its code; any other refusal is an authentication failure all the same.
             Value::ServerError(e) if e.code() == "WRONGPASS" => return Err(e.into()),
-            other => {
-                let detail = match other {
-                    Value::ServerError(e) => e.to_string(),
-                    other => format!("AUTH replied {}", kind(&other)),
-                };
-                return Err(RedisError::from((
-                    ErrorKind::AuthenticationFailed,
-                    "authentication failed",
-                    detail,
-                )));
-            }
+            Value::ServerError(e) => return Err(failed(e.to_string())),
+            other => return Err(failed(format!("AUTH replied {}", kind(&other)))),
         }
     }
     if endpoint.db != 0 {

@@ -26,10 +26,10 @@ const READ: usize = 64 << 10;
 const KEPT: usize = 4 << 20;
 
 /// How deep arrays may nest in a reply (Redis's own go 4 or 5 deep, at XINFO STREAM FULL).
-pub const MAX_DEPTH: usize = 16;
+const MAX_DEPTH: usize = 16;
 
 /// The longest line a reply may hold: a simple string, an error message, a length.
-pub const MAX_LINE: usize = 1 << 20;
+const MAX_LINE: usize = 1 << 20;
 
 /// The socket under a [`Wire`].
 pub enum Stream {
@@ -93,7 +93,7 @@ pub struct Wire {
 /// in a batch) is made into a `redis::ServerError` once, by the crate's parser (the only way to make
 /// one), and cloned after that.
 #[derive(Default)]
-pub struct Errors(Vec<(Vec<u8>, Value)>);
+struct Errors(Vec<(Vec<u8>, Value)>);
 
 impl Errors {
     /// At most this many different errors are kept (errors that name a key or a slot differ each time).
@@ -233,12 +233,7 @@ fn protocol(what: &str) -> RedisError {
 
 /// Parses the reply starting at `at` in `buf`: the value and where the next reply starts, or `None`
 /// when the reply is not all in `buf` yet.
-pub fn parse(
-    buf: &[u8],
-    at: usize,
-    depth: usize,
-    errors: &mut Errors,
-) -> RedisResult<Option<(Value, usize)>> {
+fn parse(buf: &[u8], at: usize, depth: usize, errors: &mut Errors) -> RedisResult<Option<(Value, usize)>> {
     let Some(cr) = line_end(buf, at)? else { return Ok(None) };
     let line = &buf[at + 1..cr];
     let next = cr + 2;

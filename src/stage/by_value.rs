@@ -1,12 +1,14 @@
 //! Small aggregates read by value: one pipeline asks the keys a batch has left after its strings their
 //! TYPE and MEMORY USAGE; a key above `--big-key-bytes` goes to the typed threads; a small list, set, hash,
 //! sorted set or stream (as [`ByValue`] says) is read whole with its type's read (LRANGE, SMEMBERS,
-//! HGETALL, ZRANGE … WITHSCORES, XINFO STREAM … FULL) and its deadline in a second pipeline. In `--mode
-//! auto` a list, set or hash then goes on as a RESTORE payload made of its elements (`rdb::payload`), like
-//! a DUMP's, the elements taken from the reply's bytes (`Pipe::raw`: no allocation per element). When every key goes type-aware it goes on as the writes that make it ([`Payload::Built`]: one
-//! MULTI/EXEC on the target, under a temporary name, with the deadline and the rename): the replies become
-//! the pages of a decoded value (`rdb::Part`), so the writes are those of a value decoded from an RDB file
-//! ([`Decoded`]). Part of the fetch stage (`fetch.rs`).
+//! HGETALL, ZRANGE … WITHSCORES, XINFO STREAM … FULL) and its deadline in a second pipeline, which also
+//! DUMPs the other keys (one round for both; `stage::dump` sorts their replies). In `--mode auto` a list,
+//! set or hash then goes on as a RESTORE payload made of its elements (`rdb::payload`), like a DUMP's, the
+//! elements taken from the reply's bytes (`Pipe::raw`: no allocation per element). When every key goes
+//! type-aware it goes on as the writes that make it ([`Payload::Built`]: one MULTI/EXEC on the target,
+//! under a temporary name, with the deadline and the rename): the replies become the pages of a decoded
+//! value (`rdb::Part`), so the writes are those of a value decoded from an RDB file ([`Decoded`]). Part
+//! of the fetch stage (`fetch.rs`).
 
 use redis::Value;
 
@@ -19,6 +21,7 @@ use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, command_denied, kind};
 use crate::redis::wire::bulks;
+use crate::stage::dump::{dumped, Dumped};
 use crate::stage::route::{ByValue, Detour, Router};
 use crate::stage::typed::temp::temp_name;
 use crate::stage::typed::Decoded;
@@ -46,8 +49,10 @@ const MAX_BY_VALUE_ELEMENTS: usize = 10_000;
 /// MEMORY USAGE; a key above `--big-key-bytes` goes to the typed threads; a small list, set, hash or
 /// sorted set (as [`ByValue`] says) is read whole with its type's read and its deadline, in a second
 /// pipeline, and goes on as a RESTORE payload (`--mode auto`) or as the writes that make it
-/// ([`Payload::Built`], one MULTI/EXEC on the target).
-/// Says where each key went; the keys left (to DUMP) had their sizes asked already.
+/// ([`Payload::Built`], one MULTI/EXEC on the target). Where DUMP is used, the other keys are DUMPed in
+/// that same pipeline. Says where each key went; the keys left (to DUMP: they changed type or grew
+/// between the two pipelines; with `--mode typed`, every key not read by value) had their sizes asked
+/// already.
 pub(super) fn aggregates(
     conn: &mut Conn,
     batch: Batch<Key>,
@@ -75,7 +80,8 @@ pub(super) fn aggregates(
     );
     let Batch { id, items } = batch;
     let mut rest = Vec::with_capacity(items.len());
-    let mut small: Vec<(Key, &'static str)> = Vec::new();
+    // Each key's read: its type's, or DUMP.
+    let mut reads: Vec<(Key, &'static str)> = Vec::new();
     for (key, answer) in items.into_iter().zip(answers) {
         let Some([ty, size]) = answer else { continue };
         let ty = match ty {
@@ -93,7 +99,7 @@ pub(super) fn aggregates(
                 sorted.routed.push(key);
             }
             Value::Int(bytes) if bytes as u64 <= AGGREGATE_BY_VALUE => match by_value.read(&ty) {
-                Some(read) => small.push((key, read)),
+                Some(read) => reads.push((key, read)),
                 None => rest.push(key),
             },
             Value::ServerError(err) if command_denied(&err) => {
@@ -103,19 +109,23 @@ pub(super) fn aggregates(
             _ => rest.push(key),
         }
     }
-    if small.is_empty() {
+    // The keys not read by value are DUMPed in the same pipeline as the others' reads: one round.
+    if route.fallback.dump {
+        reads.extend(rest.drain(..).map(|key| (key, "DUMP")));
+    }
+    if reads.is_empty() {
         sorted.rest = Batch { id, items: rest };
         return sorted;
     }
     let ttl_cmd = deadlines.command();
-    let sent = Sent::new(deadlines, small.len());
+    let sent = Sent::new(deadlines, reads.len());
     let answers = exchange::<2>(
         conn,
-        small.len(),
-        |i| &small[i].0,
+        reads.len(),
+        |i| &reads[i].0,
         |pipe, i| {
             sent.stamp(i);
-            let (key, read) = &small[i];
+            let (key, read) = &reads[i];
             let k = key.as_bytes();
             let cmd = pipe.cmd(read);
             match *read {
@@ -133,8 +143,17 @@ pub(super) fn aggregates(
         Stage::Fetch,
         rep,
     );
-    for (i, ((key, read), answer)) in small.into_iter().zip(answers).enumerate() {
+    for (i, ((key, read), answer)) in reads.into_iter().zip(answers).enumerate() {
         let Some([value, ttl]) = answer else { continue };
+        if read == "DUMP" {
+            match dumped(key, value, ttl, |t| sent.deadline(i, t), Some(route), ttl_cmd, rep) {
+                Dumped::Fetched(f) => sorted.fetched.push(f),
+                Dumped::Routed(key) => sorted.routed.push(key),
+                Dumped::Gone(key) => sorted.gone.push(key),
+                Dumped::Failed => {}
+            }
+            continue;
+        }
         match (value, ttl) {
             (_, Value::Int(-2)) => sorted.gone.push(key),
             // The key changed type since TYPE: it goes the way of the others.

@@ -12,10 +12,11 @@
 //! set): keys above `--big-key-bytes` go to the typed threads and are never DUMPed whole, and small
 //! aggregates of the types [`ByValue`] names are read whole with their type's read and written in the
 //! batch's pipeline: in `auto` as RESTORE payloads made of their elements, when every key goes type-aware
-//! one MULTI/EXEC each ([`by_value`]). The rest are DUMPed (or, with `--mode typed`,
-//! go to the typed threads), like keys whose DUMP the source refuses (NOPERM, a renamed or disabled
-//! command). Without MEMORY USAGE (refused by the source), a payload longer than `--big-key-bytes` sends
-//! its key there instead.
+//! one MULTI/EXEC each ([`by_value`]). The rest are DUMPed in the same pipeline as those reads, one
+//! round for both (or, with `--mode typed`, go to the typed threads); keys whose DUMP the source refuses
+//! (NOPERM, a renamed or disabled command) go to the typed threads too ([`crate::stage::dump`]).
+//! Without MEMORY USAGE (refused by the source), a payload longer than `--big-key-bytes` sends its key
+//! there instead.
 
 use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
@@ -25,9 +26,10 @@ use crate::flow::{exchange, forward, Batch, Fetched, Lru, Payload, Vanished};
 use crate::key::Key;
 use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
-use crate::redis::reply::{self, command_denied, dump_refused, kind};
+use crate::redis::reply::{self, command_denied, kind};
 use crate::resume::Ledger;
 use crate::stage::by_value;
+use crate::stage::dump::{dumped, Dumped};
 use crate::stage::route::{Detour, Router};
 
 /// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them;
@@ -70,39 +72,11 @@ pub fn run(
         );
         for (i, (key, answer)) in batch.items.into_iter().zip(answers).enumerate() {
             let Some([dump, ttl]) = answer else { continue };
-            match (dump, ttl) {
-                (Value::ServerError(err), _) if route.is_some() && dump_refused(&err) => {
-                    let (_, message) = reply::classify_reply(&err);
-                    route.as_ref().expect("checked").fallback.note(Detour::DumpRefused, &key, &message);
-                    sorted.routed.push(key);
-                }
-                (Value::ServerError(err), _) | (_, Value::ServerError(err)) => {
-                    let (code, message) = reply::classify_reply(&err);
-                    rep.fail(key, Stage::Fetch, code, message);
-                }
-                (Value::Nil, _) | (_, Value::Int(-2)) => sorted.gone(key),
-                (Value::BulkString(payload), Value::Int(_))
-                    if route.as_ref().is_some_and(|r| payload.len() as u64 > r.fallback.big_key_bytes) =>
-                {
-                    let detail = format!("DUMP payload of {} bytes", payload.len());
-                    route.as_ref().expect("checked").fallback.note(Detour::Big, &key, &detail);
-                    sorted.routed.push(key);
-                }
-                (Value::BulkString(payload), Value::Int(ttl)) => {
-                    let expire_at_ms = sent.deadline(i, ttl);
-                    sorted.fetched.push(Fetched {
-                        key,
-                        payload: Payload::Dump(payload),
-                        expire_at_ms,
-                        lru: Lru::default(),
-                    });
-                }
-                (dump, ttl) => rep.fail(
-                    key,
-                    Stage::Fetch,
-                    "PROTOCOL".into(),
-                    format!("unexpected DUMP/{ttl_cmd} replies: {} / {}", kind(&dump), kind(&ttl)),
-                ),
+            match dumped(key, dump, ttl, |t| sent.deadline(i, t), route.as_ref(), ttl_cmd, &rep) {
+                Dumped::Fetched(f) => sorted.fetched.push(f),
+                Dumped::Routed(key) => sorted.routed.push(key),
+                Dumped::Gone(key) => sorted.gone(key),
+                Dumped::Failed => {}
             }
         }
         let Triage { fetched, routed, expired, .. } = sorted;

@@ -21,22 +21,10 @@ use crate::redis::clock::{Deadlines, Sent};
 use crate::redis::conn::Conn;
 use crate::redis::reply::{self, command_denied, kind};
 use crate::redis::wire::bulks;
-use crate::stage::dump::{dumped, Dumped};
+use crate::stage::dump::{dumped, Triage};
 use crate::stage::route::{ByValue, Detour, Router};
 use crate::stage::typed::temp::temp_name;
 use crate::stage::typed::Decoded;
-
-/// Where the keys of a batch went.
-pub(super) struct Sorted {
-    /// Left to DUMP (or, with `--mode typed`, for the typed threads).
-    pub rest: Batch<Key>,
-    /// Read, ready to be written.
-    pub fetched: Vec<Fetched>,
-    /// Above `--big-key-bytes`: for the typed threads.
-    pub routed: Vec<Key>,
-    /// Gone from the source.
-    pub gone: Vec<Key>,
-}
 
 /// Aggregates up to this many bytes (MEMORY USAGE) are read by value; with the strings' limit (`fetch.rs`), it
 /// bounds what one batch of them holds.
@@ -50,23 +38,18 @@ const MAX_BY_VALUE_ELEMENTS: usize = 10_000;
 /// sorted set (as [`ByValue`] says) is read whole with its type's read and its deadline, in a second
 /// pipeline, and goes on as a RESTORE payload (`--mode auto`) or as the writes that make it
 /// ([`Payload::Built`], one MULTI/EXEC on the target). Where DUMP is used, the other keys are DUMPed in
-/// that same pipeline. Says where each key went; the keys left (to DUMP: they changed type or grew
-/// between the two pipelines; with `--mode typed`, every key not read by value) had their sizes asked
-/// already.
+/// that same pipeline. Each key goes into `sorted`, or is returned: the keys left (to DUMP: they changed
+/// type or grew between the two pipelines; with `--mode typed`, every key not read by value) had their
+/// sizes asked already.
 pub(super) fn aggregates(
     conn: &mut Conn,
     batch: Batch<Key>,
     route: &Router,
     by_value: ByValue,
     deadlines: Deadlines,
+    sorted: &mut Triage,
     rep: &Reporter,
-) -> Sorted {
-    let mut sorted = Sorted {
-        rest: Batch { id: batch.id, items: Vec::new() },
-        fetched: Vec::new(),
-        routed: Vec::new(),
-        gone: Vec::new(),
-    };
+) -> Batch<Key> {
     let answers = exchange::<2>(
         conn,
         batch.len(),
@@ -93,7 +76,7 @@ pub(super) fn aggregates(
             }
         };
         match size {
-            Value::Nil if ty == "none" => sorted.gone.push(key),
+            Value::Nil if ty == "none" => sorted.gone(key),
             Value::Int(bytes) if bytes as u64 > route.fallback.big_key_bytes => {
                 route.fallback.note(Detour::Big, &key, &format!("MEMORY USAGE {bytes} bytes"));
                 sorted.routed.push(key);
@@ -114,8 +97,7 @@ pub(super) fn aggregates(
         reads.extend(rest.drain(..).map(|key| (key, "DUMP")));
     }
     if reads.is_empty() {
-        sorted.rest = Batch { id, items: rest };
-        return sorted;
+        return Batch { id, items: rest };
     }
     let ttl_cmd = deadlines.command();
     let sent = Sent::new(deadlines, reads.len());
@@ -146,16 +128,11 @@ pub(super) fn aggregates(
     for (i, ((key, read), answer)) in reads.into_iter().zip(answers).enumerate() {
         let Some([value, ttl]) = answer else { continue };
         if read == "DUMP" {
-            match dumped(key, value, ttl, |t| sent.deadline(i, t), Some(route), ttl_cmd, rep) {
-                Dumped::Fetched(f) => sorted.fetched.push(f),
-                Dumped::Routed(key) => sorted.routed.push(key),
-                Dumped::Gone(key) => sorted.gone.push(key),
-                Dumped::Failed => {}
-            }
+            dumped(sorted, key, value, ttl, |t| sent.deadline(i, t), Some(route), ttl_cmd, rep);
             continue;
         }
         match (value, ttl) {
-            (_, Value::Int(-2)) => sorted.gone.push(key),
+            (_, Value::Int(-2)) => sorted.gone(key),
             // The key changed type since TYPE: it goes the way of the others.
             (Value::ServerError(err), _) if err.code() == "WRONGTYPE" => rest.push(key),
             (Value::ServerError(err), _) if command_denied(&err) => {
@@ -180,14 +157,14 @@ pub(super) fn aggregates(
                         expire_at_ms: sent.deadline(i, ttl),
                         lru: Lru::default(),
                     }),
-                    None if items.is_some_and(|items| items.is_empty()) => sorted.gone.push(key),
+                    None if items.is_some_and(|items| items.is_empty()) => sorted.gone(key),
                     None => rest.push(key),
                 }
             }
             (Value::Array(items), Value::Int(ttl)) => match parts(read, items) {
                 // No aggregate is empty (a stream may be): it was deleted between the two reads.
                 Some(parts) if read != "XINFO" && parts.iter().map(Part::elements).sum::<usize>() == 0 => {
-                    sorted.gone.push(key)
+                    sorted.gone(key)
                 }
                 Some(parts) if parts.iter().all(|p| p.elements() <= MAX_BY_VALUE_ELEMENTS) => {
                     let tmp = temp_name(key.as_bytes());
@@ -215,8 +192,7 @@ pub(super) fn aggregates(
             ),
         }
     }
-    sorted.rest = Batch { id, items: rest };
-    sorted
+    Batch { id, items: rest }
 }
 
 /// The plain RDB type a by-value read's reply is made into, for a RESTORE payload.

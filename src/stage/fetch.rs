@@ -29,7 +29,7 @@ use crate::redis::conn::Conn;
 use crate::redis::reply::{self, command_denied, kind};
 use crate::resume::Ledger;
 use crate::stage::by_value;
-use crate::stage::dump::{dumped, Dumped};
+use crate::stage::dump::{dumped, Triage};
 use crate::stage::route::{Detour, Router};
 
 /// Runs one fetch thread until its input is drained. `deadlines`: how the source tells them;
@@ -72,12 +72,7 @@ pub fn run(
         );
         for (i, (key, answer)) in batch.items.into_iter().zip(answers).enumerate() {
             let Some([dump, ttl]) = answer else { continue };
-            match dumped(key, dump, ttl, |t| sent.deadline(i, t), route.as_ref(), ttl_cmd, &rep) {
-                Dumped::Fetched(f) => sorted.fetched.push(f),
-                Dumped::Routed(key) => sorted.routed.push(key),
-                Dumped::Gone(key) => sorted.gone(key),
-                Dumped::Failed => {}
-            }
+            dumped(&mut sorted, key, dump, ttl, |t| sent.deadline(i, t), route.as_ref(), ttl_cmd, &rep);
         }
         let Triage { fetched, routed, expired, .. } = sorted;
         Counters::add(&rep.counters.expired, expired);
@@ -85,37 +80,6 @@ pub fn run(
         forward(&out, id, taken - routed.len(), fetched, &rep, ledger);
         if let Some(route) = &route {
             route.send(id, routed, &rep);
-        }
-    }
-}
-
-/// Where the keys of a batch went before DUMP: read, for the typed threads, or gone.
-struct Triage {
-    /// Keys read, ready to be written (and, in a follow, keys gone, to be deleted).
-    fetched: Vec<Fetched>,
-    /// Keys for the typed threads.
-    routed: Vec<Key>,
-    /// Keys found gone, counted as expired.
-    expired: u64,
-    /// What becomes of a key found gone.
-    vanished: Vanished,
-}
-
-impl Triage {
-    fn new(n: usize, vanished: Vanished) -> Triage {
-        Triage { fetched: Vec::with_capacity(n), routed: Vec::new(), expired: 0, vanished }
-    }
-
-    /// A key found gone from the source: expired, or (a follow) to be deleted on the target.
-    fn gone(&mut self, key: Key) {
-        match self.vanished {
-            Vanished::Expired => self.expired += 1,
-            Vanished::Deleted => self.fetched.push(Fetched {
-                key,
-                payload: Payload::Gone,
-                expire_at_ms: None,
-                lru: Lru::default(),
-            }),
         }
     }
 }
@@ -135,11 +99,7 @@ fn before_dump(
         if route.fallback.strings() { strings(conn, batch, route, deadlines, sorted, rep) } else { batch };
     let (batch, sized) = match route.fallback.by_value() {
         Some(by_value) if !batch.is_empty() => {
-            let by = by_value::aggregates(conn, batch, route, by_value, deadlines, rep);
-            sorted.fetched.extend(by.fetched);
-            sorted.routed.extend(by.routed);
-            by.gone.into_iter().for_each(|key| sorted.gone(key));
-            (by.rest, true)
+            (by_value::aggregates(conn, batch, route, by_value, deadlines, sorted, rep), true)
         }
         _ => (batch, false),
     };
